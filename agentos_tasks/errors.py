@@ -1,0 +1,53 @@
+"""The one error type users see.
+
+Every mistake a user can make (bad request, bad policy, dirty repo, policy violation,
+failed step) becomes an `AgentosError` with a message, where it happened (file:line) and a
+hint. The CLI and the doit reporter print it as one block and exit with `code`; no traceback.
+"""
+
+from __future__ import annotations
+
+# Documented exit codes (README "Exit codes").
+EXIT_USAGE = 2  # bad input: request, policy, answers file, command line
+EXIT_POLICY = 3  # policy violation (pre-run or post-step)
+EXIT_STEP = 4  # a step failed (command exit, patch does not apply, timeout)
+EXIT_GATES = 5  # one or more gates failed, or verification failed
+EXIT_STATE = 6  # run state refuses the action (sealed run, dirty target, moved branch, lock)
+
+
+class AgentosError(Exception):
+    """A user-facing failure: what, where (file:line or step), and a hint."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+        code: int = EXIT_USAGE,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.hint = hint
+        self.code = code
+
+    def render(self) -> str:
+        """One block of plain text: `error: <where>: <message>` and an optional hint line."""
+        head = f"error: {self.where}: {self.message}" if self.where else f"error: {self.message}"
+        return head + (f"\n  hint: {self.hint}" if self.hint else "")
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class PolicyViolation(AgentosError):
+    """A policy decision that denies; `rule_id` names the rule that decided."""
+
+    def __init__(
+        self, rule_id: str, what: str, *, where: str | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(f"policy violation: {rule_id}: {what}", where=where, hint=hint,
+                         code=EXIT_POLICY)
+        self.rule_id = rule_id
+        self.what = what

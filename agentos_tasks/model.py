@@ -1,0 +1,99 @@
+"""Plain data shared by the request loader, policy, executor and gates.
+
+No behaviour here: loaders build these, everyone else reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Op = Literal["write", "delete", "patch", "run", "tool"]
+OPS: tuple[Op, ...] = ("write", "delete", "patch", "run", "tool")
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """`tool:` of a step: which adapter, what to ask, where it may write."""
+
+    adapter: str  # claude | codex | opencode | command
+    prompt: str
+    paths: tuple[str, ...]  # gitignore globs the tool may change (within the policy)
+    argv: tuple[str, ...] = ()  # for the `command` adapter
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    index: int  # 0-based position in the request
+    op: Op
+    message: str
+    line: int  # source line of the step in the request file
+    path: str | None = None  # write / delete target, as written in the request
+    content: bytes | None = None  # write: the bytes to write (content or content_file)
+    content_file: Path | None = None  # absolute, resolved relative to the request file
+    patch_file: Path | None = None  # absolute
+    patch_paths: tuple[str, ...] = ()  # paths a patch touches (old and new names)
+    argv: tuple[str, ...] = ()  # run
+    expect_exit: int = 0
+    tool: ToolSpec | None = None
+    input_files: tuple[Path, ...] = ()  # files the step reads (content_file, patch)
+
+    def declared_paths(self) -> tuple[str, ...]:
+        """Paths the step says it will touch, for the pre-run policy check."""
+        if self.op in ("write", "delete") and self.path is not None:
+            return (self.path,)
+        if self.op == "patch":
+            return self.patch_paths
+        return ()
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Author:
+    name: str = "agentos"
+    email: str = "agentos@localhost"
+
+
+@dataclass(frozen=True)
+class Request:
+    source: Path  # absolute path of the request file
+    sha256: str  # digest of the request file's bytes
+    version: int
+    id: str
+    repo: Path  # absolute
+    init_repo: bool
+    base: str | None
+    branch: str | None
+    policy: Path | None  # absolute, None = default policy
+    author: Author
+    steps: tuple[Step, ...]
+    questions: tuple[Question, ...] = ()
+    lines: dict[str, int] = field(default_factory=dict, compare=False)  # top-level key -> line
+
+
+ChangeStatus = Literal["A", "M", "D", "R", "T"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of what a step really changed in its worktree, computed by the executor.
+
+    `ignored` entries are files matched by .gitignore: they never land (git does not
+    commit them) but they are still judged by the policy.
+    """
+
+    path: str  # worktree-relative, posix, normalised
+    status: ChangeStatus
+    old_path: str | None = None  # renames
+    old_mode: str | None = None  # git modes: 100644 100755 120000 160000
+    new_mode: str | None = None
+    sha256: str | None = None  # of the new content (None for deletions)
+    ignored: bool = False
