@@ -1,0 +1,305 @@
+"""The signable human report: `reports/report.md`.
+
+A reviewer reads this file instead of the JSON artifacts, and it is one of the signed
+subjects, so it must say only what the artifacts say. It is therefore generated from the
+files in the run directory and nothing else: no git calls, no clock, no environment. The
+same artifacts always render the same bytes, which is what lets `sign_run` regenerate it
+right before signing. Anything missing or unreadable is printed as MISSING / UNREADABLE —
+a gap in the evidence must be visible, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPORT_RELPATH = "reports/report.md"
+MISSING = "MISSING"
+
+# Artifacts whose digests the report lists, in the order a reviewer checks them.
+KEY_ARTIFACTS = (
+    "audit/tape_head.json",
+    "audit/run_tape.jsonl",
+    "audit/checksums.json",
+    "audit/SHA256SUMS",
+    "execution_result.json",
+    "reports/gates.json",
+    "audit/request.yaml",
+    "audit/policy.yaml",
+)
+
+_MAX_FILES_IN_CELL = 5
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never half.
+
+    Evidence files are read by gates and verifiers possibly while a run is writing, and a
+    crash must not leave a torn report or envelope behind: write a temp file in the same
+    directory, fsync it, then rename over the target.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp_file:
+            tmp_file.write(data)
+            tmp_file.flush()
+            os.fchmod(tmp_file.fileno(), mode)
+            os.fsync(tmp_file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, streamed so large patches do not load into memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Json:
+    """A JSON artifact as the report sees it: its data, or why there is none."""
+
+    def __init__(self, run_dir: Path, relpath: str) -> None:
+        self.relpath = relpath
+        self.data: dict[str, Any] = {}
+        self.problem: str | None = None
+        path = run_dir / relpath
+        if not path.is_file():
+            self.problem = f"{MISSING} ({relpath})"
+            return
+        try:
+            loaded = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            self.problem = f"UNREADABLE ({relpath}: {exc})"
+            return
+        if not isinstance(loaded, dict):
+            self.problem = f"UNREADABLE ({relpath}: not a JSON object)"
+            return
+        self.data = loaded
+
+
+def _cell(value: object) -> str:
+    """One markdown table cell: MISSING for absent values, pipes and newlines neutralised."""
+    if value is None or value == "":
+        return MISSING
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _field(data: dict[str, Any], *keys: str) -> object:
+    """`data[k1][k2]...` or None when any level is absent or not an object."""
+    current: object = data
+    for key in keys:
+        if not isinstance(current, dict) or key not in current:
+            return None
+        current = current[key]
+    return current
+
+
+def _copy_digest_note(run_dir: Path, relpath: str, recorded: object) -> str:
+    """Digest of the recorded copy under audit/, and whether it matches the recorded digest."""
+    copy_path = run_dir / relpath
+    if not copy_path.is_file():
+        return f"{relpath}: {MISSING}"
+    actual = sha256_file(copy_path)
+    if recorded is None:
+        return f"{relpath}: {actual}"
+    verdict = "matches" if actual == recorded else "DIFFERS from the recorded digest"
+    return f"{relpath}: {actual} ({verdict})"
+
+
+def _files_cell(files: object) -> str:
+    """`n: path (status), ...`, cut after a few paths so the table stays readable."""
+    if not isinstance(files, list):
+        return MISSING
+    if not files:
+        return "0"
+    names = []
+    for entry in files[:_MAX_FILES_IN_CELL]:
+        path = _field(entry, "path") if isinstance(entry, dict) else None
+        status = _field(entry, "status") if isinstance(entry, dict) else None
+        names.append(f"{path if path is not None else MISSING} ({status or '?'})")
+    more = len(files) - _MAX_FILES_IN_CELL
+    suffix = f", ... (+{more} more)" if more > 0 else ""
+    return _cell(f"{len(files)}: " + ", ".join(names) + suffix)
+
+
+def _section_request(run_dir: Path, result: _Json) -> list[str]:
+    data = result.data
+    lines = ["## Request and policy", "", "| field | value |", "|---|---|"]
+    rows: list[tuple[str, object]] = [
+        ("request path", _field(data, "request", "path")),
+        ("request sha256", _field(data, "request", "sha256")),
+        ("request copy", _copy_digest_note(run_dir, "audit/request.yaml",
+                                           _field(data, "request", "sha256"))),
+        ("policy id", _field(data, "policy", "id")),
+        ("policy path", _field(data, "policy", "path")),
+        ("policy sha256", _field(data, "policy", "sha256")),
+        ("policy copy", _copy_digest_note(run_dir, "audit/policy.yaml",
+                                          _field(data, "policy", "sha256"))),
+        ("isolation", _field(data, "policy", "isolation")),
+        ("sandbox backend", _field(data, "sandbox", "backend")),
+    ]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    return [*lines, ""]
+
+
+def _head_value(data: dict[str, Any], key: str) -> object:
+    """A recorded head: its sha, "none" when recorded as null (denied or unapplied run),
+    None (shown as MISSING) when the field is absent."""
+    if key not in data:
+        return None
+    return data[key] if data[key] is not None else "none"
+
+
+def _section_repo(result: _Json) -> list[str]:
+    data = result.data
+    lines = ["## Repository", "", "| field | value |", "|---|---|"]
+    commits = _field(data, "commits_applied")
+    rows: list[tuple[str, object]] = [
+        ("repo", _field(data, "repo")),
+        ("branch", _field(data, "branch")),
+        ("base", _field(data, "base")),
+        ("pre-apply head", _head_value(data, "pre_apply_head")),
+        ("post-apply head", _head_value(data, "post_apply_head")),
+        ("commits applied", len(commits) if isinstance(commits, list) else None),
+    ]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    lines.append("")
+    if isinstance(commits, list) and commits:
+        lines += ["Commits applied, in order:", ""]
+        lines += [f"{index}. {_cell(sha)}" for index, sha in enumerate(commits, start=1)]
+        lines.append("")
+    return lines
+
+
+def _section_steps(result: _Json) -> list[str]:
+    lines = ["## Steps", ""]
+    steps = _field(result.data, "steps")
+    if result.problem:
+        return [*lines, f"Steps: {result.problem}", ""]
+    if not isinstance(steps, list):
+        return [*lines, f"Steps: {MISSING} (execution_result.json has no steps list)", ""]
+    lines += [
+        "| id | op | status | files changed | commit | patch sha256 | exit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for step in steps:
+        step_data = step if isinstance(step, dict) else {}
+        status = _field(step_data, "status")
+        # An unchanged step has no commit/patch by design; say so instead of MISSING.
+        no_output = "none" if status in ("unchanged", "pending", "failed") else None
+        commit = _field(step_data, "commit") or no_output
+        patch_sha = _field(step_data, "patch_sha256") or no_output
+        exit_code = _field(step_data, "exit_code")
+        lines.append(
+            f"| {_cell(_field(step_data, 'id'))} | {_cell(_field(step_data, 'op'))} "
+            f"| {_cell(status)} | {_files_cell(_field(step_data, 'files'))} "
+            f"| {_cell(commit)} | {_cell(patch_sha)} "
+            f"| {'-' if exit_code is None else _cell(exit_code)} |"
+        )
+    if not steps:
+        lines.append("| (no steps) | | | | | | |")
+    return [*lines, ""]
+
+
+def _section_gates(gates: _Json) -> list[str]:
+    lines = ["## Gates", ""]
+    if gates.problem:
+        return [*lines, f"Gates: {gates.problem}", ""]
+    gate_list = _field(gates.data, "gates")
+    if not isinstance(gate_list, list):
+        return [*lines, f"Gates: {MISSING} (reports/gates.json has no gates list)", ""]
+    lines += ["| id | status | reason |", "|---|---|---|"]
+    counts: dict[str, int] = {}
+    for gate in gate_list:
+        gate_data = gate if isinstance(gate, dict) else {}
+        status = _field(gate_data, "status")
+        counts[str(status)] = counts.get(str(status), 0) + 1
+        lines.append(
+            f"| {_cell(_field(gate_data, 'id'))} | {_cell(status)} "
+            f"| {_cell(_field(gate_data, 'reason'))} |"
+        )
+    if not gate_list:
+        lines.append("| (no gates) | | |")
+    lines.append("")
+    summary = ", ".join(f"{name} {counts.get(name, 0)}"
+                        for name in ("PASS", "FAIL", "NOT_APPLICABLE"))
+    others = sorted(set(counts) - {"PASS", "FAIL", "NOT_APPLICABLE"})
+    if others:
+        summary += ", " + ", ".join(f"{name} {counts[name]}" for name in others)
+    lines += [f"Gate summary (counted from the table): {summary}", ""]
+    return lines
+
+
+def _section_digests(run_dir: Path) -> list[str]:
+    lines = ["## Artifact digests", "", "| artifact | sha256 |", "|---|---|"]
+    for relpath in KEY_ARTIFACTS:
+        path = run_dir / relpath
+        lines.append(f"| {relpath} | {sha256_file(path) if path.is_file() else MISSING} |")
+    lines.append("")
+    head = _Json(run_dir, "audit/tape_head.json")
+    if head.problem:
+        lines.append(f"Tape head: {head.problem}")
+    else:
+        lines.append(
+            f"Tape head: count {_cell(_field(head.data, 'count'))}, "
+            f"head {_cell(_field(head.data, 'head'))}"
+        )
+    patches = sorted((run_dir / "patches").glob("*.patch"))
+    lines += ["", f"Patches: {len(patches)}", ""]
+    lines += [f"- patches/{patch.name}: {sha256_file(patch)}" for patch in patches]
+    return [*lines, ""] if patches else lines
+
+
+def render_report(run_dir: Path) -> str:
+    """Markdown report of a run, built only from the files in `run_dir`.
+
+    Deterministic (no clock, no host state) so re-rendering the same artifacts gives the
+    same bytes; missing files and fields are shown as MISSING.
+    """
+    result = _Json(run_dir, "execution_result.json")
+    gates = _Json(run_dir, "reports/gates.json")
+    run_name = _field(result.data, "run") or _field(gates.data, "run") or run_dir.name
+    lines = [f"# agentos run report: {_cell(run_name)}", ""]
+    if result.problem:
+        lines += [f"Execution result: {result.problem}", ""]
+    lines += [f"Status: **{_cell(_field(result.data, 'status'))}**", ""]
+    counts = _field(result.data, "counts")
+    if isinstance(counts, dict):
+        lines += [
+            "Counts: " + ", ".join(f"{key} {_cell(counts[key])}" for key in sorted(counts)),
+            "",
+        ]
+    lines += _section_request(run_dir, result)
+    lines += _section_repo(result)
+    lines += _section_steps(result)
+    lines += _section_gates(gates)
+    lines += _section_digests(run_dir)
+    lines += [
+        "This report is generated from the run's artifacts only; the signed statement in",
+        "signature/ binds it and every artifact above by sha256 (`agentos verify`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Render the report and write `reports/report.md` atomically; returns its path."""
+    report_path = run_dir / REPORT_RELPATH
+    atomic_write_bytes(report_path, render_report(run_dir).encode("utf-8"))
+    return report_path

@@ -1,0 +1,587 @@
+"""DSSE signing of a run over an in-toto Statement v1, and offline verification.
+
+The signed statement is the end product of a run: its subjects are the run's evidence
+files (patches, tape, tape head, checksums, step manifests, execution result, gates
+report, human report, recorded request/policy, tool packs) by sha256, and its predicate
+is the run summary plus the gate results. A third party holding only the run directory
+and the public key can re-check every digest, the signature, the tape chain and the
+gates (`verify_signature`).
+
+Formats (what `agentos keygen` writes, what `agentos verify` reads):
+- private key `agentos.key`: PEM PKCS#8, unencrypted, mode 0600 (securesystemslib
+  `CryptoSigner.private_bytes`; `openssl genpkey -algorithm ed25519` keys load too).
+- public key `agentos.pub`: securesystemslib key JSON
+  `{"keyid", "keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": <hex>}}`,
+  loadable with `SSlibKey.from_dict`. A PEM SubjectPublicKeyInfo public key is accepted
+  as well, for keys made with openssl.
+- envelope `signature/envelope.dsse.json`: DSSE JSON as securesystemslib's
+  `dsse.Envelope.to_dict()` writes it (payloadType, base64 payload, signatures with
+  keyid and base64 sig); `signature/statement.json` is the decoded payload for humans.
+
+PAE, envelope and statement layout all come from securesystemslib and
+in-toto-attestation; nothing here re-implements them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import (
+    load_pem_private_key,
+    load_pem_public_key,
+)
+from google.protobuf import json_format
+from in_toto_attestation.v1 import statement_pb2
+from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+from in_toto_attestation.v1.statement import STATEMENT_TYPE_URI, Statement
+from securesystemslib import exceptions as sslib_exceptions
+from securesystemslib.dsse import Envelope
+from securesystemslib.signer import CryptoSigner, Key, SSlibKey  # type: ignore[attr-defined]
+
+from agentos_tasks.errors import EXIT_GATES, EXIT_USAGE, AgentosError
+from agentos_tasks.report import atomic_write_bytes, sha256_file, write_report
+
+PREDICATE_TYPE = "https://agentos-tasks.dev/attestation/run-report/v1"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+ENVELOPE_RELPATH = "signature/envelope.dsse.json"
+STATEMENT_RELPATH = "signature/statement.json"
+
+# Every file of a run that the signature binds (those that exist). Globs are relative to
+# the run directory. `verify_signature` also uses them the other way round: a file that
+# matches one of them but is not a subject (a patch added after signing) fails.
+SUBJECT_GLOBS: tuple[str, ...] = (
+    "patches/*.patch",
+    "audit/run_tape.jsonl",
+    "audit/tape_head.json",
+    "audit/checksums.json",
+    "audit/SHA256SUMS",
+    "audit/rollback_proof.json",
+    "execution_result.json",
+    "reports/gates.json",
+    "reports/report.md",
+    "audit/request.yaml",
+    "audit/policy.yaml",
+    "steps/*.json",
+    "tools/*/tool_result_pack.json",
+    "tools/*/tool_task_pack.json",
+)
+
+# Without these a statement says nothing worth signing; sign refuses, verify fails.
+REQUIRED_SUBJECTS: tuple[str, ...] = (
+    "execution_result.json",
+    "audit/run_tape.jsonl",
+    "reports/gates.json",
+)
+
+GATE_STATUSES = ("PASS", "FAIL", "NOT_APPLICABLE")
+_SHA256_HEX_LEN = 64
+_GENESIS_PREV = (None, "", "0" * _SHA256_HEX_LEN)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification finding: what was checked, whether it held, and why."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def keygen(out_dir: Path, *, name: str = "agentos", overwrite: bool = False) -> tuple[Path, Path]:
+    """Create an ed25519 key pair `<name>.key` (PEM PKCS#8, 0600) and `<name>.pub` (JSON).
+
+    Refuses to replace existing files: silently overwriting a signing key would orphan
+    every signature made with it.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key_path = out_dir / f"{name}.key"
+    pub_path = out_dir / f"{name}.pub"
+    existing = [path for path in (key_path, pub_path) if path.exists() or path.is_symlink()]
+    if existing and not overwrite:
+        raise AgentosError(
+            f"refusing to overwrite existing key file(s): {', '.join(map(str, existing))}",
+            where=str(existing[0]),
+            hint="move them away, pick another --out directory, or pass --force",
+            code=EXIT_USAGE,
+        )
+    signer = CryptoSigner.generate_ed25519()
+    public_json = json.dumps(
+        {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}, indent=2,
+        sort_keys=True,
+    )
+    atomic_write_bytes(key_path, signer.private_bytes, mode=0o600)
+    atomic_write_bytes(pub_path, (public_json + "\n").encode("ascii"), mode=0o644)
+    return key_path, pub_path
+
+
+def load_public_key(pub_path: Path) -> Key:
+    """Load a public key written by `keygen` (securesystemslib JSON) or a PEM public key."""
+    try:
+        raw = pub_path.read_bytes()
+    except OSError as exc:
+        raise AgentosError(f"cannot read public key: {exc.strerror}", where=str(pub_path),
+                           hint="pass the agentos.pub written by `agentos keygen`") from exc
+    try:
+        if raw.lstrip().startswith(b"-----BEGIN"):
+            return SSlibKey.from_crypto(load_pem_public_key(raw))
+        key_dict = json.loads(raw)
+        if not isinstance(key_dict, dict):
+            raise TypeError("not a JSON object")
+        keyid = key_dict.pop("keyid")
+        return Key.from_dict(keyid, key_dict)
+    except (ValueError, KeyError, TypeError, sslib_exceptions.Error) as exc:
+        raise AgentosError(
+            f"not a usable public key ({type(exc).__name__}: {exc})",
+            where=str(pub_path),
+            hint="expected the securesystemslib key JSON written by `agentos keygen` "
+                 "or a PEM public key",
+        ) from exc
+
+
+def load_signer(key_path: Path) -> CryptoSigner:
+    """Load a PEM PKCS#8 private key as a securesystemslib signer."""
+    try:
+        raw = key_path.read_bytes()
+    except OSError as exc:
+        raise AgentosError(f"cannot read signing key: {exc.strerror}", where=str(key_path),
+                           hint="create one with `agentos keygen`") from exc
+    try:
+        return CryptoSigner(load_pem_private_key(raw, password=None))
+    except (ValueError, TypeError, sslib_exceptions.Error) as exc:
+        raise AgentosError(
+            f"not a usable private key ({type(exc).__name__}: {exc})",
+            where=str(key_path),
+            hint="expected an unencrypted PEM PKCS#8 key such as `agentos keygen` writes",
+        ) from exc
+
+
+# --------------------------------------------------------------------------- statement
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """Parse a JSON object artifact or explain, as a signing refusal, why it cannot be."""
+    if not path.is_file():
+        raise AgentosError(f"{what} is missing", where=str(path),
+                           hint="run `doit run` and `doit gates` for this request first",
+                           code=EXIT_GATES)
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise AgentosError(f"{what} is not valid JSON: {exc}", where=str(path),
+                           hint="re-run `doit gates`", code=EXIT_GATES) from exc
+    if not isinstance(data, dict):
+        raise AgentosError(f"{what} is not a JSON object", where=str(path),
+                           hint="re-run `doit gates`", code=EXIT_GATES)
+    return data
+
+
+def _subject_paths(run_dir: Path) -> list[str]:
+    """Run-relative POSIX paths of every existing file matching SUBJECT_GLOBS, sorted."""
+    found: set[str] = set()
+    for pattern in SUBJECT_GLOBS:
+        for path in run_dir.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                found.add(path.relative_to(run_dir).as_posix())
+    return sorted(found)
+
+
+def _gate_summary(gates: list[dict[str, Any]]) -> dict[str, int]:
+    summary = dict.fromkeys(GATE_STATUSES, 0)
+    for gate in gates:
+        summary[gate["status"]] += 1
+    return summary
+
+
+def _check_gates_report(gates_doc: dict[str, Any], gates_path: Path) -> list[dict[str, Any]]:
+    """The gate list of reports/gates.json, refusing anything a signature must not cover."""
+    gates = gates_doc.get("gates")
+    if not isinstance(gates, list) or not gates:
+        raise AgentosError("reports/gates.json lists no gates; nothing was checked",
+                           where=str(gates_path), hint="run `doit gates` first",
+                           code=EXIT_GATES)
+    for index, gate in enumerate(gates):
+        if (not isinstance(gate, dict) or not isinstance(gate.get("id"), str)
+                or gate.get("status") not in GATE_STATUSES):
+            raise AgentosError(
+                f"gate #{index} has no id or an unknown status "
+                f"(expected one of {', '.join(GATE_STATUSES)})",
+                where=str(gates_path), hint="re-run `doit gates`", code=EXIT_GATES)
+    failing = [gate for gate in gates if gate["status"] == "FAIL"]
+    if failing:
+        names = "; ".join(f"{gate['id']}: {gate.get('reason', '')}" for gate in failing)
+        raise AgentosError(
+            f"refusing to sign: {len(failing)} gate(s) FAIL: {names}",
+            where=str(gates_path),
+            hint="fix the run (or the tampered artifact) and re-run `doit gates`",
+            code=EXIT_GATES,
+        )
+    if not any(gate["status"] == "PASS" for gate in gates):
+        raise AgentosError("refusing to sign: no gate PASSed (all NOT_APPLICABLE)",
+                           where=str(gates_path), hint="re-run `doit gates`",
+                           code=EXIT_GATES)
+    recorded = gates_doc.get("summary")
+    recomputed = _gate_summary(gates)
+    if isinstance(recorded, dict) and {
+        status: recorded.get(status, 0) for status in GATE_STATUSES
+    } != recomputed:
+        raise AgentosError(
+            f"reports/gates.json summary {recorded} disagrees with its gate list "
+            f"{recomputed}", where=str(gates_path), hint="re-run `doit gates`",
+            code=EXIT_GATES)
+    return gates
+
+
+def _check_gate_evidence_fresh(run_dir: Path, gates: list[dict[str, Any]],
+                               gates_path: Path) -> None:
+    """Refuse when a run file a gate looked at changed since: its PASS would be stale.
+
+    Only evidence that names an existing file inside the run directory is compared; other
+    evidence (repository paths, git refs) is the gates' business.
+    """
+    root = run_dir.resolve()
+    for gate in gates:
+        evidence = gate.get("evidence")
+        for item in evidence if isinstance(evidence, list) else []:
+            if not isinstance(item, dict):
+                continue
+            rel, recorded = item.get("path"), item.get("sha256")
+            if not isinstance(rel, str) or not isinstance(recorded, str):
+                continue
+            candidate = (run_dir / rel).resolve()
+            if not candidate.is_relative_to(root) or not candidate.is_file():
+                continue
+            if sha256_file(candidate) != recorded:
+                raise AgentosError(
+                    f"reports/gates.json is stale: {rel} changed after gate {gate['id']} "
+                    "checked it",
+                    where=str(gates_path), hint="re-run `doit gates`", code=EXIT_GATES)
+
+
+def _predicate(result: dict[str, Any], gates_doc: dict[str, Any]) -> dict[str, Any]:
+    """Run summary + gate results, copied from execution_result.json and gates.json."""
+    gates = [
+        {"id": gate["id"], "status": gate["status"], "reason": gate.get("reason", "")}
+        for gate in gates_doc.get("gates", [])
+        if isinstance(gate, dict) and "id" in gate and "status" in gate
+    ]
+    recorded_policy = result.get("policy")
+    policy: dict[str, Any] = recorded_policy if isinstance(recorded_policy, dict) else {}
+    return {
+        "run": result.get("run"),
+        "status": result.get("status"),
+        "request": result.get("request"),
+        "repo": result.get("repo"),
+        "branch": result.get("branch"),
+        "base": result.get("base"),
+        "pre_apply_head": result.get("pre_apply_head"),
+        "post_apply_head": result.get("post_apply_head"),
+        "commits_applied": result.get("commits_applied", []),
+        "policy": {key: policy.get(key) for key in ("id", "path", "sha256", "isolation")},
+        "sandbox": result.get("sandbox"),
+        "gates": gates,
+        "gates_summary": {
+            status: sum(1 for gate in gates if gate["status"] == status)
+            for status in GATE_STATUSES
+        },
+    }
+
+
+def build_statement(run_dir: Path) -> dict[str, Any]:
+    """The in-toto Statement v1 for a run, as a JSON-ready dict.
+
+    Built and validated with in-toto-attestation's `Statement`/`ResourceDescriptor`.
+    The predicate is put back as plain JSON afterwards because protobuf's Struct stores
+    every number as a double (a count of 3 would be signed as 3.0).
+    """
+    result = _read_json_object(run_dir / "execution_result.json", "execution_result.json")
+    gates_doc = _read_json_object(run_dir / "reports/gates.json", "reports/gates.json")
+    subjects = []
+    for relpath in _subject_paths(run_dir):
+        path = run_dir / relpath
+        if path.is_symlink() or not path.is_file():
+            raise AgentosError(f"artifact {relpath} is not a regular file", where=str(path),
+                               hint="evidence must be plain files inside the run directory",
+                               code=EXIT_GATES)
+        subjects.append(ResourceDescriptor(name=relpath,
+                                           digest={"sha256": sha256_file(path)}).pb)
+    predicate = _predicate(result, gates_doc)
+    statement = Statement(subjects, PREDICATE_TYPE, predicate)
+    try:
+        statement.validate()
+    except ValueError as exc:
+        raise AgentosError(f"cannot build the statement: {exc}", where=str(run_dir),
+                           code=EXIT_GATES) from exc
+    statement_dict: dict[str, Any] = json_format.MessageToDict(statement.pb)
+    statement_dict["predicate"] = predicate
+    return statement_dict
+
+
+def sign_run(run_dir: Path, key_path: Path) -> Path:
+    """Sign a run whose gates all passed; returns `signature/envelope.dsse.json`.
+
+    Refuses (exit code EXIT_GATES) without execution_result.json, the tape or a gates
+    report, or when any gate FAILs. Regenerates reports/report.md first so the signed
+    human report always matches the signed artifacts.
+    """
+    for relpath in ("execution_result.json", "audit/run_tape.jsonl"):
+        if not (run_dir / relpath).is_file():
+            raise AgentosError(f"refusing to sign: {relpath} is missing",
+                               where=str(run_dir / relpath),
+                               hint="run `doit run` and `doit gates` first", code=EXIT_GATES)
+    gates_path = run_dir / "reports/gates.json"
+    gates_doc = _read_json_object(gates_path, "reports/gates.json")
+    gates = _check_gates_report(gates_doc, gates_path)
+    _check_gate_evidence_fresh(run_dir, gates, gates_path)
+    result = _read_json_object(run_dir / "execution_result.json", "execution_result.json")
+    if gates_doc.get("run") is not None and gates_doc.get("run") != result.get("run"):
+        raise AgentosError(
+            f"reports/gates.json is for run {gates_doc.get('run')!r}, "
+            f"execution_result.json for {result.get('run')!r}",
+            where=str(gates_path), hint="re-run `doit gates`", code=EXIT_GATES)
+    signer = load_signer(key_path)
+
+    write_report(run_dir)
+    statement = build_statement(run_dir)
+    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    envelope = Envelope(payload=payload, payload_type=PAYLOAD_TYPE, signatures={})
+    envelope.sign(signer)
+
+    atomic_write_bytes(run_dir / STATEMENT_RELPATH,
+                       (json.dumps(statement, indent=2, sort_keys=True) + "\n").encode())
+    envelope_path = run_dir / ENVELOPE_RELPATH
+    atomic_write_bytes(envelope_path,
+                       (json.dumps(envelope.to_dict(), indent=2) + "\n").encode())
+    return envelope_path
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _safe_relpath(name: object) -> str | None:
+    """A subject name usable as a run-relative path, or None (absolute, `..`, signature/)."""
+    if not isinstance(name, str) or not name or "\\" in name:
+        return None
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or pure.parts[0] == "signature":
+        return None
+    return pure.as_posix()
+
+
+def _check_subject_digests(run_dir: Path, subjects: list[Any]) -> tuple[Check, set[str]]:
+    problems: list[str] = []
+    names: set[str] = set()
+    for subject in subjects:
+        subject_dict = subject if isinstance(subject, dict) else {}
+        relpath = _safe_relpath(subject_dict.get("name"))
+        digest = subject_dict.get("digest", {})
+        expected = digest.get("sha256") if isinstance(digest, dict) else None
+        if relpath is None:
+            problems.append(f"unsafe subject name {subject_dict.get('name')!r}")
+            continue
+        if relpath in names:
+            problems.append(f"{relpath}: listed twice")
+        names.add(relpath)
+        path = run_dir / relpath
+        if not isinstance(expected, str):
+            problems.append(f"{relpath}: no sha256 digest")
+        elif path.is_symlink() or not path.is_file():
+            problems.append(f"{relpath}: missing" if not path.exists() and
+                            not path.is_symlink() else f"{relpath}: not a regular file")
+        elif sha256_file(path) != expected:
+            problems.append(f"{relpath}: sha256 differs from the signed digest")
+    ok = not problems
+    detail = (f"{len(names)} subject file(s) present with the signed sha256" if ok
+              else "; ".join(problems))
+    return Check("subjects: digests", ok, detail), names
+
+
+def _check_unlisted(run_dir: Path, names: set[str]) -> Check:
+    extra = [relpath for relpath in _subject_paths(run_dir) if relpath not in names]
+    if extra:
+        return Check("subjects: nothing added", False,
+                     "not covered by the signature (added after signing?): " +
+                     ", ".join(extra))
+    return Check("subjects: nothing added", True,
+                 "no patch, manifest or other evidence file outside the signed subjects")
+
+
+def _check_required(names: set[str]) -> Check:
+    missing = [relpath for relpath in REQUIRED_SUBJECTS if relpath not in names]
+    if missing:
+        return Check("subjects: required", False,
+                     "statement does not cover: " + ", ".join(missing))
+    return Check("subjects: required", True,
+                 "execution result, tape and gates report are signed subjects")
+
+
+def _line_digests(line: bytes) -> tuple[str, str]:
+    """sha256 of a tape line without and with its newline (either convention binds it)."""
+    return (hashlib.sha256(line).hexdigest(), hashlib.sha256(line + b"\n").hexdigest())
+
+
+def check_tape_chain(run_dir: Path) -> Check:
+    """Re-verify the hash chain of audit/run_tape.jsonl and its head in tape_head.json.
+
+    Each line's `prev` must be the sha256 of the previous line's bytes (the first line
+    has none), `seq` must be contiguous, and tape_head.json must name the line count and
+    the last line's sha256 — so an edited, dropped or truncated line shows.
+    """
+    name = "tape chain"
+    tape_path = run_dir / "audit/run_tape.jsonl"
+    try:
+        raw_lines = tape_path.read_bytes().splitlines()
+    except OSError as exc:
+        return Check(name, False, f"audit/run_tape.jsonl unreadable: {exc.strerror}")
+    if not raw_lines:
+        return Check(name, False, "audit/run_tape.jsonl is empty")
+    previous: bytes | None = None
+    first_seq: int | None = None
+    for index, line in enumerate(raw_lines):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return Check(name, False, f"line {index + 1} is not JSON")
+        if not isinstance(event, dict) or not isinstance(event.get("seq"), int):
+            return Check(name, False, f"line {index + 1} has no integer seq")
+        if first_seq is None:
+            first_seq = event["seq"]
+        if event["seq"] != first_seq + index:
+            return Check(name, False, f"line {index + 1}: seq {event['seq']} not contiguous")
+        prev = event.get("prev")
+        if previous is None:
+            if prev not in _GENESIS_PREV:
+                return Check(name, False, "line 1 has a prev but starts the tape")
+        elif prev not in _line_digests(previous):
+            return Check(name, False,
+                         f"line {index + 1}: prev is not the sha256 of line {index}")
+        previous = line
+    assert previous is not None
+    head_path = run_dir / "audit/tape_head.json"
+    try:
+        head = json.loads(head_path.read_bytes())
+    except (OSError, ValueError):
+        return Check(name, False, "audit/tape_head.json missing or not JSON")
+    if not isinstance(head, dict) or head.get("count") != len(raw_lines):
+        count = head.get("count") if isinstance(head, dict) else None
+        return Check(name, False,
+                     f"tape_head.json count {count} != {len(raw_lines)} tape lines")
+    if head.get("head") not in _line_digests(previous):
+        return Check(name, False, "tape_head.json head is not the sha256 of the last line")
+    return Check(name, True, f"{len(raw_lines)} lines chained, head matches tape_head.json")
+
+
+def _check_gates_predicate(predicate: dict[str, Any]) -> Check:
+    gates = predicate.get("gates")
+    if not isinstance(gates, list) or not gates:
+        return Check("gates", False, "signed predicate lists no gates")
+    failing = [
+        str(gate.get("id")) if isinstance(gate, dict) else repr(gate)
+        for gate in gates
+        if (gate.get("status") if isinstance(gate, dict) else None) not in ("PASS",
+                                                                              "NOT_APPLICABLE")
+    ]
+    summary = predicate.get("gates_summary")
+    summary_fail = summary.get("FAIL") if isinstance(summary, dict) else None
+    if failing or summary_fail != 0:
+        return Check("gates", False,
+                     f"signed gate results not all PASS/NOT_APPLICABLE: {', '.join(failing)}"
+                     f" (summary FAIL={summary_fail})")
+    passed = sum(1 for gate in gates if gate.get("status") == "PASS")
+    return Check("gates", True, f"{passed} PASS, {len(gates) - passed} NOT_APPLICABLE, 0 FAIL")
+
+
+def _parse_envelope(envelope_path: Path) -> tuple[Envelope | None, Check]:
+    name = "envelope"
+    if not envelope_path.is_file():
+        return None, Check(name, False, f"{ENVELOPE_RELPATH} is missing (run not signed?)")
+    try:
+        envelope_dict = json.loads(envelope_path.read_bytes())
+        if not isinstance(envelope_dict, dict):
+            raise TypeError("not a JSON object")
+        # from_dict rewrites the signature dicts in place; keep the caller's data intact.
+        envelope = Envelope.from_dict(copy.deepcopy(envelope_dict))
+    except (OSError, ValueError, KeyError, TypeError, sslib_exceptions.Error) as exc:
+        return None, Check(name, False,
+                           f"{ENVELOPE_RELPATH} is not a DSSE envelope: "
+                           f"{type(exc).__name__}: {exc}")
+    return envelope, Check(name, True, f"{ENVELOPE_RELPATH} parses as a DSSE envelope")
+
+
+def _check_signature(envelope: Envelope, key: Key) -> Check:
+    try:
+        envelope.verify([key], 1)
+    except (sslib_exceptions.VerificationError, ValueError) as exc:
+        signed_by = ", ".join(envelope.signatures) or "nobody"
+        return Check("signature", False,
+                     f"no valid signature by key {key.keyid} ({exc}); signed by: {signed_by}")
+    return Check("signature", True, f"valid {key.scheme} signature by key {key.keyid}")
+
+
+def _parse_statement(payload: bytes) -> tuple[dict[str, Any] | None, Check]:
+    name = "statement"
+    try:
+        statement_dict = json.loads(payload)
+        if not isinstance(statement_dict, dict):
+            raise TypeError("payload is not a JSON object")
+        proto = json_format.ParseDict(statement_dict, statement_pb2.Statement())
+        Statement.copy_from_pb(proto).validate()
+    except (ValueError, TypeError, json_format.ParseError) as exc:
+        return None, Check(name, False, f"payload is not an in-toto Statement v1: {exc}")
+    if statement_dict.get("predicateType") != PREDICATE_TYPE:
+        return None, Check(name, False,
+                           f"predicateType {statement_dict.get('predicateType')!r}, "
+                           f"expected {PREDICATE_TYPE}")
+    if not isinstance(statement_dict.get("predicate"), dict):
+        return None, Check(name, False, "predicate is not an object")
+    return statement_dict, Check(
+        name, True,
+        f"{STATEMENT_TYPE_URI} with predicateType {PREDICATE_TYPE}, "
+        f"{len(statement_dict.get('subject', []))} subject(s)")
+
+
+def verify_signature(run_dir: Path, pub_path: Path) -> list[Check]:
+    """Re-check a signed run offline; one Check per property, tampering gives ok=False.
+
+    Raises AgentosError only when the public key itself is unusable; everything about
+    the run directory (missing envelope, bad signature, changed or added files) is a
+    failing Check, so the caller can print all findings at once.
+    """
+    key = load_public_key(pub_path)
+    checks: list[Check] = []
+    envelope, envelope_check = _parse_envelope(run_dir / ENVELOPE_RELPATH)
+    checks.append(envelope_check)
+    if envelope is None:
+        return checks
+    checks.append(_check_signature(envelope, key))
+    checks.append(Check(
+        "payload type", envelope.payload_type == PAYLOAD_TYPE,
+        f"payloadType {envelope.payload_type!r}" +
+        ("" if envelope.payload_type == PAYLOAD_TYPE else f", expected {PAYLOAD_TYPE!r}")))
+    statement, statement_check = _parse_statement(envelope.payload)
+    checks.append(statement_check)
+    if statement is None:
+        return checks
+    subjects = statement.get("subject", [])
+    digest_check, names = _check_subject_digests(run_dir, subjects)
+    checks += [
+        digest_check,
+        _check_required(names),
+        _check_unlisted(run_dir, names),
+        check_tape_chain(run_dir),
+        _check_gates_predicate(statement["predicate"]),
+    ]
+    return checks
+
+
+def verification_passed(checks: list[Check]) -> bool:
+    """True when there is at least one check and every check holds."""
+    return bool(checks) and all(check.ok for check in checks)
+
