@@ -10,12 +10,11 @@ a gap in the evidence must be visible, never silently skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from agentos_tasks.fsutil import atomic_write, sha256_file
 
 REPORT_RELPATH = "reports/report.md"
 MISSING = "MISSING"
@@ -33,41 +32,6 @@ KEY_ARTIFACTS = (
 )
 
 _MAX_FILES_IN_CELL = 5
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never half.
-
-    Evidence files are read by gates and verifiers possibly while a run is writing, and a
-    crash must not leave a torn report or envelope behind: write a temp file in the same
-    directory, fsync it, then rename over the target.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp_file:
-            tmp_file.write(data)
-            tmp_file.flush()
-            os.fchmod(tmp_file.fileno(), mode)
-            os.fsync(tmp_file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, streamed so large patches do not load into memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Json:
@@ -301,5 +265,5 @@ def render_report(run_dir: Path) -> str:
 def write_report(run_dir: Path) -> Path:
     """Render the report and write `reports/report.md` atomically; returns its path."""
     report_path = run_dir / REPORT_RELPATH
-    atomic_write_bytes(report_path, render_report(run_dir).encode("utf-8"))
+    atomic_write(report_path, render_report(run_dir).encode("utf-8"))
     return report_path

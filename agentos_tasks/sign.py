@@ -25,8 +25,9 @@ in-toto-attestation; nothing here re-implements them.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -44,7 +45,9 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, Key, SSlibKey  # type: ignore[attr-defined]
 
 from agentos_tasks.errors import EXIT_GATES, EXIT_USAGE, AgentosError
-from agentos_tasks.report import atomic_write_bytes, sha256_file, write_report
+from agentos_tasks.fsutil import atomic_write, fsync_dir, sha256_file
+from agentos_tasks.report import write_report
+from agentos_tasks.tape import verify_chain
 
 PREDICATE_TYPE = "https://agentos-tasks.dev/attestation/run-report/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -79,8 +82,6 @@ REQUIRED_SUBJECTS: tuple[str, ...] = (
 )
 
 GATE_STATUSES = ("PASS", "FAIL", "NOT_APPLICABLE")
-_SHA256_HEX_LEN = 64
-_GENESIS_PREV = (None, "", "0" * _SHA256_HEX_LEN)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,26 @@ class Check:
 
 
 # --------------------------------------------------------------------------- keys
+
+
+def _write_key_file(path: Path, data: bytes, *, mode: int) -> None:
+    """Atomic write whose temp file is 0600 from its first byte (mkstemp), then `mode`.
+
+    fsutil.atomic_write creates its temp file with the umask's mode, which would leave a
+    private key world-readable for a moment.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def keygen(out_dir: Path, *, name: str = "agentos", overwrite: bool = False) -> tuple[Path, Path]:
@@ -117,8 +138,8 @@ def keygen(out_dir: Path, *, name: str = "agentos", overwrite: bool = False) -> 
         {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}, indent=2,
         sort_keys=True,
     )
-    atomic_write_bytes(key_path, signer.private_bytes, mode=0o600)
-    atomic_write_bytes(pub_path, (public_json + "\n").encode("ascii"), mode=0o644)
+    _write_key_file(key_path, signer.private_bytes, mode=0o600)
+    _write_key_file(pub_path, (public_json + "\n").encode("ascii"), mode=0o644)
     return key_path, pub_path
 
 
@@ -354,10 +375,10 @@ def sign_run(run_dir: Path, key_path: Path) -> Path:
     envelope = Envelope(payload=payload, payload_type=PAYLOAD_TYPE, signatures={})
     envelope.sign(signer)
 
-    atomic_write_bytes(run_dir / STATEMENT_RELPATH,
+    atomic_write(run_dir / STATEMENT_RELPATH,
                        (json.dumps(statement, indent=2, sort_keys=True) + "\n").encode())
     envelope_path = run_dir / ENVELOPE_RELPATH
-    atomic_write_bytes(envelope_path,
+    atomic_write(envelope_path,
                        (json.dumps(envelope.to_dict(), indent=2) + "\n").encode())
     return envelope_path
 
@@ -422,60 +443,14 @@ def _check_required(names: set[str]) -> Check:
                  "execution result, tape and gates report are signed subjects")
 
 
-def _line_digests(line: bytes) -> tuple[str, str]:
-    """sha256 of a tape line without and with its newline (either convention binds it)."""
-    return (hashlib.sha256(line).hexdigest(), hashlib.sha256(line + b"\n").hexdigest())
-
-
 def check_tape_chain(run_dir: Path) -> Check:
-    """Re-verify the hash chain of audit/run_tape.jsonl and its head in tape_head.json.
+    """Re-verify the tape's hash chain and its head with the tape module's own verifier.
 
-    Each line's `prev` must be the sha256 of the previous line's bytes (the first line
-    has none), `seq` must be contiguous, and tape_head.json must name the line count and
-    the last line's sha256 — so an edited, dropped or truncated line shows.
+    The subject digests already pin the tape's bytes; this also proves the signed tape
+    was internally consistent (contiguous seq, every prev, head == tape_head.json).
     """
-    name = "tape chain"
-    tape_path = run_dir / "audit/run_tape.jsonl"
-    try:
-        raw_lines = tape_path.read_bytes().splitlines()
-    except OSError as exc:
-        return Check(name, False, f"audit/run_tape.jsonl unreadable: {exc.strerror}")
-    if not raw_lines:
-        return Check(name, False, "audit/run_tape.jsonl is empty")
-    previous: bytes | None = None
-    first_seq: int | None = None
-    for index, line in enumerate(raw_lines):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return Check(name, False, f"line {index + 1} is not JSON")
-        if not isinstance(event, dict) or not isinstance(event.get("seq"), int):
-            return Check(name, False, f"line {index + 1} has no integer seq")
-        if first_seq is None:
-            first_seq = event["seq"]
-        if event["seq"] != first_seq + index:
-            return Check(name, False, f"line {index + 1}: seq {event['seq']} not contiguous")
-        prev = event.get("prev")
-        if previous is None:
-            if prev not in _GENESIS_PREV:
-                return Check(name, False, "line 1 has a prev but starts the tape")
-        elif prev not in _line_digests(previous):
-            return Check(name, False,
-                         f"line {index + 1}: prev is not the sha256 of line {index}")
-        previous = line
-    assert previous is not None
-    head_path = run_dir / "audit/tape_head.json"
-    try:
-        head = json.loads(head_path.read_bytes())
-    except (OSError, ValueError):
-        return Check(name, False, "audit/tape_head.json missing or not JSON")
-    if not isinstance(head, dict) or head.get("count") != len(raw_lines):
-        count = head.get("count") if isinstance(head, dict) else None
-        return Check(name, False,
-                     f"tape_head.json count {count} != {len(raw_lines)} tape lines")
-    if head.get("head") not in _line_digests(previous):
-        return Check(name, False, "tape_head.json head is not the sha256 of the last line")
-    return Check(name, True, f"{len(raw_lines)} lines chained, head matches tape_head.json")
+    report = verify_chain(run_dir)
+    return Check("tape chain", report.ok, report.reason)
 
 
 def _check_gates_predicate(predicate: dict[str, Any]) -> Check:
@@ -547,6 +522,21 @@ def _parse_statement(payload: bytes) -> tuple[dict[str, Any] | None, Check]:
         f"{len(statement_dict.get('subject', []))} subject(s)")
 
 
+def _check_statement_copy(run_dir: Path, statement: dict[str, Any]) -> Check:
+    """signature/statement.json is what humans read: it must be the signed payload."""
+    name = "statement copy"
+    copy_path = run_dir / STATEMENT_RELPATH
+    try:
+        on_disk = json.loads(copy_path.read_bytes())
+    except FileNotFoundError:
+        return Check(name, True, f"{STATEMENT_RELPATH} absent (optional, for humans)")
+    except (OSError, ValueError) as exc:
+        return Check(name, False, f"{STATEMENT_RELPATH} unreadable: {exc}")
+    if on_disk != statement:
+        return Check(name, False, f"{STATEMENT_RELPATH} differs from the signed payload")
+    return Check(name, True, f"{STATEMENT_RELPATH} equals the signed payload")
+
+
 def verify_signature(run_dir: Path, pub_path: Path) -> list[Check]:
     """Re-check a signed run offline; one Check per property, tampering gives ok=False.
 
@@ -577,6 +567,7 @@ def verify_signature(run_dir: Path, pub_path: Path) -> list[Check]:
         _check_unlisted(run_dir, names),
         check_tape_chain(run_dir),
         _check_gates_predicate(statement["predicate"]),
+        _check_statement_copy(run_dir, statement),
     ]
     return checks
 
@@ -584,4 +575,15 @@ def verify_signature(run_dir: Path, pub_path: Path) -> list[Check]:
 def verification_passed(checks: list[Check]) -> bool:
     """True when there is at least one check and every check holds."""
     return bool(checks) and all(check.ok for check in checks)
+
+
+def render_checks(checks: list[Check]) -> str:
+    """Plain text for `agentos verify`: one `ok|FAIL  name: detail` line per check and a
+    verdict line, so a CI log shows every finding, not just the first."""
+    lines = [f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}"
+             for check in checks]
+    failed = sum(1 for check in checks if not check.ok)
+    lines.append("verified: every check passed" if verification_passed(checks)
+                 else f"NOT verified: {failed} check(s) failed")
+    return "\n".join(lines)
 

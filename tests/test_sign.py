@@ -43,10 +43,12 @@ from agentos_tasks.sign import (
     keygen,
     load_public_key,
     load_signer,
+    render_checks,
     sign_run,
     verification_passed,
     verify_signature,
 )
+from agentos_tasks.tape import Tape
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -67,16 +69,10 @@ def _write_json(path: Path, obj: Any) -> str:
 
 
 def write_tape(run_dir: Path, events: list[dict[str, Any]]) -> None:
-    """A hash-chained tape as DESIGN.md describes it, plus its head file."""
-    lines: list[bytes] = []
-    prev: str | None = None
-    for seq, event in enumerate(events):
-        line = json.dumps({"seq": seq, "ts": f"2025-01-01T00:00:{seq:02d}Z", **event,
-                           "prev": prev}, sort_keys=True).encode()
-        lines.append(line)
-        prev = _sha(line)
-    _write(run_dir / "audit/run_tape.jsonl", b"".join(line + b"\n" for line in lines))
-    _write_json(run_dir / "audit/tape_head.json", {"count": len(lines), "head": prev})
+    """A real hash-chained tape and head, written by the executor's own Tape."""
+    tape = Tape(run_dir)
+    for event in events:
+        tape.append(**event)
 
 
 def make_run_dir(root: Path, *, run: str = "demo-six-files") -> Path:
@@ -105,12 +101,12 @@ def make_run_dir(root: Path, *, run: str = "demo-six-files") -> Path:
     _write_json(run_dir / "tools/step_02/tool_task_pack.json", {"step": "step_02"})
     _write_json(run_dir / "tools/step_02/tool_result_pack.json", {"step": "step_02"})
     write_tape(run_dir, [
-        {"event": "run_start", "step": None},
-        {"event": "worktree_created", "step": None},
+        {"event": "run_start"},
+        {"event": "worktree_created"},
         {"event": "step_start", "step": "step_01"},
         {"event": "step_end", "step": "step_01", "status": "changed"},
-        {"event": "patches_applied", "step": None},
-        {"event": "run_end", "step": None},
+        {"event": "patches_applied"},
+        {"event": "run_end"},
     ])
     result = {
         "schema_version": 1, "run": run, "status": "applied",
@@ -219,9 +215,11 @@ def test_sign_then_verify_round_trip(signed_run: Path, keypair: tuple[Path, Path
     checks = verify_signature(signed_run, keypair[1])
     assert failing(checks) == set(), checks
     assert verification_passed(checks)
+    assert render_checks(checks).endswith("verified: every check passed")
     assert {check.name for check in checks} >= {
         "envelope", "signature", "payload type", "statement", "subjects: digests",
-        "subjects: required", "subjects: nothing added", "tape chain", "gates"}
+        "subjects: required", "subjects: nothing added", "tape chain", "gates",
+        "statement copy"}
 
 
 def test_envelope_is_dsse_over_an_in_toto_statement(signed_run: Path,
@@ -460,6 +458,13 @@ def _change_payload_type(run_dir: Path) -> None:
     envelope_path.write_text(json.dumps(envelope))
 
 
+def _edit_statement_copy(run_dir: Path) -> None:
+    statement_path = run_dir / STATEMENT_RELPATH
+    statement = json.loads(statement_path.read_text())
+    statement["predicate"]["status"] = "applied-and-reviewed"
+    statement_path.write_text(json.dumps(statement))
+
+
 def _delete_envelope(run_dir: Path) -> None:
     (run_dir / ENVELOPE_RELPATH).unlink()
 
@@ -475,9 +480,11 @@ TAMPERS: dict[str, tuple[Callable[[Path], None], set[str]]] = {
     "add a step manifest": (_add_step_manifest, {"subjects: nothing added"}),
     "delete a subject": (_delete_subject, {"subjects: digests"}),
     "replace gates.json": (_replace_gates, {"subjects: digests"}),
-    "modify the envelope payload": (_modify_payload, {"signature", "subjects: digests"}),
+    "modify the envelope payload": (_modify_payload,
+                                    {"signature", "subjects: digests", "statement copy"}),
     "flip a signature byte": (_flip_signature_byte, {"signature"}),
     "change the payload type": (_change_payload_type, {"signature", "payload type"}),
+    "edit the human statement copy": (_edit_statement_copy, {"statement copy"}),
     "delete the envelope": (_delete_envelope, {"envelope"}),
     "garble the envelope": (_garble_envelope, {"envelope"}),
 }
@@ -501,6 +508,8 @@ def test_signed_with_another_key(tmp_path: Path, keypair: tuple[Path, Path],
     sign_run(run_dir, other_keypair[0])
     checks = verify_signature(run_dir, keypair[1])
     assert failing(checks) == {"signature"}
+    text = render_checks(checks)
+    assert "FAIL  signature:" in text and text.endswith("NOT verified: 1 check(s) failed")
     detail = next(check.detail for check in checks if check.name == "signature")
     assert load_public_key(other_keypair[1]).keyid in detail
 
@@ -523,6 +532,14 @@ def test_resigned_with_attacker_key_and_forged_keyid_fails(
     assert "signature" in failing(verify_signature(signed_run, keypair[1]))
 
 
+def _resign(run_dir: Path, statement: dict[str, Any], key_path: Path) -> None:
+    """Sign an edited statement with the genuine key (a signer who lies)."""
+    envelope = Envelope(json.dumps(statement).encode(), PAYLOAD_TYPE, {})
+    envelope.sign(load_signer(key_path))
+    (run_dir / ENVELOPE_RELPATH).write_text(json.dumps(envelope.to_dict()))
+    (run_dir / STATEMENT_RELPATH).write_text(json.dumps(statement))
+
+
 def test_signed_statement_with_failing_gate_fails_gates_check(
     signed_run: Path, keypair: tuple[Path, Path]
 ) -> None:
@@ -530,9 +547,7 @@ def test_signed_statement_with_failing_gate_fails_gates_check(
     statement = json.loads((signed_run / STATEMENT_RELPATH).read_text())
     statement["predicate"]["gates"][1]["status"] = "FAIL"
     statement["predicate"]["gates_summary"] = {"PASS": 1, "FAIL": 1, "NOT_APPLICABLE": 1}
-    envelope = Envelope(json.dumps(statement).encode(), PAYLOAD_TYPE, {})
-    envelope.sign(load_signer(keypair[0]))
-    (signed_run / ENVELOPE_RELPATH).write_text(json.dumps(envelope.to_dict()))
+    _resign(signed_run, statement, keypair[0])
     checks = verify_signature(signed_run, keypair[1])
     assert failing(checks) == {"gates"}
     assert "R3" in next(check.detail for check in checks if check.name == "gates")
@@ -541,9 +556,7 @@ def test_signed_statement_with_failing_gate_fails_gates_check(
 def test_unsafe_subject_name_fails(signed_run: Path, keypair: tuple[Path, Path]) -> None:
     statement = json.loads((signed_run / STATEMENT_RELPATH).read_text())
     statement["subject"].append({"name": "../../etc/hostname", "digest": {"sha256": "0" * 64}})
-    envelope = Envelope(json.dumps(statement).encode(), PAYLOAD_TYPE, {})
-    envelope.sign(load_signer(keypair[0]))
-    (signed_run / ENVELOPE_RELPATH).write_text(json.dumps(envelope.to_dict()))
+    _resign(signed_run, statement, keypair[0])
     checks = verify_signature(signed_run, keypair[1])
     assert failing(checks) == {"subjects: digests"}
     assert "unsafe subject name" in next(c.detail for c in checks if not c.ok)
@@ -587,4 +600,4 @@ def test_tape_chain_detects_truncation(tmp_path: Path) -> None:
     tape = run_dir / "audit/run_tape.jsonl"
     tape.write_bytes(b"".join(tape.read_bytes().splitlines(keepends=True)[:-1]))
     result = check_tape_chain(run_dir)
-    assert not result.ok and "count" in result.detail
+    assert not result.ok and "tape_head.json" in result.detail
