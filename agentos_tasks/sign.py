@@ -27,11 +27,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
@@ -82,6 +84,7 @@ REQUIRED_SUBJECTS: tuple[str, ...] = (
 )
 
 GATE_STATUSES = ("PASS", "FAIL", "NOT_APPLICABLE")
+_KEY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ def keygen(out_dir: Path, *, name: str = "agentos", overwrite: bool = False) -> 
     Refuses to replace existing files: silently overwriting a signing key would orphan
     every signature made with it.
     """
+    if not _KEY_NAME.fullmatch(name):
+        raise AgentosError(f"invalid key name {name!r}", hint="use letters, digits, _ . -")
     out_dir.mkdir(parents=True, exist_ok=True)
     key_path = out_dir / f"{name}.key"
     pub_path = out_dir / f"{name}.pub"
@@ -157,7 +162,12 @@ def load_public_key(pub_path: Path) -> Key:
         if not isinstance(key_dict, dict):
             raise TypeError("not a JSON object")
         keyid = key_dict.pop("keyid")
-        return Key.from_dict(keyid, key_dict)
+        key = Key.from_dict(keyid, key_dict)
+        if key.keytype == "ed25519":
+            # from_dict does not look at the key bytes; a corrupt key must not pass as
+            # "signature invalid" later, it is an unusable input.
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.keyval["public"]))
+        return key
     except (ValueError, KeyError, TypeError, sslib_exceptions.Error) as exc:
         raise AgentosError(
             f"not a usable public key ({type(exc).__name__}: {exc})",

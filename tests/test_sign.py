@@ -579,6 +579,22 @@ def test_garbage_public_key_raises(signed_run: Path, tmp_path: Path) -> None:
     assert "not a usable public key" in excinfo.value.message
 
 
+def test_corrupt_public_key_bytes_raise(signed_run: Path, keypair: tuple[Path, Path],
+                                        tmp_path: Path) -> None:
+    pub = json.loads(keypair[1].read_text())
+    pub["keyval"]["public"] = "zz" + pub["keyval"]["public"][2:]
+    bad = tmp_path / "corrupt.pub"
+    bad.write_text(json.dumps(pub))
+    with pytest.raises(AgentosError):
+        verify_signature(signed_run, bad)
+
+
+def test_keygen_rejects_a_path_as_name(tmp_path: Path) -> None:
+    with pytest.raises(AgentosError):
+        keygen(tmp_path, name="../escape")
+    assert not (tmp_path.parent / "escape.key").exists()
+
+
 # --------------------------------------------------------------------------- tape chain
 
 
