@@ -17,6 +17,7 @@ the policy says.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -86,7 +87,7 @@ POLICY_SCHEMA = vol.Schema(
         vol.Required("version"): vol.All(_strict_int, int, vol.In([1], msg="only version 1 "
                                                                       "is supported")),
         vol.Required("id"): _RULE_ID,
-        vol.Optional("operations", default=list): [vol.In(OPS)],
+        vol.Optional("operations", default=list): [vol.In(list(OPS))],
         vol.Optional("paths", default=dict): {
             vol.Optional("allow", default=list): [_PATH_RULE],
             vol.Optional("deny", default=list): [_PATH_RULE],
@@ -98,20 +99,20 @@ POLICY_SCHEMA = vol.Schema(
         vol.Optional("tools", default=list): [
             {
                 vol.Optional("id"): _RULE_ID,
-                vol.Required("adapter"): vol.In(KNOWN_ADAPTERS),
+                vol.Required("adapter"): vol.In(list(KNOWN_ADAPTERS)),
                 vol.Optional("network", default=False): bool,
                 vol.Optional("review", default=False): bool,
                 vol.Optional("argv"): _ARGV,
             }
         ],
         vol.Optional("network", default=False): bool,
-        vol.Optional("isolation", default="required"): vol.In(ISOLATION_LEVELS),
+        vol.Optional("isolation", default="required"): vol.In(list(ISOLATION_LEVELS)),
         vol.Optional("limits", default=dict): _LIMITS,
         vol.Optional("env", default=lambda: list(DEFAULT_ENV)): [
             vol.All(str, vol.Match(r"^[A-Za-z_][A-Za-z0-9_]*$",
                                    msg="not an environment variable name"))
         ],
-        vol.Optional("require_approval", default=list): [vol.In(OPS)],
+        vol.Optional("require_approval", default=list): [vol.In(list(OPS))],
     },
     extra=vol.PREVENT_EXTRA,
 )
@@ -160,8 +161,12 @@ class PathRule:
     regex: re.Pattern[str] = field(compare=False, repr=False)
 
     def matches(self, path: str) -> bool:
-        """True when the glob matches `path` or any parent directory of it (gitignore)."""
-        return any(self.regex.search(candidate) for candidate in _candidates(path))
+        """True when the glob matches `path` or any parent directory of it (gitignore).
+
+        pathspec's regexes already end in ``(/|$)``, so a match on a directory prefix
+        covers everything below it, as in .gitignore.
+        """
+        return self.regex.search(path) is not None
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,7 @@ def load_policy(path: Path) -> Policy:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def compile_glob(glob: str, *, ignore_case: bool = False) -> re.Pattern[str]:
     """Compile one gitignore glob to a regex; ValueError says why a glob is unusable."""
     if "\0" in glob or "\n" in glob or "\r" in glob:
@@ -310,12 +316,6 @@ def compile_glob(glob: str, *, ignore_case: bool = False) -> re.Pattern[str]:
         raise ValueError(f"glob {glob!r} matches nothing")
     source: str = patterns[0].regex.pattern
     return re.compile(source, re.IGNORECASE if ignore_case else 0)
-
-
-def _candidates(path: str) -> list[str]:
-    """`path` and each parent directory (as 'a/', 'a/b/'), as gitignore tests them."""
-    parts = path.split("/")
-    return [path] + ["/".join(parts[:i]) + "/" for i in range(1, len(parts))]
 
 
 # --------------------------------------------------------------------------- paths
@@ -404,7 +404,7 @@ def _tool_paths_match(tool_paths: Sequence[str], path: str) -> bool:
             regex = compile_glob(glob)
         except ValueError:
             continue  # decide_tool refuses such a step before it runs
-        if any(regex.search(candidate) for candidate in _candidates(path)):
+        if regex.search(path) is not None:
             return True
     return False
 
@@ -529,19 +529,44 @@ def check_changes(policy: Policy, worktree: Path, changes: Sequence[Change], *,
     worktree or into .git, hard-linked files, nested repositories (gitlinks), files above
     `limits.max_file_bytes` and more than `limits.max_changed_files` landing changes.
     """
+    root = worktree.resolve()
+    changes = _expand_directories(root, changes)
     landing = [change for change in changes if not change.ignored]
     if len(landing) > policy.limits.max_changed_files:
         return Decision(False, "limits.max_changed_files", f"{len(landing)} changed files "
                         f"exceed limits.max_changed_files={policy.limits.max_changed_files}",
                         step.id, step.id)
     tool_paths = step.tool.paths if step.op == "tool" and step.tool is not None else None
-    root = worktree.resolve()
     for change in changes:
         decision = _check_change(policy, root, change, tool_paths)
         if not decision.allowed:
             return Decision(False, decision.rule_id, decision.reason, decision.subject, step.id)
     return Decision(True, "allow", f"{len(landing)} changes ({len(changes) - len(landing)} "
                     "ignored) allowed", step.id, step.id)
+
+
+def _expand_directories(root: Path, changes: Sequence[Change]) -> list[Change]:
+    """Replace a change that is a whole directory (git lists an untracked or ignored
+    directory as one entry unless told `-uall`) by one change per file or link inside it,
+    so nothing inside escapes judgement."""
+    expanded: list[Change] = []
+    for change in changes:
+        try:
+            normal = normalize_path(change.path)
+            _refuse_symlinked_parents(root, normal, include_leaf=True)
+        except PolicyViolation:
+            expanded.append(change)  # judged (and refused) as it is
+            continue
+        target = root / normal
+        if change.status == "D" or change.new_mode == _GITLINK_MODE or not target.is_dir():
+            expanded.append(change)
+            continue
+        for dirpath, dirnames, filenames in os.walk(target, followlinks=False):
+            base = Path(dirpath).relative_to(root).as_posix()
+            links = [name for name in dirnames if (Path(dirpath) / name).is_symlink()]
+            for name in sorted(filenames + links):
+                expanded.append(Change(f"{base}/{name}", "A", ignored=change.ignored))
+    return expanded
 
 
 def _check_change(policy: Policy, root: Path, change: Change,
