@@ -225,20 +225,7 @@ def load_policy(path: Path) -> Policy:
     doc = yamlsrc.load_with_marks(path, WHAT)
     data = yamlsrc.validate(doc, POLICY_SCHEMA, WHAT)
     raw = path.read_bytes()
-    seen_ids: dict[str, tuple[Any, ...]] = {}
-
-    def rule_id(explicit: str | None, generated: str, where: tuple[Any, ...]) -> str:
-        if explicit is None:
-            return generated
-        if explicit in RESERVED_RULE_IDS:
-            raise doc.error(f"{WHAT}: rule id {explicit!r} is reserved", (*where, "id"),
-                            hint="choose another id; reserved ids name built-in rules")
-        if explicit in seen_ids:
-            first = doc.where(seen_ids[explicit])
-            raise doc.error(f"{WHAT}: duplicate rule id {explicit!r} (first at {first})",
-                            (*where, "id"))
-        seen_ids[explicit] = (*where, "id")
-        return explicit
+    _check_rule_ids(doc, data)
 
     path_rules: dict[str, tuple[PathRule, ...]] = {}
     for kind in ("deny", "ask", "allow"):
@@ -254,13 +241,11 @@ def load_policy(path: Path) -> Policy:
                 raise doc.error(f"{WHAT}: paths.{kind}[{index}]: {exc}", glob_where,
                                 hint="globs use .gitignore syntax, e.g. 'src/**' or "
                                      "'**/.env'") from None
-            compiled.append(PathRule(rule_id(explicit, f"paths.{kind}[{index}]", where),
-                                     glob, regex))
+            compiled.append(PathRule(explicit or f"paths.{kind}[{index}]", glob, regex))
         path_rules[kind] = tuple(compiled)
 
     commands = tuple(
-        CommandRule(rule_id(entry.get("id"), f"commands[{index}]", ("commands", index)),
-                    tuple(entry["argv"]))
+        CommandRule(entry.get("id") or f"commands[{index}]", tuple(entry["argv"]))
         for index, entry in enumerate(data["commands"])
     )
 
@@ -273,7 +258,7 @@ def load_policy(path: Path) -> Policy:
         if "argv" in entry and entry["adapter"] != "command":
             raise doc.error(f"{WHAT}: tools[{index}].argv is only for the 'command' adapter",
                             (*where, "argv"), hint="the other adapters build their own argv")
-        tools.append(ToolRule(rule_id(entry.get("id"), f"tools[{index}]", where),
+        tools.append(ToolRule(entry.get("id") or f"tools[{index}]",
                               entry["adapter"], entry["network"], entry["review"],
                               tuple(entry["argv"]) if "argv" in entry else None))
 
@@ -294,6 +279,28 @@ def load_policy(path: Path) -> Policy:
         env=tuple(dict.fromkeys(data["env"])),
         require_approval=tuple(dict.fromkeys(data["require_approval"])),
     )
+
+
+def _check_rule_ids(doc: yamlsrc.MarkedDoc, data: dict[str, Any]) -> None:
+    """User-given rule ids are unique and never a built-in id; errors in file order."""
+    located: list[tuple[int, str, tuple[Any, ...]]] = []
+    sections: list[tuple[tuple[Any, ...], list[Any]]] = [
+        (("paths", kind), data["paths"][kind]) for kind in ("allow", "deny", "ask")
+    ] + [(("commands",), data["commands"]), (("tools",), data["tools"])]
+    for prefix, entries in sections:
+        for index, entry in enumerate(entries):
+            if isinstance(entry, dict) and "id" in entry:
+                where = (*prefix, index, "id")
+                located.append((doc.lines.get(where, 0), entry["id"], where))
+    seen: dict[str, tuple[Any, ...]] = {}
+    for _line, explicit, where in sorted(located, key=lambda item: item[0]):
+        if explicit in RESERVED_RULE_IDS:
+            raise doc.error(f"{WHAT}: rule id {explicit!r} is reserved", where,
+                            hint="choose another id; reserved ids name built-in rules")
+        if explicit in seen:
+            raise doc.error(f"{WHAT}: duplicate rule id {explicit!r} (first at "
+                            f"{doc.where(seen[explicit])})", where)
+        seen[explicit] = where
 
 
 @functools.lru_cache(maxsize=4096)

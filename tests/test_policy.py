@@ -163,12 +163,13 @@ def test_rule_id_errors(tmp_path: Path) -> None:
         id: p
         paths:
           allow: [{id: same, glob: "docs/**"}]
+          deny: [{id: same, glob: "x"}]
         commands:
           - {id: same, argv: [ruff]}
         """)
     with pytest.raises(AgentosError) as info:
         load_policy(dup)
-    assert info.value.where == f"{dup}:6" and "duplicate rule id 'same'" in info.value.message
+    assert info.value.where == f"{dup}:5" and "duplicate rule id 'same'" in info.value.message
     assert f"{dup}:4" in info.value.message  # names the first one too
 
     reserved = write_policy(tmp_path, "version: 1\nid: p\npaths:\n  allow:\n"
