@@ -495,6 +495,8 @@ def test_symlinks(policy: Policy, worktree: Path, tmp_path: Path) -> None:
     (tmp_path / "outside").mkdir()
     (worktree / "docs" / "real.md").write_text("x")
     assert judge("passwd", "/etc/passwd").rule_id == "paths.symlink"
+    absolute_inside = judge("abs", str(worktree / "docs" / "real.md"))
+    assert absolute_inside.rule_id == "paths.symlink" and "absolute" in absolute_inside.reason
     assert judge("out", "../../outside").rule_id == "paths.symlink"
     assert judge("git", "../.git").rule_id == "paths.symlink"
     assert judge("gitcfg", "../.git/config").rule_id == "paths.symlink"
