@@ -1,0 +1,714 @@
+"""What each task of a run does: policy, worktree, step:<id>, apply, checksums, result.
+
+Invariants:
+- The target branch and its working tree are untouched until `apply`.
+- Every step starts from a clean checkout of its parent commit (the previous step's
+  result, or the recorded base), so a resumed or re-executed step sees exactly what it
+  saw the first time.
+- A manifest is written (atomically, after the commit and patch) only when the step
+  passed; a failed step leaves none, so the next `doit run` resumes there.
+- After `apply` the run is sealed: nothing re-executes and a changed request is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from agentos_tasks import __version__, proc
+from agentos_tasks.errors import EXIT_STATE, EXIT_STEP, AgentosError, PolicyViolation
+from agentos_tasks.fsutil import (atomic_write, canonical_json, read_json, sha256_bytes,
+                                  sha256_file, write_json)
+from agentos_tasks.git import Git, find_branch_worktree
+from agentos_tasks.model import Change, Request, Step
+from agentos_tasks.runctx import RunContext
+from agentos_tasks.tape import Tape
+
+SCHEMA_VERSION = 1
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def request_record(req: Request) -> dict[str, Any]:
+    """The normalised request as recorded in audit/request.json (what gates re-decide)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "id": req.id, "source": str(req.source), "sha256": req.sha256,
+        "repo": str(req.repo), "branch": req.branch, "base": req.base,
+        "init_repo": req.init_repo,
+        "author": {"name": req.author.name, "email": req.author.email},
+        "questions": [{"id": q.id, "text": q.text} for q in req.questions],
+        "steps": [step_record(s) for s in req.steps],
+    }
+
+
+def step_record(step: Step) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": step.id, "index": step.index, "op": step.op,
+                              "message": step.message, "line": step.line}
+    if step.path is not None:
+        record["path"] = step.path
+    if step.content is not None:
+        record["content_sha256"] = sha256_bytes(step.content)
+    if step.patch_file is not None:
+        record["patch_file"] = str(step.patch_file)
+        record["patch_sha256"] = sha256_file(step.patch_file)
+        record["patch_paths"] = list(step.patch_paths)
+    if step.op == "run":
+        record["argv"] = list(step.argv)
+    if step.op in ("run", "tool"):
+        record["expect_exit"] = step.expect_exit
+    if step.tool is not None:
+        record["tool"] = {"adapter": step.tool.adapter, "prompt": step.tool.prompt,
+                          "paths": list(step.tool.paths), "argv": list(step.tool.argv),
+                          "model": step.tool.model}
+    return record
+
+
+def step_spec(ctx: RunContext, step: Step) -> dict[str, Any]:
+    """Canonical spec: everything that, when changed, must re-execute the step."""
+    req = ctx.need_request()
+    return {
+        "schema_version": SCHEMA_VERSION, "run": ctx.run_id, "step": step_record(step),
+        "author": {"name": req.author.name, "email": req.author.email},
+        "policy_sha256": ctx.policy.sha256,
+    }
+
+
+def tape(ctx: RunContext) -> Tape:
+    tape_obj = getattr(ctx, "_tape", None)
+    if tape_obj is None:
+        tape_obj = Tape(ctx.paths.root)
+        ctx._tape = tape_obj  # type: ignore[attr-defined]
+    return tape_obj
+
+
+def repo_git(ctx: RunContext) -> Git:
+    return Git(ctx.need_request().repo, ctx.need_request().author)
+
+
+def worktree_git(ctx: RunContext) -> Git:
+    git = getattr(ctx, "_wt_git", None)
+    if git is None:
+        git = Git(ctx.paths.worktree, ctx.need_request().author)
+        ctx._wt_git = git  # type: ignore[attr-defined]
+    return git
+
+
+def read_detached_head(worktree: Path) -> str | None:
+    """HEAD of our detached worktree, read from its git dir without starting git."""
+    try:
+        pointer = (worktree / ".git").read_text().strip()
+        gitdir = Path(pointer.removeprefix("gitdir: "))
+        return (gitdir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+
+
+def load_manifest(ctx: RunContext, step_id: str) -> dict[str, Any] | None:
+    try:
+        return dict(read_json(ctx.paths.manifest(step_id)))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def sealed_error(ctx: RunContext, what: str) -> AgentosError:
+    applied = ctx.applied() or {}
+    commits = applied.get("commits", [])
+    span = f"{commits[0][:10]}..{commits[-1][:10]}" if commits else "none"
+    return AgentosError(
+        f"run {ctx.run_id} is sealed: {len(commits)} commit(s) already applied to "
+        f"{applied.get('branch', '?')} ({span}); {what}",
+        code=EXIT_STATE,
+        hint="start a new run from the branch's current head: add run=NEW "
+             "(e.g. doit run request=... run=NEW); the branch never receives a step twice")
+
+
+# ---------------------------------------------------------------- policy task
+
+
+def policy_task(ctx: RunContext) -> None:
+    """Pre-run check over the whole request; records request and policy; answers questions."""
+    req = ctx.need_request()
+    policy = ctx.policy
+    if ctx.sealed:
+        applied = ctx.applied() or {}
+        if (applied.get("request_sha256") != req.sha256
+                or applied.get("policy_sha256") != policy.sha256
+                or applied.get("inputs") != input_digests(req)):
+            raise sealed_error(ctx, "the request, its input files or the policy changed since")
+        return
+    t = tape(ctx)
+    if t.state().count == 0:
+        t.append("run_start", run=ctx.run_id, agentos_version=__version__,
+                 request=str(req.source), request_sha256=req.sha256)
+    audit = ctx.paths.audit
+    atomic_write(audit / "request.yaml", req.source.read_bytes())
+    atomic_write(audit / "policy.yaml", policy.source.read_bytes())
+    write_json(audit / "request.json", request_record(req))
+    t.append("policy_loaded", policy_id=policy.id, policy_sha256=policy.sha256,
+             policy_path=str(policy.source), request_sha256=req.sha256,
+             isolation=policy.isolation, network=policy.network)
+    from agentos_tasks.policy import check_request
+
+    decision = check_request(policy, req)
+    if not decision.allowed:
+        t.append("policy_denied", step=decision.step, rule_id=decision.rule_id,
+                 reason=decision.reason, subject=decision.subject)
+        write_result(ctx, "denied", failure={"rule_id": decision.rule_id,
+                                             "reason": decision.reason, "step": decision.step})
+        t.append("run_end", status="denied", rule_id=decision.rule_id)
+        where = f"{req.source}:{req.steps[[s.id for s in req.steps].index(decision.step)].line}" \
+            if decision.step in [s.id for s in req.steps] else str(req.source)
+        raise PolicyViolation(decision.rule_id, decision.reason, where=where,
+                              hint=f"policy {policy.id} ({policy.source}) decided; nothing ran "
+                                   "and the target branch is unchanged")
+    answers = None
+    if req.questions:
+        from agentos_tasks.answers import check_answers
+
+        answers = check_answers(ctx, req)
+    write_json(ctx.paths.policy_record, {
+        "decision": "allow", "rule_id": decision.rule_id, "request_sha256": req.sha256,
+        "policy_sha256": policy.sha256, "answers_sha256": answers,
+    })
+
+
+def input_digests(req: Request) -> dict[str, str]:
+    return {s.id: sha256_file(f) for s in req.steps for f in s.input_files}
+
+
+# ---------------------------------------------------------------- worktree task
+
+
+def worktree_uptodate(ctx: RunContext) -> bool:
+    if ctx.sealed:
+        return True
+    return (ctx.paths.worktree / ".git").is_file() and ctx.paths.base_record.exists()
+
+
+def worktree_task(ctx: RunContext) -> None:
+    """Create (or re-create) the run's worktree at the recorded base commit."""
+    if ctx.sealed:
+        return
+    req = ctx.need_request()
+    if req.init_repo and not (req.repo / ".git").exists():
+        init_demo_repo(req)
+    if not req.repo.is_dir():
+        raise AgentosError(f"target repository {req.repo} does not exist",
+                           where=f"{req.source}:{req.lines.get('repo', 1)}",
+                           hint="create it, fix repo:, or set init_repo: true for a demo")
+    git = repo_git(ctx)
+    probe = git.run("rev-parse", "--show-toplevel", check=False)
+    if probe.returncode != 0 or Path(probe.text.strip()).resolve() != req.repo.resolve():
+        raise AgentosError(f"{req.repo} is not the top of a git repository",
+                           where=f"{req.source}:{req.lines.get('repo', 1)}",
+                           hint="repo: must name a repository's top-level directory")
+    record = ctx.base()
+    if record is None:
+        branch = req.branch or git.current_branch()
+        if branch is None:
+            raise AgentosError(f"{req.repo} has a detached HEAD; name the target branch",
+                               where=f"{req.source}:1", hint="add branch: <name>")
+        if git.try_rev_parse(f"refs/heads/{branch}") is None:
+            raise AgentosError(f"branch {branch!r} does not exist in {req.repo}",
+                               where=f"{req.source}:{req.lines.get('branch', 1)}")
+        base = git.rev_parse(f"{req.base}^{{commit}}" if req.base else f"refs/heads/{branch}")
+        record = {"repo": str(req.repo), "branch": branch, "base": base,
+                  "git_common_dir": str(git.common_dir())}
+    wt = ctx.paths.worktree
+    if wt.exists():
+        shutil.rmtree(wt)
+    git.run("worktree", "prune")
+    git.run("worktree", "add", "--detach", "--force", "--no-checkout", str(wt), record["base"])
+    wt_git = worktree_git(ctx)
+    wt_git.run("reset", "--hard", "-q", record["base"])
+    write_json(ctx.paths.base_record, record)
+    ctx.clean_at = record["base"]
+    tape(ctx).append("worktree_created", path=str(wt), repo=record["repo"],
+                     branch=record["branch"], base=record["base"],
+                     git_common_dir=record["git_common_dir"])
+
+
+def remove_worktree(ctx: RunContext) -> None:
+    """`doit clean`: remove the worktree only, never evidence."""
+    wt = ctx.paths.worktree
+    if wt.exists():
+        shutil.rmtree(wt)
+    if ctx.request is not None and ctx.request.repo.is_dir():
+        repo_git(ctx).run("worktree", "prune", check=False)
+    print(f"removed worktree {wt}")
+
+
+def init_demo_repo(req: Request) -> None:
+    req.repo.mkdir(parents=True, exist_ok=True)
+    git = Git(req.repo, req.author)
+    git.run("init", "-q", "-b", req.branch or "main")
+    (req.repo / "README.md").write_text(f"# {req.repo.name}\n\nDemo target repository.\n")
+    git.run("add", "README.md")
+    git.run("commit", "-q", "-m", "initial commit")
+
+
+# ---------------------------------------------------------------- step tasks
+
+
+def parent_commit(ctx: RunContext, step: Step) -> str:
+    if step.index == 0:
+        base = ctx.base()
+        if base is None:
+            raise AgentosError("worktree task has not run (no base recorded)")
+        return str(base["base"])
+    prev = load_manifest(ctx, ctx.steps[step.index - 1].id)
+    if prev is None:
+        raise AgentosError(f"previous step {ctx.steps[step.index - 1].id} has no manifest")
+    return str(prev["head"])
+
+
+def prepare_worktree(ctx: RunContext, git: Git, parent: str) -> None:
+    """Reset to `parent` and remove everything else (untracked and ignored)."""
+    if ctx.clean_at == parent and read_detached_head(ctx.paths.worktree) == parent:
+        return
+    git.run("reset", "--hard", "-q", parent)
+    git.run("clean", "-ffdxq")
+    ctx.clean_at = parent
+
+
+def run_step(ctx: RunContext, step: Step) -> None:
+    """Execute one step in the worktree, judge its real diff, commit, export, record."""
+    if ctx.sealed:
+        raise sealed_error(ctx, f"step {step.id} cannot run again")
+    policy = ctx.policy
+    git = worktree_git(ctx)
+    parent = parent_commit(ctx, step)
+    for later in ctx.steps[step.index:]:
+        ctx.paths.manifest(later.id).unlink(missing_ok=True)
+    prepare_worktree(ctx, git, parent)
+    dotgit = (ctx.paths.worktree / ".git").read_bytes()
+    spec_sha = sha256_bytes(canonical_json(step_spec(ctx, step)))
+    t = tape(ctx)
+    t.append("step_start", step.id, op=step.op, parent=parent, spec_sha256=spec_sha)
+    started = time.monotonic()
+    ctx.clean_at = None
+    try:
+        outcome = execute_op(ctx, git, step)
+        if (ctx.paths.worktree / ".git").read_bytes() != dotgit:
+            raise PolicyViolation("paths.git", "the step rewrote the worktree's .git file")
+        changes = git.status_changes()
+        from agentos_tasks.policy import check_changes
+
+        decision = check_changes(policy, ctx.paths.worktree, changes, step=step)
+        if not decision.allowed:
+            raise PolicyViolation(decision.rule_id, f"step {step.id} changed "
+                                  f"{decision.subject or '?'}: {decision.reason}")
+        landing = [c for c in changes if not c.ignored]
+        for change in landing:
+            if change.new_mode == "160000" or (ctx.paths.worktree / change.path / ".git").exists():
+                raise PolicyViolation("paths.git", f"{change.path} is a nested git repository")
+        manifest = commit_step(ctx, git, step, parent, changes, outcome, spec_sha,
+                               decision.rule_id, time.monotonic() - started)
+    except AgentosError as err:
+        fail_step(ctx, step, err)
+        raise
+    except Exception as err:  # an executor bug must still leave an honest tape
+        fail_step(ctx, step, AgentosError(f"internal error: {err!r}", code=EXIT_STEP))
+        raise
+    ctx.clean_at = manifest["head"]
+    t.append("step_end", step.id, status=manifest["status"], exit_code=manifest["exit_code"],
+             files=[{k: f[k] for k in ("path", "status", "sha256")} for f in manifest["files"]],
+             patch_sha256=manifest["patch_sha256"], commit=manifest["commit"],
+             head=manifest["head"], manifest_sha256=sha256_file(ctx.paths.manifest(step.id)))
+
+
+def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
+    """Perform the step's operation in the worktree; returns facts for the manifest."""
+    from agentos_tasks.policy import safe_target
+
+    wt = ctx.paths.worktree
+    if step.op == "write":
+        assert step.path is not None and step.content is not None
+        target = safe_target(wt, step.path)
+        if target.is_dir():
+            raise AgentosError(f"step {step.id}: {step.path} is a directory", code=EXIT_STEP)
+        if len(step.content) > ctx.policy.limits.max_file_bytes:
+            raise PolicyViolation("limits.max_file_bytes",
+                                  f"{step.path} would be {len(step.content)} bytes")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not (target.exists() and target.read_bytes() == step.content):
+            target.write_bytes(step.content)
+        return {"exit_code": None}
+    if step.op == "delete":
+        assert step.path is not None
+        target = safe_target(wt, step.path)
+        if not target.exists() and not target.is_symlink():
+            raise AgentosError(f"step {step.id}: cannot delete {step.path}: no such file",
+                               code=EXIT_STEP, where=f"{ctx.need_request().source}:{step.line}")
+        if target.is_dir() and not target.is_symlink():
+            raise AgentosError(f"step {step.id}: {step.path} is a directory; delete files "
+                               "one by one", code=EXIT_STEP)
+        target.unlink()
+        return {"exit_code": None}
+    if step.op == "patch":
+        assert step.patch_file is not None
+        patch = str(step.patch_file)
+        check = git.run("apply", "--check", "--cached", "--binary", "--", patch, check=False)
+        if check.returncode != 0:
+            detail = check.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise AgentosError(f"step {step.id}: patch does not apply: "
+                               f"{'; '.join(detail[:3])}", code=EXIT_STEP,
+                               where=f"{ctx.need_request().source}:{step.line}",
+                               hint="regenerate it against the base commit, or fix the "
+                                    "step before it")
+        git.run("apply", "--cached", "--binary", "--", patch)
+        # the index holds the exact result; bring the files in line with it
+        git.run("checkout-index", "-a", "-f")
+        deleted = git.run("diff", "--cached", "--name-only", "-z", "--diff-filter=D",
+                          "HEAD").stdout
+        for name in filter(None, deleted.split(b"\0")):
+            target = wt / name.decode("utf-8", "surrogateescape")
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+        git.run("reset", "-q")
+        return {"exit_code": None}
+    if step.op == "run":
+        return run_confined_step(ctx, step, list(step.argv), network=ctx.policy.network)
+    if step.op == "tool":
+        from agentos_tasks.tools.dispatch import run_tool_step
+
+        return run_tool_step(ctx, step)
+    raise AgentosError(f"unknown operation {step.op}")
+
+
+def confined_spec(ctx: RunContext, *, network: bool,
+                  extra_readonly: tuple[Path, ...] = ()) -> proc.ConfinedSpec:
+    from agentos_tasks.policy import step_env
+
+    policy = ctx.policy
+    base = ctx.base() or {}
+    limits = policy.limits
+    return proc.ConfinedSpec(
+        worktree=ctx.paths.worktree,
+        readonly_paths=(Path(base.get("git_common_dir", ctx.paths.worktree / ".git")),
+                        ctx.paths.worktree / ".git", *extra_readonly),
+        env=step_env(policy, os.environ), network=network, isolation=policy.isolation,
+        timeout_s=limits.step_seconds, output_limit=limits.output_bytes,
+        max_file_bytes=limits.max_file_bytes, memory_bytes=limits.memory_bytes,
+        max_processes=limits.max_processes, max_open_files=limits.max_open_files,
+    )
+
+
+def run_confined_step(ctx: RunContext, step: Step, argv: list[str], *,
+                      network: bool) -> dict[str, Any]:
+    log = ctx.paths.log(step.id)
+    result = proc.run_confined(argv, confined_spec(ctx, network=network), log)
+    facts = {
+        "exit_code": result.exit_code, "timed_out": result.timed_out,
+        "log": f"logs/{step.id}.out", "log_sha256": sha256_file(log),
+        "output_bytes": result.output_bytes, "output_truncated": result.output_truncated,
+        "sandbox": {"backend": result.backend, "wrapper_argv": list(result.wrapper_argv),
+                    "network": network},
+        "duration_s": round(result.duration_s, 6),
+    }
+    if result.timed_out:
+        raise AgentosError(f"step {step.id}: {argv[0]} timed out after "
+                           f"{ctx.policy.limits.step_seconds}s and was killed", code=EXIT_STEP,
+                           hint=f"see {log}; raise limits.step_seconds in the policy if needed")
+    if result.exit_code != step.expect_exit:
+        raise AgentosError(f"step {step.id}: {' '.join(argv)} exited {result.exit_code} "
+                           f"(expected {step.expect_exit})", code=EXIT_STEP,
+                           where=f"{ctx.need_request().source}:{step.line}",
+                           hint=f"output in {log}")
+    return facts
+
+
+def file_entry(wt: Path, change: Change) -> dict[str, Any]:
+    target = wt / change.path
+    digest: str | None = None
+    if change.status != "D":
+        try:
+            info = target.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                digest = sha256_bytes(os.readlink(target).encode("utf-8", "surrogateescape"))
+            elif stat.S_ISREG(info.st_mode):
+                digest = sha256_file(target)
+        except FileNotFoundError:
+            digest = None
+    return {"path": change.path, "status": change.status, "old_path": change.old_path,
+            "old_mode": change.old_mode, "new_mode": change.new_mode, "sha256": digest}
+
+
+def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: list[Change],
+                outcome: dict[str, Any], spec_sha: str, rule_id: str,
+                elapsed: float) -> dict[str, Any]:
+    wt = ctx.paths.worktree
+    landing = [c for c in changes if not c.ignored]
+    patch_path = ctx.paths.patch(step.id)
+    files = [file_entry(wt, c) for c in landing]
+    commit: str | None = None
+    patch_sha: str | None = None
+    if landing:
+        if step.op in ("write", "delete"):
+            git.run("add", "-A", "--", *{c.path for c in landing})
+        else:
+            git.run("add", "-A", "--", ".")
+        git.run("commit", "-q", "--no-verify", "--cleanup=verbatim", "-F", "-",
+                input=step.message.encode("utf-8"))
+        commit = read_detached_head(wt) or git.rev_parse("HEAD")
+        patch = git.commit_patch(commit)
+        atomic_write(patch_path, patch)
+        patch_sha = sha256_bytes(patch)
+    else:
+        patch_path.unlink(missing_ok=True)
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "run": ctx.run_id, "step": step.id,
+        "index": step.index, "op": step.op, "message": step.message,
+        "status": "changed" if commit else "unchanged",
+        "parent": parent, "commit": commit, "head": commit or parent,
+        "files": files, "ignored": sorted(c.path for c in changes if c.ignored),
+        "patch": f"patches/{step.id}.patch" if commit else None, "patch_sha256": patch_sha,
+        "exit_code": outcome.get("exit_code"),
+        "policy_check": {"decision": "allow", "rule_id": rule_id,
+                         "policy_sha256": ctx.policy.sha256},
+        "spec_sha256": spec_sha, "duration_s": round(elapsed, 6),
+    }
+    for key in ("log", "log_sha256", "output_bytes", "output_truncated", "sandbox", "timed_out",
+                "tool"):
+        if key in outcome:
+            manifest[key] = outcome[key]
+    write_json(ctx.paths.manifest(step.id), manifest)
+    return manifest
+
+
+def fail_step(ctx: RunContext, step: Step, err: AgentosError) -> None:
+    """Record the failure; leave no manifest from this step on, so a re-run resumes here."""
+    for later in ctx.steps[step.index:]:
+        ctx.paths.manifest(later.id).unlink(missing_ok=True)
+    ctx.clean_at = None
+    t = tape(ctx)
+    t.append("step_failed", step.id, reason=err.message,
+             rule_id=getattr(err, "rule_id", None), code=err.code)
+    write_result(ctx, "failed", failure={"step": step.id, "reason": err.message,
+                                         "rule_id": getattr(err, "rule_id", None)})
+    t.append("run_end", status="failed", step_failed=step.id)
+
+
+# ---------------------------------------------------------------- apply
+
+
+def apply_task(ctx: RunContext) -> None:
+    """`git am` every step's patch onto the target branch, once, after all steps passed."""
+    if ctx.sealed:
+        return
+    req = ctx.need_request()
+    base = ctx.base()
+    if base is None:
+        raise AgentosError("cannot apply: the worktree task never ran")
+    manifests = []
+    for step in req.steps:
+        manifest = load_manifest(ctx, step.id)
+        if manifest is None:
+            raise AgentosError(f"cannot apply: step {step.id} has no manifest", code=EXIT_STATE)
+        manifests.append(manifest)
+    from agentos_tasks.answers import check_approvals
+
+    check_approvals(ctx, req, manifests)
+    git = repo_git(ctx)
+    branch = base["branch"]
+    pre = git.rev_parse(f"refs/heads/{branch}")
+    if pre != base["base"]:
+        raise AgentosError(
+            f"branch {branch} moved since this run started (base {base['base'][:12]}, now "
+            f"{pre[:12]}); nothing applied", code=EXIT_STATE,
+            hint="start a new run from the current head with run=NEW")
+    patches = [ctx.paths.root / m["patch"] for m in manifests if m["status"] == "changed"]
+    for manifest, patch in zip([m for m in manifests if m["status"] == "changed"], patches,
+                               strict=True):
+        if not patch.exists() or sha256_file(patch) != manifest["patch_sha256"]:
+            raise AgentosError(f"cannot apply: {patch} is missing or differs from its manifest",
+                               code=EXIT_STATE, hint="the evidence was altered; start a new run")
+    final_head = manifests[-1]["head"]
+    expected_tree = worktree_git(ctx).tree_of(final_head)
+    target_wt = find_branch_worktree(git, branch)
+    temp_wt: Path | None = None
+    if target_wt is None:
+        temp_wt = ctx.paths.state / "apply-worktree"
+        if temp_wt.exists():
+            shutil.rmtree(temp_wt)
+        git.run("worktree", "prune")
+        git.run("worktree", "add", "-q", str(temp_wt), branch)
+        target_wt = temp_wt
+    am_git = Git(target_wt, req.author)
+    clean, dirty = am_git.is_clean()
+    if not clean:
+        raise AgentosError(f"the target working tree {target_wt} has uncommitted changes "
+                           f"({dirty}); nothing applied", code=EXIT_STATE,
+                           hint="commit or stash them, then re-run; the run's evidence is kept")
+    commits: list[str] = []
+    try:
+        if patches:
+            result = am_git.run("am", "-q", "-k", "--keep-cr", "--no-3way",
+                                "--whitespace=nowarn", "--committer-date-is-author-date",
+                                "--", *map(str, patches), check=False)
+            if result.returncode != 0:
+                am_git.run("am", "--abort", check=False)
+                rollback(ctx, am_git, branch, pre, "git am failed: " +
+                         result.stderr.decode("utf-8", "replace").strip()[:300])
+        post = git.rev_parse(f"refs/heads/{branch}")
+        commits = git.commits_between(pre, post)
+        if len(commits) != len(patches) or git.tree_of(post) != expected_tree:
+            rollback(ctx, am_git, branch, pre,
+                     f"applied tree {git.tree_of(post)[:12]} / {len(commits)} commits differ "
+                     f"from the tested worktree {expected_tree[:12]} / {len(patches)} patches")
+    finally:
+        if temp_wt is not None:
+            shutil.rmtree(temp_wt, ignore_errors=True)
+            git.run("worktree", "prune", check=False)
+    write_json(ctx.paths.applied_record, {
+        "branch": branch, "pre_apply_head": pre, "post_apply_head": post, "commits": commits,
+        "tree": expected_tree, "request_sha256": req.sha256, "policy_sha256": ctx.policy.sha256,
+        "inputs": input_digests(req),
+    })
+    tape(ctx).append("patches_applied", branch=branch, pre_apply_head=pre,
+                     post_apply_head=post, commits=commits, count=len(commits),
+                     tree=expected_tree)
+
+
+def rollback(ctx: RunContext, git: Git, branch: str, pre: str, reason: str) -> None:
+    """Put the branch back exactly where it was; prove it; fail the apply."""
+    before_head = git.rev_parse(f"refs/heads/{branch}")
+    before_tree = git.tree_of(before_head)
+    git.run("reset", "--hard", "-q", pre)
+    after_head = git.rev_parse(f"refs/heads/{branch}")
+    proof = {
+        "schema_version": SCHEMA_VERSION, "reason": reason, "branch": branch,
+        "target_head": pre, "target_tree": git.tree_of(pre),
+        "before": {"head": before_head, "tree": before_tree},
+        "after": {"head": after_head, "tree": git.tree_of(after_head)},
+    }
+    proof["match"] = proof["after"] == {"head": pre, "tree": proof["target_tree"]}
+    write_json(ctx.paths.audit / "rollback_proof.json", proof)
+    t = tape(ctx)
+    t.append("apply_failed", reason=reason)
+    t.append("rollback", branch=branch, restored=pre, match=proof["match"],
+             proof_sha256=sha256_file(ctx.paths.audit / "rollback_proof.json"))
+    write_result(ctx, "failed", failure={"step": None, "reason": reason})
+    t.append("run_end", status="failed", reason="apply rolled back")
+    raise AgentosError(f"apply failed and was rolled back: {reason}", code=EXIT_STATE,
+                       hint="see audit/rollback_proof.json; the branch is back at "
+                            f"{pre[:12]}")
+
+
+# ---------------------------------------------------------------- checksums + result
+
+
+ARTIFACT_DIRS = ("patches", "steps", "logs", "tools")
+ARTIFACT_FILES = ("audit/request.yaml", "audit/policy.yaml", "audit/request.json",
+                  "audit/answers.yaml", "audit/rollback_proof.json")
+
+
+def artifact_files(run_dir: Path) -> list[str]:
+    """Run-relative paths of every artifact the checksums cover (sorted)."""
+    found = [f for f in ARTIFACT_FILES if (run_dir / f).is_file()]
+    for sub in ARTIFACT_DIRS:
+        base = run_dir / sub
+        if base.is_dir():
+            found += [p.relative_to(run_dir).as_posix() for p in base.rglob("*") if p.is_file()]
+    return sorted(found)
+
+
+def checksums_task(ctx: RunContext) -> None:
+    applied = ctx.applied()
+    if applied is None:
+        raise AgentosError("checksums: nothing applied yet")
+    req = ctx.need_request()
+    final_paths: set[str] = set()
+    for step in req.steps:
+        manifest = load_manifest(ctx, step.id) or {}
+        final_paths.update(f["path"] for f in manifest.get("files", []))
+    tree = tree_digests(repo_git(ctx), applied["post_apply_head"], sorted(final_paths))
+    artifacts = {rel: sha256_file(ctx.paths.root / rel) for rel in artifact_files(ctx.paths.root)}
+    write_json(ctx.paths.checksums, {
+        "schema_version": SCHEMA_VERSION, "algorithm": "sha256",
+        "tree_commit": applied["post_apply_head"], "final_tree": tree, "artifacts": artifacts,
+    })
+    atomic_write(ctx.paths.sha256sums,
+                 "".join(f"{d}  {p}\n" for p, d in sorted(artifacts.items())).encode())
+
+
+def tree_digests(git: Git, commit: str, paths: list[str]) -> dict[str, str]:
+    """sha256 of each path's content at `commit` (absent paths, i.e. deleted, are skipped)."""
+    if not paths:
+        return {}
+    request = "".join(f"{commit}:{p}\n" for p in paths).encode()
+    out = git.run("cat-file", "--batch", input=request).stdout
+    digests: dict[str, str] = {}
+    pos = 0
+    for path in paths:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].split()
+        pos = end + 1
+        if header[-1] == b"missing":
+            continue
+        size = int(header[2])
+        if header[1] == b"blob":
+            digests[path] = sha256_bytes(out[pos:pos + size])
+        pos += size + 1
+    return digests
+
+
+def result_task(ctx: RunContext) -> None:
+    write_result(ctx, "applied")
+    tape(ctx).append("run_end", status="applied",
+                     execution_result_sha256=sha256_file(ctx.paths.execution_result),
+                     checksums_sha256=sha256_file(ctx.paths.checksums))
+
+
+def write_result(ctx: RunContext, status: str, failure: dict[str, Any] | None = None) -> None:
+    req = ctx.need_request()
+    base = ctx.base() or {}
+    applied = ctx.applied() or {}
+    steps = []
+    for step in req.steps:
+        manifest = load_manifest(ctx, step.id)
+        if manifest is None:
+            failed = failure is not None and failure.get("step") == step.id
+            steps.append({"id": step.id, "op": step.op, "status": "failed" if failed
+                          else "pending", "commit": None, "patch": None, "patch_sha256": None,
+                          "files": [], "exit_code": None})
+            continue
+        steps.append({"id": step.id, "op": step.op, "status": manifest["status"],
+                      "commit": manifest["commit"], "patch": manifest["patch"],
+                      "patch_sha256": manifest["patch_sha256"],
+                      "files": [{k: f[k] for k in ("path", "status", "sha256")}
+                                for f in manifest["files"]],
+                      "exit_code": manifest["exit_code"]})
+    backends = sorted({m.get("sandbox", {}).get("backend") for m in
+                       filter(None, (load_manifest(ctx, s.id) for s in req.steps))
+                       if m.get("sandbox")})
+    policy = ctx.policy
+    result = {
+        "schema_version": SCHEMA_VERSION, "run": ctx.run_id, "status": status,
+        "request": {"path": str(req.source), "sha256": req.sha256},
+        "policy": {"path": str(policy.source), "sha256": policy.sha256, "id": policy.id,
+                   "isolation": policy.isolation},
+        "sandbox": {"backends": backends},
+        "repo": str(req.repo), "branch": base.get("branch", req.branch),
+        "base": base.get("base"),
+        "pre_apply_head": applied.get("pre_apply_head"),
+        "post_apply_head": applied.get("post_apply_head"),
+        "commits_applied": applied.get("commits", []),
+        "steps": steps,
+        "counts": {
+            "steps": len(steps),
+            "changed": sum(s["status"] == "changed" for s in steps),
+            "unchanged": sum(s["status"] == "unchanged" for s in steps),
+            "failed": sum(s["status"] == "failed" for s in steps),
+            "pending": sum(s["status"] == "pending" for s in steps),
+            "commits_applied": len(applied.get("commits", [])),
+        },
+        "failure": failure,
+    }
+    write_json(ctx.paths.execution_result, result)

@@ -1,0 +1,257 @@
+"""Hardened git: the only module that talks to git, always through proc.run.
+
+A target repository is untrusted input. Its hooks, fsmonitor, filters, signing and
+pager settings must execute nothing, so every call gets:
+- `-c core.hooksPath=/dev/null -c core.fsmonitor=false` and friends (HARDENING),
+- overrides that blank every filter driver / hook command the repository's config
+  names (read with `git config --list`, which never executes anything),
+- an allowlisted environment: no user/global/system config, no GIT_* from the caller,
+  the executor's own identity, no terminal prompts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentos_tasks import proc
+from agentos_tasks.errors import AgentosError
+from agentos_tasks.model import Author, Change
+
+HARDENING: tuple[str, ...] = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.untrackedCache=false",
+    "core.autocrlf=false",
+    "core.safecrlf=false",
+    "core.pager=cat",
+    "core.editor=false",
+    "core.sshCommand=false",
+    "core.askPass=",
+    "core.quotePath=false",
+    "core.symlinks=true",
+    "commit.gpgSign=false",
+    "tag.gpgSign=false",
+    "gpg.program=false",
+    "diff.external=",
+    "diff.noprefix=false",
+    "diff.mnemonicPrefix=false",
+    "diff.relative=false",
+    "apply.whitespace=nowarn",
+    "am.threeWay=false",
+    "am.keepcr=true",
+    "am.messageId=false",
+    "format.signature=",
+    "format.signatureFile=",
+    "format.coverLetter=false",
+    "format.useAutoBase=false",
+    "format.numbered=false",
+    "format.thread=false",
+    "format.attach=false",
+    "format.from=false",
+    "format.suffix=.patch",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "protocol.allow=never",
+    "submodule.recurse=false",
+    "init.templateDir=",
+    "user.useConfigOnly=false",
+    "log.showSignature=false",
+    "i18n.commitEncoding=UTF-8",
+)
+# Keys in a repository's config that name a command git would run.
+_COMMAND_KEYS = re.compile(
+    r"^(filter\.[^\n]+\.(clean|smudge|process)|diff\.[^\n]+\.(textconv|command)"
+    r"|merge\.[^\n]+\.driver|hook\.[^\n]+\.command|credential\..*helper|core\.alternateRefsCommand"
+    r"|uploadpack\.packObjectsHook|sequence\.editor|pager\..+|alias\..+)$", re.IGNORECASE)
+_FILTER_KEY = re.compile(r"^filter\.(.+)\.(clean|smudge|process)$", re.IGNORECASE)
+
+ENV_PASSTHROUGH = ("PATH",)
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+def git_env(author: Author, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment git runs with: nothing from the user's git setup leaks in."""
+    env = {k: os.environ[k] for k in ENV_PASSTHROUGH if k in os.environ}
+    env.update({
+        "LANG": "C", "LC_ALL": "C", "TZ": "UTC",
+        "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent",
+        "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "GIT_PAGER": "cat",
+        "GIT_AUTHOR_NAME": author.name, "GIT_AUTHOR_EMAIL": author.email,
+        "GIT_COMMITTER_NAME": author.name, "GIT_COMMITTER_EMAIL": author.email,
+    })
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class Git:
+    """git bound to one working directory, hardened against that repository's config."""
+
+    cwd: Path
+    author: Author = Author()
+    _overrides: tuple[str, ...] | None = None
+
+    def _config_overrides(self) -> tuple[str, ...]:
+        """Blank every command-running key the repository (or its includes) defines."""
+        if self._overrides is None:
+            listed = self._raw(["config", "--list", "-z"], (), check=False)
+            overrides: list[str] = []
+            for entry in listed.stdout.split(b"\0"):
+                key = entry.split(b"\n", 1)[0].decode("utf-8", "replace")
+                if not key or not _COMMAND_KEYS.match(key):
+                    continue
+                overrides.append(f"{key}=")
+                match = _FILTER_KEY.match(key)
+                if match:
+                    overrides.append(f"filter.{match.group(1)}.required=false")
+            self._overrides = tuple(dict.fromkeys(overrides))
+        return self._overrides
+
+    def _raw(self, args: Sequence[str], overrides: Sequence[str], *, input: bytes | None = None,
+             check: bool = True, env: Mapping[str, str] | None = None) -> proc.ProcResult:
+        argv = ["git"]
+        for item in (*HARDENING, *overrides):
+            argv += ["-c", item]
+        argv += list(args)
+        return proc.run(argv, cwd=self.cwd, env=git_env(self.author, env), input=input,
+                        check=check)
+
+    def run(self, *args: str, input: bytes | None = None, check: bool = True,
+            env: Mapping[str, str] | None = None) -> proc.ProcResult:
+        return self._raw(args, self._config_overrides(), input=input, check=check, env=env)
+
+    def out(self, *args: str) -> str:
+        return self.run(*args).text.strip()
+
+    def rev_parse(self, rev: str) -> str:
+        result = self.run("rev-parse", "--verify", "-q", "--end-of-options", rev, check=False)
+        if result.returncode != 0:
+            raise AgentosError(f"cannot resolve {rev!r} in {self.cwd}")
+        return result.text.strip()
+
+    def try_rev_parse(self, rev: str) -> str | None:
+        result = self.run("rev-parse", "--verify", "-q", "--end-of-options", rev, check=False)
+        return result.text.strip() if result.returncode == 0 else None
+
+    def tree_of(self, rev: str) -> str:
+        return self.rev_parse(f"{rev}^{{tree}}")
+
+    def git_dir(self) -> Path:
+        return Path(self.out("rev-parse", "--absolute-git-dir"))
+
+    def common_dir(self) -> Path:
+        common = Path(self.out("rev-parse", "--git-common-dir"))
+        return common if common.is_absolute() else (self.cwd / common).resolve()
+
+    def toplevel(self) -> Path:
+        return Path(self.out("rev-parse", "--show-toplevel"))
+
+    def current_branch(self) -> str | None:
+        result = self.run("symbolic-ref", "-q", "--short", "HEAD", check=False)
+        return result.text.strip() or None
+
+    def is_clean(self) -> tuple[bool, str]:
+        """Clean = no staged, unstaged or untracked (non-ignored) changes."""
+        status = self.run("status", "--porcelain=v1", "-z", "--untracked-files=normal")
+        entries = [e for e in status.stdout.split(b"\0") if e]
+        return (not entries, ", ".join(e.decode("utf-8", "replace") for e in entries[:5]))
+
+    def commits_between(self, old: str, new: str) -> list[str]:
+        text = self.out("rev-list", "--reverse", "--topo-order", f"{old}..{new}")
+        return text.split() if text else []
+
+    def patch_id(self, patch: bytes) -> str | None:
+        """`git patch-id --stable` of a patch text (None when it holds no diff)."""
+        result = self.run("patch-id", "--stable", input=patch)
+        line = result.text.strip().split("\n")[0]
+        return line.split()[0] if line else None
+
+    def commit_patch(self, commit: str) -> bytes:
+        """The exported patch of one commit, as `git am` takes it back byte-exactly."""
+        return self.run("format-patch", "-1", "--stdout", "--binary", "--full-index", "-k",
+                        "--no-signature", "--no-numbered", "--no-thread", "--no-attach",
+                        "--no-renames", "--no-textconv", "--no-ext-diff", "--no-color",
+                        "--encoding=UTF-8", commit).stdout
+
+    def status_changes(self) -> list[Change]:
+        """Everything in the worktree that differs from HEAD, without staging anything.
+
+        One `status --porcelain=v2` call: tracked changes with old and new modes,
+        untracked files, and every ignored file individually (`--ignored=traditional`
+        with `--untracked-files=all`), so the policy judges what really changed.
+        """
+        raw = self.run("status", "--porcelain=v2", "-z", "--no-renames",
+                       "--untracked-files=all", "--ignored=traditional").stdout
+        return parse_status_v2(raw)
+
+
+def parse_status_v2(raw: bytes) -> list[Change]:
+    """Parse `git status --porcelain=v2 -z --no-renames` into Changes."""
+    changes: list[Change] = []
+    for entry in raw.split(b"\0"):
+        if not entry:
+            continue
+        kind = entry[:1]
+        if kind in (b"?", b"!"):
+            path = entry[2:].decode("utf-8", "surrogateescape").rstrip("/")
+            changes.append(Change(path=path, status="A", ignored=kind == b"!"))
+        elif kind == b"1":
+            fields = entry.split(b" ", 8)
+            xy, m_head, m_work = fields[1].decode(), fields[3].decode(), fields[5].decode()
+            path = fields[8].decode("utf-8", "surrogateescape")
+            code = xy[1] if xy[1] != "." else xy[0]
+            status = {"D": "D", "T": "T", "A": "A"}.get(code, "M")
+            changes.append(Change(
+                path=path, status=status,  # type: ignore[arg-type]
+                old_mode=None if m_head == "000000" else m_head,
+                new_mode=None if m_work == "000000" else m_work,
+            ))
+        elif kind == b"u":
+            path = entry.split(b" ", 10)[10].decode("utf-8", "surrogateescape")
+            changes.append(Change(path=path, status="M"))
+    return changes
+
+
+def parse_raw_diff(raw: bytes) -> list[Change]:
+    """Parse `git diff --raw -z` output into Changes (modes, status, paths)."""
+    changes: list[Change] = []
+    fields = raw.split(b"\0")
+    i = 0
+    while i < len(fields) and fields[i]:
+        meta = fields[i].decode()
+        parts = meta[1:].split(" ")
+        old_mode, new_mode, _old_sha, _new_sha, status = parts[:5]
+        path = fields[i + 1].decode("utf-8", "surrogateescape")
+        i += 2
+        kind = status[0]
+        if kind in ("R", "C"):
+            new_path = fields[i].decode("utf-8", "surrogateescape")
+            i += 1
+            changes.append(Change(path=new_path, status="R", old_path=path,
+                                  old_mode=old_mode, new_mode=new_mode))
+            continue
+        changes.append(Change(
+            path=path, status=kind if kind in ("A", "M", "D", "T") else "M",  # type: ignore[arg-type]
+            old_mode=None if old_mode == "000000" else old_mode,
+            new_mode=None if new_mode == "000000" else new_mode,
+        ))
+    return changes
+
+
+def find_branch_worktree(git: Git, branch: str) -> Path | None:
+    """The worktree (main or linked) that has `branch` checked out, if any."""
+    listing = git.run("worktree", "list", "--porcelain", "-z").stdout.split(b"\0")
+    current: Path | None = None
+    for entry in listing:
+        text = entry.decode("utf-8", "surrogateescape")
+        if text.startswith("worktree "):
+            current = Path(text[len("worktree "):])
+        elif text == f"branch refs/heads/{branch}" and current is not None:
+            return current
+    return None

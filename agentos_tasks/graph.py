@@ -1,0 +1,212 @@
+"""Request -> doit task dicts. `dodo.py` and `agentos exec` both build the graph here.
+
+Tasks of one run: policy -> worktree -> step:<id> ... -> apply -> checksums -> result,
+plus gates:<ID> (+ gates:report) and sign, which are never default and never depend on a
+run task: `doit gates` re-checks evidence, it does not regenerate it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from doit.exceptions import TaskFailed
+from doit.reporter import ConsoleReporter
+
+from agentos_tasks.errors import AgentosError
+from agentos_tasks.fsutil import canonical_json, write_if_changed
+from agentos_tasks.runctx import RunContext, build_context
+
+# AgentosErrors raised by actions in this process, so `agentos` can exit with their code.
+RAISED: list[AgentosError] = []
+
+
+def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """Wrap an action: a user-facing error becomes a clean doit failure, not a traceback."""
+
+    def action() -> Any:
+        try:
+            fn(*args)
+        except AgentosError as err:
+            RAISED.append(err)
+            return TaskFailed(err.render())
+        return None
+
+    action.__name__ = fn.__name__
+    action.__doc__ = fn.__doc__
+    return action
+
+
+class AgentosReporter(ConsoleReporter):
+    """doit's console reporter, but failures print as one clean block on stderr."""
+
+    desc = "agentos: clean error blocks on stderr"
+
+    def add_failure(self, task: Any, fail: Any) -> None:
+        if fail.report:
+            self.failures.append({"task": task, "exception": fail})
+
+    def complete_run(self) -> None:
+        for result in self.failures:
+            exc = result["exception"]
+            msg = exc.get_msg() if hasattr(exc, "get_msg") else str(exc)
+            sys.stderr.write(f"{result['task'].name} failed:\n{msg.rstrip()}\n")
+        if self.runtime_errors:
+            sys.stderr.write("Execution aborted.\n" + "\n".join(self.runtime_errors) + "\n")
+
+
+def doit_config(ctx: RunContext) -> dict[str, Any]:
+    ctx.paths.state.mkdir(parents=True, exist_ok=True)
+    return {
+        "dep_file": str(ctx.paths.state / "doit-deps.json"),
+        "backend": "json",
+        "default_tasks": ["result"] if ctx.request is not None else ["gates"],
+        "reporter": AgentosReporter,
+        "check_file_uptodate": "md5",
+        "verbosity": 1,
+    }
+
+
+def tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
+    """All doit tasks of one run."""
+    from agentos_tasks import executor
+
+    if ctx.request is not None:
+        req = ctx.request
+        paths = ctx.paths
+        inputs = sorted({str(f) for s in req.steps for f in s.input_files})
+        policy_deps = [str(req.source), str(ctx.policy.source), *inputs]
+        if ctx.answers_path is not None:
+            policy_deps.append(str(ctx.answers_path))
+        yield {
+            "basename": "policy",
+            "doc": "check the whole request against the policy before anything runs",
+            "actions": [guarded(executor.policy_task, ctx)],
+            "file_dep": policy_deps,
+            "targets": [str(paths.policy_record)],
+        }
+        yield {
+            "basename": "worktree",
+            "doc": "create the run's git worktree at the base commit",
+            "actions": [guarded(executor.worktree_task, ctx)],
+            "task_dep": ["policy"],
+            "uptodate": [lambda: executor.worktree_uptodate(ctx)],
+            "targets": [str(paths.base_record)],
+            "clean": [(executor.remove_worktree, [ctx])],
+        }
+        previous = str(paths.base_record)
+        for step in req.steps:
+            spec_file = paths.spec(step.id)
+            write_if_changed(spec_file, canonical_json(executor.step_spec(ctx, step)))
+            manifest = str(paths.manifest(step.id))
+            yield {
+                "basename": f"step:{step.id}",
+                "doc": f"{step.op}: {step.message}",
+                "actions": [guarded(executor.run_step, ctx, step)],
+                "file_dep": [str(spec_file), *map(str, step.input_files), previous],
+                "targets": [manifest],
+            }
+            previous = manifest
+        manifests = [str(paths.manifest(s.id)) for s in req.steps]
+        yield {
+            "basename": "apply",
+            "doc": "git am every step's patch onto the target branch (once)",
+            "actions": [guarded(executor.apply_task, ctx)],
+            "file_dep": manifests,
+            "targets": [str(paths.applied_record)],
+        }
+        yield {
+            "basename": "checksums",
+            "doc": "sha256 of the final tree's changed files and of every artifact",
+            "actions": [guarded(executor.checksums_task, ctx)],
+            "file_dep": [str(paths.applied_record)],
+            "targets": [str(paths.checksums), str(paths.sha256sums)],
+        }
+        yield {
+            "basename": "result",
+            "doc": "write execution_result.json and close the tape (run_end)",
+            "actions": [guarded(executor.result_task, ctx)],
+            "file_dep": [str(paths.checksums)],
+            "targets": [str(paths.execution_result)],
+        }
+    yield from gate_tasks(ctx)
+
+
+def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
+    """One subtask per gate; up to date while its evidence digest is unchanged.
+
+    No file_dep/task_dep on run tasks (doit would turn those into dependencies and
+    regenerate evidence); an `uptodate` digest of the inputs instead.
+    """
+    from doit.tools import config_changed
+
+    from gates import REGISTRY, gate_inputs_digest, run_gate, write_reports
+
+    run_dir = ctx.paths.root
+    names = []
+    for gate in REGISTRY:
+        names.append(f"gates:{gate.id}")
+        yield {
+            "basename": "gates",
+            "name": gate.id,
+            "doc": gate.title,
+            "actions": [guarded(run_gate, gate, run_dir)],
+            "uptodate": [config_changed(gate_inputs_digest(gate, run_dir))],
+            "verbosity": 2,
+        }
+    yield {
+        "basename": "gates",
+        "name": "report",
+        "doc": "write reports/gates.json, gates.xml, report.md; fail on any FAIL",
+        "actions": [guarded(write_reports, run_dir)],
+        "task_dep": names,
+        "verbosity": 2,
+        "uptodate": [config_changed({g.id: gate_inputs_digest(g, run_dir) for g in REGISTRY})],
+    }
+    yield {
+        "basename": "sign",
+        "doc": "sign the run (DSSE over in-toto Statement v1); refuses unless all gates pass",
+        "actions": [guarded(sign_action, ctx)],
+        "task_dep": ["gates"],
+        "uptodate": [False],
+    }
+
+
+def sign_action(ctx: RunContext) -> None:
+    from agentos_tasks.sign import sign_run
+
+    if ctx.key_path is None:
+        raise AgentosError("sign needs key=PATH", hint="agentos keygen, then "
+                           "doit sign request=... key=agentos.key")
+    envelope = sign_run(ctx.paths.root, ctx.key_path)
+    print(f"signed: {envelope}")
+
+
+def context_from_vars(get_var: Callable[[str], str | None], cwd: Path) -> RunContext:
+    ctx = build_context(request=get_var("request"), policy=get_var("policy"),
+                        run=get_var("run"), outputs=get_var("outputs"),
+                        answers=get_var("answers"), key=get_var("key"), cwd=cwd)
+    ctx.lock()
+    return ctx
+
+
+def load_for_doit() -> tuple[dict[str, Any], Callable[[], Iterator[dict[str, Any]]]]:
+    """For dodo.py: (DOIT_CONFIG, task creator). A user mistake exits with one clean block."""
+    import doit
+    from doit.doit_cmd import get_var
+
+    cwd = Path(doit.get_initial_workdir() or Path.cwd())
+    try:
+        ctx = context_from_vars(get_var, cwd)
+        config = doit_config(ctx)
+        task_list = list(tasks(ctx))
+    except AgentosError as err:
+        sys.stderr.write(err.render() + "\n")
+        raise SystemExit(err.code) from None
+
+    def task_agentos() -> Iterator[dict[str, Any]]:
+        yield from task_list
+
+    return config, task_agentos

@@ -1,0 +1,225 @@
+"""Load and validate a change request (YAML, version 1).
+
+Everything a user can get wrong is reported before anything runs, as one AgentosError
+naming the file, the line and the key: unknown keys, a shell string where an argv list
+belongs, duplicate or malformed step ids, missing content/patch files, a bad version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import voluptuous as vol
+
+from agentos_tasks.errors import AgentosError
+from agentos_tasks.model import OPS, Author, Question, Request, Step, ToolSpec
+from agentos_tasks.yamlsrc import MarkedDoc, load_with_marks, validate
+
+ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+ADAPTERS = ("claude", "codex", "opencode", "command")
+
+_ident = vol.All(str, vol.Match(ID_PATTERN, msg="must match [A-Za-z0-9_.-]+"),
+                 vol.Length(min=1, max=100))
+_nonempty = vol.All(str, vol.Length(min=1))
+_argv = vol.All([vol.All(str, vol.Length(min=1))], vol.Length(min=1))
+
+WRITE_SCHEMA = vol.Schema(vol.All(
+    {vol.Required("path"): _nonempty,
+     vol.Exclusive("content", "content"): str,
+     vol.Exclusive("content_file", "content"): _nonempty},
+    vol.Any(vol.Schema({"content": object}, extra=vol.ALLOW_EXTRA),
+            vol.Schema({"content_file": object}, extra=vol.ALLOW_EXTRA),
+            msg="write needs `content` or `content_file`"),
+))
+TOOL_SCHEMA = vol.Schema({
+    vol.Required("adapter"): vol.In(ADAPTERS, msg=f"adapter must be one of {', '.join(ADAPTERS)}"),
+    vol.Required("prompt"): str,
+    vol.Optional("paths"): [_nonempty],
+    vol.Optional("argv"): _argv,
+    vol.Optional("model"): _nonempty,
+})
+STEP_SCHEMA = vol.Schema({
+    vol.Required("id"): _ident,
+    vol.Optional("message"): _nonempty,
+    vol.Optional("write"): WRITE_SCHEMA,
+    vol.Optional("delete"): vol.Schema({vol.Required("path"): _nonempty}),
+    vol.Optional("patch"): _nonempty,
+    vol.Optional("run"): _argv,
+    vol.Optional("expect_exit"): vol.All(int, vol.Range(min=0, max=255)),
+    vol.Optional("tool"): TOOL_SCHEMA,
+})
+REQUEST_SCHEMA = vol.Schema({
+    vol.Required("version"): vol.All(int, vol.In([1], msg="only version 1 is supported")),
+    vol.Required("id"): _ident,
+    vol.Required("repo"): _nonempty,
+    vol.Optional("init_repo"): bool,
+    vol.Optional("base"): _nonempty,
+    vol.Optional("branch"): _nonempty,
+    vol.Optional("policy"): _nonempty,
+    vol.Optional("author"): {vol.Required("name"): _nonempty, vol.Required("email"): _nonempty},
+    vol.Required("steps"): vol.All([STEP_SCHEMA], vol.Length(min=1, msg="at least one step")),
+    vol.Optional("questions"): [{vol.Required("id"): _ident, vol.Required("text"): _nonempty}],
+})
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_request(path: Path) -> Request:
+    """Read, validate and resolve a request file. Raises AgentosError with file:line."""
+    path = path.resolve()
+    doc = load_with_marks(path, "request")
+    _precheck(doc)
+    data = validate(doc, REQUEST_SCHEMA, "request")
+    base_dir = path.parent
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(data["steps"]):
+        where = ("steps", index)
+        if raw["id"] in seen:
+            raise doc.error(f"duplicate step id {raw['id']!r} (first at line {seen[raw['id']]})",
+                            (*where, "id"), hint="step ids name artifacts and must be unique")
+        seen[raw["id"]] = doc.lines.get((*where, "id"), 0)
+        steps.append(_build_step(doc, raw, index, base_dir))
+    author = Author(**data["author"]) if "author" in data else Author()
+    policy = data.get("policy")
+    return Request(
+        source=path,
+        sha256=sha256_bytes(path.read_bytes()),
+        version=data["version"],
+        id=data["id"],
+        repo=(base_dir / data["repo"]).resolve(),
+        init_repo=bool(data.get("init_repo", False)),
+        base=data.get("base"),
+        branch=data.get("branch"),
+        policy=(base_dir / policy).resolve() if policy else None,
+        author=author,
+        steps=tuple(steps),
+        questions=tuple(Question(q["id"], q["text"]) for q in data.get("questions", [])),
+        lines={k: doc.lines.get((k,), 1) for k in data},
+    )
+
+
+def _precheck(doc: MarkedDoc) -> None:
+    """Errors voluptuous would word badly: shell strings, several operations in one step."""
+    if not isinstance(doc.data, dict):
+        raise doc.error("a request must be a mapping with version, id, repo and steps")
+    steps = doc.data.get("steps")
+    if not isinstance(steps, list):
+        return
+    for index, raw in enumerate(steps):
+        if not isinstance(raw, dict):
+            raise doc.error("each step must be a mapping", ("steps", index))
+        if isinstance(raw.get("run"), str):
+            raise doc.error("`run` must be an argv list, not a shell string",
+                            ("steps", index, "run"),
+                            hint='write run: [python, -m, pytest]; a shell is only used '
+                                 'when you ask for one: run: [sh, -c, "..."]')
+        ops = [op for op in OPS if op in raw]
+        label = raw.get("id", f"#{index + 1}")
+        if len(ops) != 1:
+            found = ", ".join(ops) if ops else "none"
+            raise doc.error(f"step {label}: exactly one of {', '.join(OPS)} is required "
+                            f"(found: {found})", ("steps", index))
+        if "expect_exit" in raw and ops[0] not in ("run", "tool"):
+            raise doc.error(f"step {label}: expect_exit only applies to run and tool steps",
+                            ("steps", index, "expect_exit"))
+
+
+def _input_file(doc: MarkedDoc, where: tuple[Any, ...], base_dir: Path, rel: str,
+                what: str) -> Path:
+    target = (base_dir / rel).resolve()
+    if not target.is_file():
+        raise doc.error(f"{what} not found: {rel} (resolved to {target})", where,
+                        hint="paths inside a request are relative to the request file")
+    return target
+
+
+def _build_step(doc: MarkedDoc, raw: dict[str, Any], index: int, base_dir: Path) -> Step:
+    where = ("steps", index)
+    op = next(op for op in OPS if op in raw)
+    common: dict[str, Any] = {
+        "id": raw["id"], "index": index, "op": op,
+        "message": raw.get("message", raw["id"]), "line": doc.lines.get(where, 0),
+    }
+    if op == "write":
+        spec = raw["write"]
+        if "content_file" in spec:
+            src = _input_file(doc, (*where, "write", "content_file"), base_dir,
+                              spec["content_file"], "content_file")
+            return Step(**common, path=spec["path"], content=src.read_bytes(), content_file=src,
+                        input_files=(src,))
+        return Step(**common, path=spec["path"], content=spec["content"].encode("utf-8"))
+    if op == "delete":
+        return Step(**common, path=raw["delete"]["path"])
+    if op == "patch":
+        src = _input_file(doc, (*where, "patch"), base_dir, raw["patch"], "patch file")
+        paths = patch_paths(src.read_bytes())
+        if not paths:
+            raise doc.error(f"patch file {raw['patch']} contains no diff", (*where, "patch"),
+                            hint="use a unified diff or `git format-patch --binary` output")
+        return Step(**common, patch_file=src, patch_paths=paths, input_files=(src,))
+    if op == "run":
+        return Step(**common, argv=tuple(raw["run"]), expect_exit=raw.get("expect_exit", 0))
+    spec = raw["tool"]
+    if spec["adapter"] == "command" and "argv" not in spec:
+        raise doc.error("the command adapter needs `argv`", (*where, "tool"))
+    tool = ToolSpec(adapter=spec["adapter"], prompt=spec["prompt"],
+                    paths=tuple(spec.get("paths", ())), argv=tuple(spec.get("argv", ())),
+                    model=spec.get("model"))
+    return Step(**common, tool=tool, expect_exit=raw.get("expect_exit", 0))
+
+
+_QUOTED = re.compile(rb'^"((?:[^"\\]|\\.)*)"')
+
+
+def _unquote(raw: bytes) -> str:
+    """Undo git's C-style path quoting ("a\\tb", octal escapes)."""
+    match = _QUOTED.match(raw)
+    if not match:
+        return raw.decode("utf-8", "surrogateescape")
+    body = match.group(1).decode("latin-1").encode("latin-1").decode("unicode_escape")
+    return body.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def _strip_prefix(name: str) -> str | None:
+    if name == "/dev/null":
+        return None
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def patch_paths(patch: bytes) -> tuple[str, ...]:
+    """Every path a unified / git diff touches (old and new names), in order of appearance.
+
+    Used for the pre-run policy check only; the post-step check judges the real diff.
+    """
+    found: list[str] = []
+
+    def add(name: str | None) -> None:
+        if name is not None and name not in found:
+            found.append(name)
+
+    for line in patch.splitlines():
+        for prefix in (b"--- ", b"+++ "):
+            if line.startswith(prefix):
+                name = line[4:].split(b"\t")[0].rstrip(b"\r")
+                add(_strip_prefix(_unquote(name)))
+        for prefix in (b"rename from ", b"rename to ", b"copy from ", b"copy to "):
+            if line.startswith(prefix):
+                add(_unquote(line[len(prefix):].rstrip(b"\r")))
+        if line.startswith(b"diff --git "):
+            rest = line[len(b"diff --git "):].rstrip(b"\r")
+            if rest.startswith(b'"'):
+                match = _QUOTED.match(rest)
+                if match:
+                    add(_strip_prefix(_unquote(rest[: match.end()])))
+                continue
+            # unquoted "a/X b/X": both halves are the same length when names are equal
+            half = (len(rest) - 1) // 2
+            if len(rest) % 2 == 1 and rest[half:half + 1] == b" ":
+                add(_strip_prefix(rest[:half].decode("utf-8", "surrogateescape")))
+    return tuple(found)

@@ -1,0 +1,223 @@
+"""One run: where its files live, which request/policy it executes, and its recorded state.
+
+The run directory `outputs/<run_id>/` is reused by every invocation of the same run.
+Its `.state/` holds doit's dep file, the run lock, canonical step specs and the
+base/applied records; everything in `audit/`, `steps/`, `patches/`, `logs/`, `tools/`
+and `reports/` is evidence.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import IO, Any
+
+from agentos_tasks.errors import EXIT_STATE, AgentosError
+from agentos_tasks.fsutil import read_json
+from agentos_tasks.model import Request, Step
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit"
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".state"
+
+    @property
+    def worktree(self) -> Path:
+        return self.root / "worktree"
+
+    @property
+    def tape(self) -> Path:
+        return self.audit / "run_tape.jsonl"
+
+    @property
+    def tape_head(self) -> Path:
+        return self.audit / "tape_head.json"
+
+    @property
+    def checksums(self) -> Path:
+        return self.audit / "checksums.json"
+
+    @property
+    def sha256sums(self) -> Path:
+        return self.audit / "SHA256SUMS"
+
+    @property
+    def execution_result(self) -> Path:
+        return self.root / "execution_result.json"
+
+    @property
+    def base_record(self) -> Path:
+        return self.state / "base.json"
+
+    @property
+    def applied_record(self) -> Path:
+        return self.state / "applied.json"
+
+    @property
+    def policy_record(self) -> Path:
+        return self.state / "policy.json"
+
+    @property
+    def gates_json(self) -> Path:
+        return self.root / "reports" / "gates.json"
+
+    def manifest(self, step_id: str) -> Path:
+        return self.root / "steps" / f"{step_id}.json"
+
+    def patch(self, step_id: str) -> Path:
+        return self.root / "patches" / f"{step_id}.patch"
+
+    def log(self, step_id: str) -> Path:
+        return self.root / "logs" / f"{step_id}.out"
+
+    def tool_dir(self, step_id: str) -> Path:
+        return self.root / "tools" / step_id
+
+    def spec(self, step_id: str) -> Path:
+        return self.state / "specs" / f"{step_id}.json"
+
+
+def resolve_cli_path(raw: str, cwd: Path) -> Path:
+    """Command-line paths are relative to where the user ran the command."""
+    path = Path(raw).expanduser()
+    return (path if path.is_absolute() else cwd / path).resolve()
+
+
+@dataclass
+class RunContext:
+    """Everything one invocation needs to build and run the graph for one run."""
+
+    run_id: str
+    paths: RunPaths
+    request: Request | None
+    policy_path: Path | None
+    answers_path: Path | None = None
+    key_path: Path | None = None
+    _lock: IO[bytes] | None = field(default=None, repr=False)
+    # commit the worktree is known to be clean at (saves a reset between steps)
+    clean_at: str | None = None
+
+    @cached_property
+    def policy(self) -> Any:
+        from agentos_tasks.policy import load_policy
+
+        if self.policy_path is None:
+            raise AgentosError("no policy: this run has no request loaded")
+        return load_policy(self.policy_path)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.request.steps if self.request else ()
+
+    def need_request(self) -> Request:
+        if self.request is None:
+            raise AgentosError("request= is required for this task",
+                               hint="doit run request=requests/demo.yaml")
+        return self.request
+
+    @property
+    def sealed(self) -> bool:
+        return self.paths.applied_record.exists()
+
+    def applied(self) -> dict[str, Any] | None:
+        try:
+            return dict(read_json(self.paths.applied_record))
+        except FileNotFoundError:
+            return None
+
+    def base(self) -> dict[str, Any] | None:
+        try:
+            return dict(read_json(self.paths.base_record))
+        except FileNotFoundError:
+            return None
+
+    def lock(self) -> None:
+        """Hold `.state/lock` for this process: two invocations of one run never interleave."""
+        if self._lock is not None:
+            return
+        self.paths.state.mkdir(parents=True, exist_ok=True)
+        handle = open(self.paths.state / "lock", "a+b")  # noqa: SIM115 - held for the process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().decode(errors="replace").strip() or "?"
+            handle.close()
+            raise AgentosError(f"run {self.run_id} is in use by another agentos process "
+                               f"(pid {holder})", code=EXIT_STATE,
+                               hint="wait for it to finish, or use run=NAME for another "
+                                    "run") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()).encode())
+        handle.flush()
+        self._lock = handle
+
+
+def build_context(
+    *,
+    request: str | None,
+    policy: str | None = None,
+    run: str | None = None,
+    outputs: str | None = None,
+    answers: str | None = None,
+    key: str | None = None,
+    cwd: Path | None = None,
+) -> RunContext:
+    """Build the context from command-line values (doit vars or `agentos exec` options)."""
+    from agentos_tasks.request import load_request
+
+    cwd = cwd or Path.cwd()
+    outputs_dir = resolve_cli_path(outputs, cwd) if outputs else PROJECT_ROOT / "outputs"
+    req = load_request(resolve_cli_path(request, cwd)) if request else None
+    if req is None and not run:
+        raise AgentosError("request= (or run= for an existing run) is required",
+                           hint="doit run request=requests/demo.yaml")
+    run_id = run or (req.id if req else "")
+    if "/" in run_id or run_id in ("", ".", "..") or run_id.startswith("."):
+        raise AgentosError(f"invalid run name {run_id!r}", hint="use letters, digits, _ . -")
+    paths = RunPaths(outputs_dir / run_id)
+    if req is None and not paths.root.is_dir():
+        raise AgentosError(f"no run {run_id!r} under {outputs_dir}",
+                           hint="give request= to start it, or check outputs=")
+    policy_path: Path | None = None
+    if req is not None:
+        if policy:
+            policy_path = resolve_cli_path(policy, cwd)
+        elif req.policy:
+            policy_path = req.policy
+        else:
+            from agentos_tasks.policy import default_policy_path
+
+            policy_path = default_policy_path()
+        _check_layout(req, paths)
+    return RunContext(
+        run_id=run_id, paths=paths, request=req, policy_path=policy_path,
+        answers_path=resolve_cli_path(answers, cwd) if answers else None,
+        key_path=resolve_cli_path(key, cwd) if key else None,
+    )
+
+
+def _check_layout(req: Request, paths: RunPaths) -> None:
+    """The run directory (and its worktree) must not live inside the target repository."""
+    run_root = paths.root.resolve()
+    repo = req.repo.resolve()
+    if run_root == repo or repo in run_root.parents:
+        raise AgentosError(
+            f"the run directory {run_root} would be inside the target repository {repo}",
+            where=f"{req.source}:{req.lines.get('repo', 1)}",
+            hint="point outputs= (or the request's repo:) elsewhere: evidence must not "
+                 "live in the tree it describes")

@@ -1,0 +1,172 @@
+"""The run tape: an append-only, hash-chained, fsync'd JSON-lines audit log.
+
+Each line is one event: ``{"seq", "ts", "event", "step", ..., "prev"}`` where ``prev`` is
+the sha256 of the previous line's bytes (without its newline; 64 zeros for the first).
+``audit/tape_head.json`` ({count, head}) is replaced atomically after every append, so a
+truncated, reordered or edited tape no longer matches its head. A tape whose last line
+was torn by a crash is repaired on the next open (the torn bytes are cut and a
+``run_resumed`` event records how many), keeping ``seq`` contiguous.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agentos_tasks.fsutil import fsync_dir, sha256_bytes, write_json
+
+GENESIS = "0" * 64
+EVENTS = frozenset({
+    "run_start", "policy_loaded", "policy_denied", "worktree_created", "step_start",
+    "step_end", "step_failed", "questions_blocked", "resume_applied", "run_resumed",
+    "patches_applied", "apply_failed", "rollback", "run_end",
+})
+
+
+@dataclass(frozen=True)
+class TapeState:
+    count: int
+    head: str
+    last_event: str | None
+
+
+def encode_event(seq: int, event: str, prev: str, fields: dict[str, Any]) -> bytes:
+    record: dict[str, Any] = {
+        "seq": seq,
+        "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "event": event,
+    }
+    record.update(fields)
+    record["prev"] = prev
+    return json.dumps(record, sort_keys=False, ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def iter_lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        for line in handle:
+            yield line.rstrip(b"\n")
+
+
+class Tape:
+    """Appends events to ``audit/run_tape.jsonl`` of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "audit" / "run_tape.jsonl"
+        self.head_path = run_dir / "audit" / "tape_head.json"
+        self._state: TapeState | None = None
+
+    def state(self) -> TapeState:
+        if self._state is None:
+            self._state = self._recover()
+        return self._state
+
+    def _recover(self) -> TapeState:
+        """Read the tape; cut a torn last line (crash mid-write) and note it."""
+        if not self.path.exists():
+            return TapeState(0, GENESIS, None)
+        data = self.path.read_bytes()
+        torn = b""
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            torn, data = data[cut:], data[:cut]
+            with open(self.path, "r+b") as handle:
+                handle.truncate(cut)
+                os.fsync(handle.fileno())
+        lines = data.splitlines()
+        head = sha256_bytes(lines[-1]) if lines else GENESIS
+        last = json.loads(lines[-1]).get("event") if lines else None
+        state = TapeState(len(lines), head, last)
+        if torn:
+            self._state = state
+            self.append("run_resumed", reason="torn last line removed", torn_bytes=len(torn))
+            return self._state
+        return state
+
+    def append(self, event: str, step: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Append one event durably and move the head. Returns the record written."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown tape event {event!r}")
+        state = self.state()
+        if state.last_event == "run_end" and event not in ("run_start", "run_resumed"):
+            # a new invocation continues a run that had ended (failed, denied, blocked)
+            self._write("run_resumed", None, {"reason": "new invocation"})
+            state = self.state()
+        payload: dict[str, Any] = {}
+        if step is not None:
+            payload["step"] = step
+        payload.update(fields)
+        return self._write(event, step, payload)
+
+    def _write(self, event: str, step: str | None, payload: dict[str, Any]) -> dict[str, Any]:
+        state = self.state()
+        line = encode_event(state.count, event, state.head, payload)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new_file = not self.path.exists()
+        with open(self.path, "ab") as handle:
+            handle.write(line + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if new_file:
+            fsync_dir(self.path.parent)
+        head = sha256_bytes(line)
+        self._state = TapeState(state.count + 1, head, event)
+        write_json(self.head_path, {"count": state.count + 1, "head": head})
+        return dict(json.loads(line))
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    reason: str
+    count: int
+    head: str
+    events: list[dict[str, Any]]
+
+
+def verify_chain(run_dir: Path) -> ChainReport:
+    """Check every `prev`, contiguous `seq`, parseable lines, and the recorded head."""
+    tape = run_dir / "audit" / "run_tape.jsonl"
+    head_file = run_dir / "audit" / "tape_head.json"
+    if not tape.exists():
+        return ChainReport(False, "audit/run_tape.jsonl is missing", 0, GENESIS, [])
+    data = tape.read_bytes()
+    if data and not data.endswith(b"\n"):
+        return ChainReport(False, "tape ends with a torn line", 0, GENESIS, [])
+    prev = GENESIS
+    events: list[dict[str, Any]] = []
+    for index, line in enumerate(data.splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return ChainReport(False, f"line {index + 1} is not JSON", index, prev, events)
+        if not isinstance(record, dict) or record.get("seq") != index:
+            return ChainReport(False, f"line {index + 1}: seq is {record.get('seq')!r}, "
+                               f"expected {index}", index, prev, events)
+        if record.get("prev") != prev:
+            return ChainReport(False, f"line {index + 1}: prev does not match the sha256 of "
+                               "the line before", index, prev, events)
+        if record.get("event") not in EVENTS:
+            return ChainReport(False, f"line {index + 1}: unknown event "
+                               f"{record.get('event')!r}", index, prev, events)
+        events.append(record)
+        prev = sha256_bytes(line)
+    if not events:
+        return ChainReport(False, "tape is empty", 0, prev, events)
+    try:
+        head = json.loads(head_file.read_text())
+    except FileNotFoundError:
+        return ChainReport(False, "audit/tape_head.json is missing", len(events), prev, events)
+    except ValueError:
+        return ChainReport(False, "audit/tape_head.json is not JSON", len(events), prev, events)
+    if head != {"count": len(events), "head": prev}:
+        return ChainReport(False, f"tape_head.json says {head.get('count')} events / "
+                           f"{str(head.get('head'))[:12]}, tape has {len(events)} / {prev[:12]}",
+                           len(events), prev, events)
+    return ChainReport(True, f"{len(events)} events chain to head {prev[:12]}", len(events),
+                       prev, events)

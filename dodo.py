@@ -1,0 +1,9 @@
+"""doit entry point. `doit run request=requests/demo.yaml` — see README.md.
+
+Thin on purpose: the graph is built by agentos_tasks.graph, which tests call directly.
+Variables: request=, policy=, run=, outputs=, answers=, key= (paths relative to the cwd).
+"""
+
+from agentos_tasks.graph import load_for_doit
+
+DOIT_CONFIG, task_agentos = load_for_doit()

@@ -1,0 +1,203 @@
+"""Gates: pure functions of a run directory (and, where named, the git repos).
+
+Each gate returns PASS / FAIL / NOT_APPLICABLE with a one-line reason and the evidence it
+looked at (run-relative path + sha256, or MISSING). A missing artifact is a FAIL, never a
+pass; a gate that crashes on malformed evidence is a FAIL naming the crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from agentos_tasks.errors import EXIT_GATES, AgentosError
+from agentos_tasks.fsutil import atomic_write, canonical_json, read_json, write_json
+
+from gates.context import GateContext, Missing
+
+PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
+
+
+@dataclass
+class GateResult:
+    id: str
+    title: str
+    status: str
+    reason: str
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Gate:
+    id: str
+    title: str
+    check: Callable[[GateContext], tuple[str, str]]
+    inputs: tuple[str, ...]  # run-relative globs whose content the gate depends on
+    uses_repo: bool = False
+    uses_package: bool = False
+
+
+def evaluate(gate: Gate, run_dir: Path) -> GateResult:
+    ctx = GateContext(run_dir)
+    try:
+        status, reason = gate.check(ctx)
+    except Missing as exc:
+        status, reason = FAIL, str(exc)
+    except Exception as exc:  # malformed evidence must fail the gate, not crash the run
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        status, reason = FAIL, f"cannot check: {type(exc).__name__}: {exc} " \
+                               f"({Path(last.filename).name}:{last.lineno})"
+    return GateResult(gate.id, gate.title, status, reason.splitlines()[0] if reason else "",
+                      ctx.evidence_list())
+
+
+def gate_inputs_digest(gate: Gate, run_dir: Path) -> str:
+    """Digest of everything the gate reads: evidence files, branch head, package source."""
+    digest = hashlib.sha256()
+    for pattern in gate.inputs:
+        for path in sorted(run_dir.glob(pattern)):
+            if path.is_file():
+                digest.update(path.relative_to(run_dir).as_posix().encode() + b"\0")
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(b"|")
+    if gate.uses_repo:
+        digest.update(GateContext(run_dir).branch_head_fingerprint().encode())
+    if gate.uses_package:
+        from gates.static import package_files
+
+        for path in package_files():
+            digest.update(str(path).encode() + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def partial_path(run_dir: Path, gate_id: str) -> Path:
+    return run_dir / ".state" / "gates" / f"{gate_id}.json"
+
+
+def run_gate(gate: Gate, run_dir: Path) -> None:
+    """doit action for gates:<ID>: evaluate and keep the result with its input digest."""
+    result = evaluate(gate, run_dir)
+    write_json(partial_path(run_dir, gate.id),
+               {"inputs": gate_inputs_digest(gate, run_dir), "result": result.as_dict()})
+    print(f"{result.status:<15} {gate.id}: {result.reason}")
+
+
+def run_all(run_dir: Path) -> list[GateResult]:
+    return [evaluate(gate, run_dir) for gate in REGISTRY]
+
+
+def collect(run_dir: Path) -> list[GateResult]:
+    """Results of every gate: the stored one if its inputs are unchanged, else recomputed."""
+    results = []
+    for gate in REGISTRY:
+        try:
+            stored = read_json(partial_path(run_dir, gate.id))
+            if stored["inputs"] != gate_inputs_digest(gate, run_dir):
+                raise ValueError("stale")
+            results.append(GateResult(**stored["result"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            results.append(evaluate(gate, run_dir))
+    return results
+
+
+def summary(results: Sequence[GateResult]) -> dict[str, int]:
+    return {s: sum(r.status == s for r in results) for s in (PASS, FAIL, NA)}
+
+
+def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None) -> None:
+    """reports/gates.json + gates.xml (JUnit) + report.md + a table; fail on any FAIL."""
+    results = list(results) if results is not None else collect(run_dir)
+    reports = run_dir / "reports"
+    run_id = run_dir.name
+    payload = {"schema_version": 1, "run": run_id, "gates": [r.as_dict() for r in results],
+               "summary": summary(results)}
+    write_json(reports / "gates.json", payload)
+    atomic_write(reports / "gates.xml", junit_xml(run_id, results).encode())
+    try:
+        from agentos_tasks.report import write_report
+
+        write_report(run_dir)
+    except AgentosError:
+        pass
+    print_table(results)
+    failed = [r.id for r in results if r.status == FAIL]
+    if failed:
+        raise AgentosError(f"{len(failed)} gate(s) failed: {', '.join(failed)}", code=EXIT_GATES,
+                           hint=f"see {reports / 'gates.json'}")
+
+
+def junit_xml(run_id: str, results: Sequence[GateResult]) -> str:
+    counts = summary(results)
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             f'<testsuite name={quoteattr("agentos-gates:" + run_id)} tests="{len(results)}" '
+             f'failures="{counts[FAIL]}" skipped="{counts[NA]}">']
+    for r in results:
+        lines.append(f'  <testcase classname="gates" name={quoteattr(r.id)}>')
+        if r.status == FAIL:
+            lines.append(f"    <failure message={quoteattr(r.reason)}/>")
+        elif r.status == NA:
+            lines.append(f"    <skipped message={quoteattr(r.reason)}/>")
+        lines.append("  </testcase>")
+    lines.append("</testsuite>")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(results: Sequence[GateResult]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="gates", show_lines=False)
+    table.add_column("gate")
+    table.add_column("status")
+    table.add_column("reason", overflow="fold")
+    style = {PASS: "green", FAIL: "bold red", NA: "dim"}
+    for r in results:
+        table.add_row(r.id, f"[{style[r.status]}]{r.status}[/]", r.reason)
+    Console(width=140).print(table)
+
+
+def results_json(results: Sequence[GateResult]) -> str:
+    return json.dumps([r.as_dict() for r in results], indent=2)
+
+
+def _registry() -> list[Gate]:
+    from gates import runtime, static
+
+    found: list[Gate] = [*static.GATES, *runtime.GATES]
+    # gate families that land in later modules; literal imports keep the static gate exact
+    try:
+        import gates.executor_gates
+
+        found += gates.executor_gates.GATES
+    except ModuleNotFoundError as exc:
+        if exc.name != "gates.executor_gates":
+            raise
+    try:
+        import gates.answer_gates
+
+        found += gates.answer_gates.GATES
+    except ModuleNotFoundError as exc:
+        if exc.name != "gates.answer_gates":
+            raise
+    try:
+        import gates.tool_gates
+
+        found += gates.tool_gates.GATES
+    except ModuleNotFoundError as exc:
+        if exc.name != "gates.tool_gates":
+            raise
+    return found
+
+
+REGISTRY: list[Gate] = _registry()
+__all__ = ["FAIL", "NA", "PASS", "REGISTRY", "Gate", "GateContext", "GateResult",
+           "canonical_json", "collect", "evaluate", "run_all", "write_reports"]

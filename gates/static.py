@@ -1,0 +1,143 @@
+"""static.no_subprocess and EX-B: only agentos_tasks/proc.py may start processes.
+
+An AST scan of the installed package (agentos_tasks + gates): imports of subprocess,
+plumbum, pty, multiprocessing, _posixsubprocess; calls to os.system / os.popen /
+os.exec* / os.spawn* / os.posix_spawn* / os.fork* / asyncio.create_subprocess_*; and
+dynamic imports or getattr that could reach them (importlib.import_module, __import__,
+getattr(os, ...)) with a forbidden or non-literal name.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from gates.context import GateContext
+
+FORBIDDEN_MODULES = {"subprocess", "plumbum", "pty", "multiprocessing", "_posixsubprocess",
+                     "concurrent.futures.process"}
+FORBIDDEN_OS = ("system", "popen", "exec", "spawn", "posix_spawn", "fork", "forkpty")
+FORBIDDEN_ASYNCIO = ("create_subprocess_exec", "create_subprocess_shell")
+ALLOWED_FILE = "agentos_tasks/proc.py"
+
+
+def package_files() -> list[Path]:
+    import agentos_tasks
+
+    import gates
+
+    files: list[Path] = []
+    for pkg in (agentos_tasks, gates):
+        root = Path(pkg.__file__).resolve().parent
+        files += sorted(root.rglob("*.py"))
+    return files
+
+
+def _relname(path: Path) -> str:
+    parts = path.parts
+    for anchor in ("agentos_tasks", "gates"):
+        if anchor in parts:
+            idx = len(parts) - 1 - parts[::-1].index(anchor)
+            return "/".join(parts[idx:])
+    return path.name
+
+
+def _forbidden_module(name: str) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in FORBIDDEN_MODULES)
+
+
+def _forbidden_os_attr(name: str) -> bool:
+    return any(name == f or name.startswith(f) for f in FORBIDDEN_OS)
+
+
+def scan_source(source: str, filename: str) -> list[str]:
+    """Violations in one file (empty list = clean)."""
+    tree = ast.parse(source, filename)
+    found: list[str] = []
+    os_aliases = {"os"}
+    asyncio_aliases = {"asyncio"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if _forbidden_module(alias.name):
+                    found.append(f"{filename}:{node.lineno}: import {alias.name}")
+                if alias.name == "os":
+                    os_aliases.add(alias.asname or "os")
+                if alias.name == "asyncio":
+                    asyncio_aliases.add(alias.asname or "asyncio")
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if _forbidden_module(module):
+                found.append(f"{filename}:{node.lineno}: from {module} import ...")
+            for alias in node.names:
+                if module == "os" and _forbidden_os_attr(alias.name):
+                    found.append(f"{filename}:{node.lineno}: from os import {alias.name}")
+                if module == "asyncio" and alias.name in FORBIDDEN_ASYNCIO:
+                    found.append(f"{filename}:{node.lineno}: from asyncio import {alias.name}")
+                if _forbidden_module(f"{module}.{alias.name}" if module else alias.name):
+                    found.append(f"{filename}:{node.lineno}: from {module} import {alias.name}")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id in os_aliases and _forbidden_os_attr(node.attr):
+                found.append(f"{filename}:{node.lineno}: os.{node.attr}")
+            if node.value.id in asyncio_aliases and node.attr in FORBIDDEN_ASYNCIO:
+                found.append(f"{filename}:{node.lineno}: asyncio.{node.attr}")
+        elif isinstance(node, ast.Call):
+            found += _dynamic(node, filename, os_aliases)
+    return found
+
+
+def _dynamic(node: ast.Call, filename: str, os_aliases: set[str]) -> list[str]:
+    func = node.func
+    name = (func.id if isinstance(func, ast.Name)
+            else func.attr if isinstance(func, ast.Attribute) else "")
+    first = node.args[0] if node.args else None
+    literal = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) \
+        else None
+    if name in ("import_module", "__import__"):
+        if literal is None:
+            return [f"{filename}:{node.lineno}: {name}() with a computed module name"]
+        if _forbidden_module(literal):
+            return [f"{filename}:{node.lineno}: {name}({literal!r})"]
+    if name == "getattr" and len(node.args) >= 2:
+        target, attr = node.args[0], node.args[1]
+        if isinstance(target, ast.Name) and target.id in os_aliases:
+            if not (isinstance(attr, ast.Constant) and isinstance(attr.value, str)):
+                return [f"{filename}:{node.lineno}: getattr(os, <computed>)"]
+            if _forbidden_os_attr(attr.value):
+                return [f"{filename}:{node.lineno}: getattr(os, {attr.value!r})"]
+    return []
+
+
+def scan_package(files: list[Path] | None = None) -> tuple[int, list[str]]:
+    files = files if files is not None else package_files()
+    violations: list[str] = []
+    for path in files:
+        rel = _relname(path)
+        if rel == ALLOWED_FILE:
+            continue
+        violations += scan_source(path.read_text(encoding="utf-8"), rel)
+    return len(files), violations
+
+
+def no_subprocess(ctx: GateContext) -> tuple[str, str]:
+    count, violations = scan_package()
+    if count == 0:
+        return "FAIL", "no package files found to scan"
+    if violations:
+        return "FAIL", f"{len(violations)} process start(s) outside {ALLOWED_FILE}: " + \
+            "; ".join(violations[:5])
+    return "PASS", f"{count} files scanned; only {ALLOWED_FILE} starts processes"
+
+
+def _gates() -> list[object]:
+    from gates import Gate
+
+    return [
+        Gate("static.no_subprocess", "only proc.py starts processes (AST scan)", no_subprocess,
+             (), uses_package=True),
+        Gate("EX-B", "= static.no_subprocess on the installed code", no_subprocess, (),
+             uses_package=True),
+    ]
+
+
+GATES = _gates()
