@@ -55,7 +55,8 @@ HOSTILE_GITCONFIG = """\
 
 
 def _load_expected() -> dict[str, Any]:
-    return json.loads(EXPECTED_JSON.read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(EXPECTED_JSON.read_text(encoding="utf-8"))
+    return data
 
 
 def _fixture_files(expected: dict[str, Any]) -> list[Path]:
