@@ -1,0 +1,1 @@
+"""Handing a step to a coding-agent CLI: adapters (argv, claims) and task/result packs."""
