@@ -133,38 +133,46 @@ def sealed_error(ctx: RunContext, what: str) -> AgentosError:
 
 def policy_task(ctx: RunContext) -> None:
     """Pre-run check over the whole request; records request and policy; answers questions."""
+    from agentos_tasks.policy import check_request
+
     req = ctx.need_request()
     policy = ctx.policy
+    decision = check_request(policy, req)
     if ctx.sealed:
         applied = ctx.applied() or {}
-        if (applied.get("request_sha256") != req.sha256
-                or applied.get("policy_sha256") != policy.sha256
-                or applied.get("inputs") != input_digests(req)):
-            raise sealed_error(ctx, "the request, its input files or the policy changed since")
-        return
+        if (applied.get("request_sha256") == req.sha256
+                and applied.get("policy_sha256") == policy.sha256
+                and applied.get("inputs") == input_digests(req)):
+            return
+        if not decision.allowed:
+            # a sealed run's evidence is never rewritten: report, record nothing
+            raise PolicyViolation(decision.rule_id, decision.reason, where=_step_where(req, decision),
+                                  hint=f"run {ctx.run_id} is sealed, so this denial is not "
+                                       "recorded there; add run=NEW to record it in a new run")
+        raise sealed_error(ctx, "the request, its input files or the policy changed since")
     t = tape(ctx)
     if t.state().count == 0:
         t.append("run_start", run=ctx.run_id, agentos_version=__version__,
                  request=str(req.source), request_sha256=req.sha256)
     audit = ctx.paths.audit
     atomic_write(audit / "request.yaml", req.source.read_bytes())
-    atomic_write(audit / "policy.yaml", policy.source.read_bytes())
+    policy_bytes = policy.source.read_bytes()
+    if sha256_bytes(policy_bytes) != policy.sha256:
+        raise AgentosError(f"policy file {policy.source} changed while loading; re-run")
+    atomic_write(audit / "policy.yaml", policy_bytes)
     write_json(audit / "request.json", request_record(req))
     t.append("policy_loaded", policy_id=policy.id, policy_sha256=policy.sha256,
              policy_path=str(policy.source), request_sha256=req.sha256,
              isolation=policy.isolation, network=policy.network)
-    from agentos_tasks.policy import check_request
-
-    decision = check_request(policy, req)
     if not decision.allowed:
+        branch, head = _target_head(ctx)
         t.append("policy_denied", step=decision.step, rule_id=decision.rule_id,
-                 reason=decision.reason, subject=decision.subject)
+                 reason=decision.reason, subject=decision.subject, branch=branch,
+                 branch_head=head)
         write_result(ctx, "denied", failure={"rule_id": decision.rule_id,
                                              "reason": decision.reason, "step": decision.step})
         t.append("run_end", status="denied", rule_id=decision.rule_id)
-        where = f"{req.source}:{req.steps[[s.id for s in req.steps].index(decision.step)].line}" \
-            if decision.step in [s.id for s in req.steps] else str(req.source)
-        raise PolicyViolation(decision.rule_id, decision.reason, where=where,
+        raise PolicyViolation(decision.rule_id, decision.reason, where=_step_where(req, decision),
                               hint=f"policy {policy.id} ({policy.source}) decided; nothing ran "
                                    "and the target branch is unchanged")
     answers = None
@@ -176,6 +184,23 @@ def policy_task(ctx: RunContext) -> None:
         "decision": "allow", "rule_id": decision.rule_id, "request_sha256": req.sha256,
         "policy_sha256": policy.sha256, "answers_sha256": answers,
     })
+
+
+def _step_where(req: Request, decision: Any) -> str:
+    for step in req.steps:
+        if step.id == decision.step:
+            return f"{req.source}:{step.line}"
+    return str(req.source)
+
+
+def _target_head(ctx: RunContext) -> tuple[str | None, str | None]:
+    """The target branch and its head at decision time (None when there is no repo yet)."""
+    req = ctx.need_request()
+    if not (req.repo / ".git").exists():
+        return req.branch, None
+    git = repo_git(ctx)
+    branch = req.branch or git.current_branch()
+    return branch, git.try_rev_parse(f"refs/heads/{branch}") if branch else None
 
 
 def input_digests(req: Request) -> dict[str, str]:
@@ -365,8 +390,8 @@ def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
         git.run("apply", "--cached", "--binary", "--", patch)
         # the index holds the exact result; bring the files in line with it
         git.run("checkout-index", "-a", "-f")
-        deleted = git.run("diff", "--cached", "--name-only", "-z", "--diff-filter=D",
-                          "HEAD").stdout
+        deleted = git.run("diff", "--cached", "--no-renames", "--name-only", "-z",
+                          "--diff-filter=D", "HEAD").stdout
         for name in filter(None, deleted.split(b"\0")):
             target = wt / name.decode("utf-8", "surrogateescape")
             if target.is_symlink() or target.is_file():

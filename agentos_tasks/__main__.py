@@ -1,0 +1,5 @@
+import sys
+
+from agentos_tasks.cli import main
+
+sys.exit(main())

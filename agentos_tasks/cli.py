@@ -1,0 +1,167 @@
+"""`agentos`: the plain CLI over the same doit graph (DoitMain + a TaskLoader2).
+
+    agentos exec run --request R [--policy P] [--run NAME] [--outputs DIR] [--answers F]
+                     [--step ID]          # only execute up to that step, no apply
+    agentos gates (--request R | --run NAME) [--outputs DIR]
+    agentos keygen [--out DIR] [--force]
+    agentos verify outputs/<run> --key agentos.pub
+    agentos tool verify --result outputs/<run>/tools/<step>/tool_result_pack.json
+    agentos schema request|policy
+
+Exit codes: 0 ok; 1 a task failed (doit); 2 bad input; 3 policy violation; 4 step
+failed; 5 gates/verification failed; 6 run state refuses (sealed, dirty target, lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agentos_tasks.errors import EXIT_GATES, EXIT_USAGE, AgentosError
+
+
+def _doit(args: list[str], cwd: Path) -> int:
+    from doit import loader
+    from doit.cmd_base import TaskLoader2
+    from doit.doit_cmd import DoitMain, get_var
+
+    from agentos_tasks import graph
+
+    class AgentosLoader(TaskLoader2):  # type: ignore[misc]
+        def load_doit_config(self) -> dict[str, Any]:
+            self.ctx = graph.context_from_vars(get_var, cwd)
+            return graph.doit_config(self.ctx)
+
+        def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:
+            task_list = list(graph.tasks(self.ctx))
+
+            def task_agentos() -> Any:
+                yield from task_list
+
+            return list(loader.load_tasks({"task_agentos": task_agentos},
+                                          self.cmd_names, allow_delayed=cmd.execute_tasks,
+                                          args=pos_args, config=self.config,
+                                          task_opts=self.task_opts))
+
+    graph.RAISED.clear()
+    code = int(DoitMain(AgentosLoader()).run(args))
+    if code and graph.RAISED:
+        return graph.RAISED[0].code
+    return code
+
+
+def _vars(ns: argparse.Namespace) -> list[str]:
+    out = []
+    for name in ("request", "policy", "run", "outputs", "answers", "key"):
+        value = getattr(ns, name, None)
+        if value:
+            out.append(f"{name}={value}")
+    return out
+
+
+def cmd_exec_run(ns: argparse.Namespace) -> int:
+    targets = [f"step:{ns.step}"] if ns.step else []
+    return _doit(["run", *_vars(ns), *targets], Path.cwd())
+
+
+def cmd_gates(ns: argparse.Namespace) -> int:
+    return _doit(["run", *_vars(ns), "gates"], Path.cwd())
+
+
+def cmd_keygen(ns: argparse.Namespace) -> int:
+    from agentos_tasks.sign import keygen
+
+    private, public = keygen(Path(ns.out), overwrite=ns.force)
+    print(f"private key: {private} (mode 0600, keep it secret)\npublic key:  {public}")
+    return 0
+
+
+def cmd_verify(ns: argparse.Namespace) -> int:
+    from agentos_tasks.verify import render, verify_run
+
+    run_dir = Path(ns.run_dir)
+    if not run_dir.is_dir():
+        raise AgentosError(f"no run directory {run_dir}", hint="agentos verify outputs/<run> "
+                           "--key agentos.pub")
+    checks = verify_run(run_dir, Path(ns.key))
+    print(render(checks))
+    return 0 if all(c.ok for c in checks) else EXIT_GATES
+
+
+def cmd_tool_verify(ns: argparse.Namespace) -> int:
+    from agentos_tasks.tools.verifier import render, verify_result_pack
+
+    results = verify_result_pack(Path(ns.result))
+    print(render(results))
+    return 0 if all(r.status != "FAIL" for r in results) else EXIT_GATES
+
+
+def cmd_schema(ns: argparse.Namespace) -> int:
+    from agentos_tasks.schemas import json_schema
+
+    print(json.dumps(json_schema(ns.kind), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentos", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    exec_p = sub.add_parser("exec", help="execute a request")
+    exec_sub = exec_p.add_subparsers(dest="exec_command", required=True)
+    run_p = exec_sub.add_parser("run", help="run a request (same as doit run request=...)")
+    run_p.add_argument("--request", required=True)
+    for opt in ("--policy", "--run", "--outputs", "--answers"):
+        run_p.add_argument(opt)
+    run_p.add_argument("--step", help="execute steps up to this one only; do not apply")
+    run_p.set_defaults(func=cmd_exec_run)
+
+    gates_p = sub.add_parser("gates", help="run every gate over a run's evidence")
+    gates_p.add_argument("--request")
+    gates_p.add_argument("--run")
+    gates_p.add_argument("--outputs")
+    gates_p.set_defaults(func=cmd_gates)
+
+    key_p = sub.add_parser("keygen", help="write agentos.key (0600) and agentos.pub")
+    key_p.add_argument("--out", default=".")
+    key_p.add_argument("--force", action="store_true", help="overwrite an existing key pair")
+    key_p.set_defaults(func=cmd_keygen)
+
+    ver_p = sub.add_parser("verify", help="re-check a signed run offline")
+    ver_p.add_argument("run_dir")
+    ver_p.add_argument("--key", required=True)
+    ver_p.set_defaults(func=cmd_verify)
+
+    tool_p = sub.add_parser("tool", help="tool outsourcing commands")
+    tool_sub = tool_p.add_subparsers(dest="tool_command", required=True)
+    tv = tool_sub.add_parser("verify", help="check a tool result pack (TL-A..TL-F)")
+    tv.add_argument("--result", required=True)
+    tv.set_defaults(func=cmd_tool_verify)
+
+    schema_p = sub.add_parser("schema", help="print the JSON Schema of a request or policy")
+    schema_p.add_argument("kind", choices=["request", "policy"])
+    schema_p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return int(ns.func(ns))
+    except AgentosError as err:
+        sys.stderr.write(err.render() + "\n")
+        return err.code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
