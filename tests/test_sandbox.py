@@ -1,0 +1,363 @@
+"""run_confined and the bwrap argv: real bwrap, real processes, real files."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from security.conftest import (  # reused skip/fail-under-CI logic
+    bwrap_required,  # noqa: F401 - fixture used via requires_bwrap
+    host_processes_with,
+    requires_bwrap,
+)
+
+from agentos_tasks import proc, sandbox
+from agentos_tasks.errors import EXIT_STEP, AgentosError
+from agentos_tasks.proc import ConfinedResult, ConfinedSpec, run_confined
+
+HOST_PATH = os.environ.get("PATH", "/usr/bin:/bin")
+
+
+def make_spec(worktree: Path, **overrides: object) -> ConfinedSpec:
+    values: dict[str, object] = {
+        "worktree": worktree, "readonly_paths": (),
+        "env": {"PATH": HOST_PATH, "LANG": "C.UTF-8"}, "network": False,
+        "isolation": "required", "timeout_s": 20.0, "output_limit": 1 << 20,
+        "max_file_bytes": 1 << 20,
+    }
+    values.update(overrides)
+    return ConfinedSpec(**values)  # type: ignore[arg-type]
+
+
+def run(tmp_path: Path, argv: list[str], **overrides: object) -> tuple[ConfinedResult, str]:
+    worktree = tmp_path / "wt"
+    worktree.mkdir(exist_ok=True)
+    log = tmp_path / "logs" / "step.out"
+    result = run_confined(argv, make_spec(worktree, **overrides), log)
+    return result, log.read_text(errors="replace")
+
+
+def wait_gone(token: str, seconds: float = 3.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (left := host_processes_with(token)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+# --- pure argv construction -------------------------------------------------------------
+
+
+def test_argv_has_every_isolation_flag_and_binds_in_order(tmp_path: Path) -> None:
+    worktree, gitdir = tmp_path / "wt", tmp_path / "repo.git"
+    worktree.mkdir()
+    gitdir.mkdir()
+    (worktree / ".git").write_text(f"gitdir: {gitdir}\n")
+    spec = make_spec(worktree, readonly_paths=(gitdir, worktree / ".git"),
+                     env={"PATH": "/usr/bin:/bin", "LANG": "C"})
+    argv = sandbox.build_bwrap_argv(["true"], spec, Path("/x/bwrap"), userns=True)
+    assert argv[0] == "/x/bwrap" and argv[-2:] == ["--", "true"]
+    for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+                 "--disable-userns"):
+        assert flag in argv
+    assert "--share-net" not in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    joined = " ".join(argv)
+    assert "--setenv PATH /usr/bin:/bin" in joined and "--setenv LANG C" in joined
+    assert "/etc/shadow" not in joined and "resolv.conf" not in joined
+    rw = argv.index("--bind")
+    assert argv[rw + 1: rw + 3] == [str(worktree), str(worktree)]
+    ro_positions = [i for i, a in enumerate(argv) if a == "--ro-bind" and
+                    argv[i + 1] in (str(gitdir), str(worktree / ".git"))]
+    assert len(ro_positions) == 2 and all(i > rw for i in ro_positions)  # read-only wins
+    assert argv[argv.index("--chdir") + 1] == str(worktree)
+    assert "/etc/passwd" not in argv  # only ever synthesized (--ro-bind-data), never bound
+
+
+def test_network_adds_share_net_and_name_resolution(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, network=True)
+    argv = sandbox.build_bwrap_argv(["true"], spec, Path("/x/bwrap"), userns=False)
+    assert "--share-net" in argv and "--disable-userns" not in argv
+    if os.path.exists("/etc/resolv.conf"):
+        assert "/etc/resolv.conf" in argv
+
+
+def test_home_is_private_and_never_bound(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    spec = make_spec(tmp_path / "wt", env={"PATH": "/usr/bin", "HOME": str(home)})
+    argv = sandbox.build_bwrap_argv(["true"], spec, Path("/x/bwrap"))
+    assert any(argv[j] == "--tmpfs" and argv[j + 1] == str(home) for j in range(len(argv) - 1))
+    assert not any(argv[j] in ("--bind", "--ro-bind") and argv[j + 1] == str(home)
+                   for j in range(len(argv) - 1))
+
+
+def test_system_symlinks_are_recreated_not_bound() -> None:
+    argv = sandbox.probe_argv(Path("/x/bwrap"), userns=False)
+    for system_dir in sandbox.SYSTEM_DIRS:
+        if os.path.islink(system_dir):
+            i = argv.index(system_dir)
+            assert argv[i - 2] == "--symlink" and argv[i - 1] == os.readlink(system_dir)
+
+
+def test_fake_cli_dir_is_bound_but_not_its_parent(tmp_path: Path) -> None:
+    cli_dir = tmp_path / "cli"
+    cli_dir.mkdir()
+    script = cli_dir / "fakecli"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    binds = sandbox.program_binds("fakecli", f"{cli_dir}:/usr/bin:/bin", tmp_path / "wt")
+    assert binds == [cli_dir]
+
+
+def test_program_in_parent_of_worktree_binds_only_the_file(tmp_path: Path) -> None:
+    script = tmp_path / "tool.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    (tmp_path / "secret.txt").write_text("s3cret")
+    plan = sandbox.plan_program(str(script), {"PATH": "/usr/bin"}, tmp_path / "wt")
+    assert plan.binds == (script,)
+
+
+def shim_path() -> str:
+    """A PATH whose `python` is a pyenv shim (as in a login shell), or skip."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    shim = root / "shims" / "python3"
+    if not shim.is_file() or sandbox._pyenv_root_of_shim(shim) is None:
+        pytest.skip("no pyenv shims on this machine")
+    return f"{root / 'shims'}:/usr/bin:/bin"
+
+
+def test_pyenv_shim_resolves_to_real_interpreter(tmp_path: Path) -> None:
+    path_env = shim_path()
+    plan = sandbox.plan_program("python", {"PATH": path_env}, tmp_path)
+    assert plan.program is not None and "/shims/" not in str(plan.program)
+    assert plan.path_prefix == (str(plan.program.parent),)
+    assert plan.binds and all(not sandbox.is_system_path(b) for b in plan.binds)
+    assert "/shims" not in " ".join(map(str, plan.binds))
+
+
+def test_hostile_python_version_file_cannot_pick_a_host_dir(tmp_path: Path) -> None:
+    path_env = shim_path()
+    (tmp_path / ".python-version").write_text("../../../../etc\n")
+    plan = sandbox.plan_program("python3", {"PATH": path_env}, tmp_path)
+    assert all(not str(b).startswith("/etc") for b in plan.binds)
+
+
+@requires_bwrap
+def test_python_through_pyenv_shim_runs_in_sandbox(tmp_path: Path) -> None:
+    env = {"PATH": shim_path(), "LANG": "C.UTF-8"}
+    code = "import sys, pytest; print(sys.prefix)"
+    result, out = run(tmp_path, ["python3", "-c", code], env=env)
+    assert result.exit_code == 0, out
+    assert ".pyenv/versions/" in out
+
+
+def test_synthesized_passwd_lists_only_the_sandbox_user() -> None:
+    files = sandbox.synthesized_etc(0, 0)
+    assert files["/etc/passwd"].startswith(b"root:x:0:0:")
+    assert len(files["/etc/passwd"].splitlines()) == 2
+
+
+# --- running under bwrap -----------------------------------------------------------------
+
+
+@requires_bwrap
+def test_exit_codes_and_backend(tmp_path: Path) -> None:
+    result, _ = run(tmp_path, ["sh", "-c", "exit 3"])
+    assert (result.exit_code, result.backend, result.timed_out) == (3, "bwrap", False)
+    assert result.wrapper_argv[-4:] == ("--", "sh", "-c", "exit 3")
+    result, _ = run(tmp_path, ["true"])
+    assert result.exit_code == 0
+    # bwrap reports a signal death the way shells do: 128 + N
+    result, _ = run(tmp_path, ["sh", "-c", "kill -TERM $$"])
+    assert result.exit_code == 128 + 15
+
+
+@requires_bwrap
+def test_program_sees_only_spec_env_and_bwrap_started_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTOS_CANARY_HOST", "leaked-canary-value")
+    env = {"PATH": HOST_PATH, "LANG": "C.UTF-8", "STEP_VAR": "visible"}
+    script = ('env; echo ---; tr "\\0" "\\n" < /proc/1/environ; echo ---; '
+              'tr "\\0" "\\n" < /proc/$PPID/environ; echo ---; echo ran-env-check')
+    result, out = run(tmp_path, ["sh", "-c", script], env=env)
+    assert result.exit_code == 0 and "ran-env-check" in out
+    assert "STEP_VAR=visible" in out
+    assert "AGENTOS_CANARY" not in out and "leaked-canary-value" not in out
+    init_env = out.split("---\n")[1].strip().splitlines()
+    assert dict(line.split("=", 1) for line in init_env) == env  # exactly spec.env
+
+
+@requires_bwrap
+def test_output_is_capped_and_flagged(tmp_path: Path) -> None:
+    result, out = run(tmp_path, ["head", "-c", "50000000", "/dev/zero"], output_limit=1000)
+    assert result.exit_code == 0
+    assert (result.output_bytes, result.output_truncated) == (1000, True)
+    assert len(out) == 1000
+    result, out = run(tmp_path, ["echo", "small"], output_limit=1000)
+    assert (out, result.output_truncated, result.output_bytes) == ("small\n", False, 6)
+
+
+@requires_bwrap
+def test_timeout_kills_setsid_grandchild(tmp_path: Path) -> None:
+    token = f"7.{uuid.uuid4().int % 10**6:06d}"
+    marker = tmp_path / "wt" / "grandchild-alive"
+    script = (f"setsid sh -c 'sleep 1.5; echo alive > {marker}; sleep {token}' & "
+              f"echo started; sleep {token}")
+    started = time.monotonic()
+    result, out = run(tmp_path, ["sh", "-c", script], timeout_s=0.7)
+    assert "started" in out
+    assert result.timed_out and result.exit_code == -9
+    assert time.monotonic() - started < 5
+    assert wait_gone(token) == []
+    time.sleep(1.2)
+    assert not marker.exists()
+
+
+@requires_bwrap
+def test_timeout_kills_double_forked_daemon(tmp_path: Path) -> None:
+    token = f"8.{uuid.uuid4().int % 10**6:06d}"
+    marker = tmp_path / "wt" / "daemon-alive"
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(1.5)
+                open({str(marker)!r}, "w").write("alive")
+                os.execvp("sleep", ["sleep", "{token}"])
+            os._exit(0)
+        print("daemonized", flush=True)
+        os.execvp("sleep", ["sleep", "{token}"])
+    """)
+    result, out = run(tmp_path, ["python3", "-c", code], timeout_s=0.8)
+    assert "daemonized" in out and result.timed_out
+    assert wait_gone(token) == []
+    time.sleep(1.2)
+    assert not marker.exists()
+
+
+@requires_bwrap
+def test_nothing_outlives_a_normal_exit(tmp_path: Path) -> None:
+    token = f"9.{uuid.uuid4().int % 10**6:06d}"
+    marker = tmp_path / "wt" / "background-alive"
+    script = f"(sleep 1; echo alive > {marker}) & setsid sleep {token} & echo bye"
+    result, out = run(tmp_path, ["sh", "-c", script])
+    assert result.exit_code == 0 and out == "bye\n" and not result.timed_out
+    assert host_processes_with(token) == []  # gone when run_confined returns
+    time.sleep(1.3)
+    assert not marker.exists()
+
+
+@requires_bwrap
+def test_program_not_found(tmp_path: Path) -> None:
+    result, out = run(tmp_path, ["agentos-no-such-program-xyz", "--help"])
+    assert result.exit_code == 127 and "program not found: agentos-no-such-program-xyz" in out
+
+
+@requires_bwrap
+@pytest.mark.parametrize("interpreter", ["#!/usr/bin/env python3", "#!/bin/sh"])
+def test_fake_cli_script_in_tmp_dir_runs(tmp_path: Path, interpreter: str) -> None:
+    cli_dir = tmp_path / "fakebin"
+    cli_dir.mkdir()
+    script = cli_dir / "fake-agent"
+    body = ('import sys; print("fake-agent", sys.argv[1:])' if "python" in interpreter
+            else 'echo "fake-agent [$1]"')
+    script.write_text(f"{interpreter}\n{body}\n")
+    script.chmod(0o755)
+    env = {"PATH": f"{cli_dir}:{HOST_PATH}", "LANG": "C.UTF-8"}
+    result, out = run(tmp_path, ["fake-agent", "x"], env=env)
+    assert result.exit_code == 0, out
+    assert out.startswith("fake-agent") and "x" in out
+
+
+@requires_bwrap
+def test_python_c_and_python_m_pytest_run(tmp_path: Path) -> None:
+    result, out = run(tmp_path, ["python", "-c", "print(6 * 7)"])
+    assert (result.exit_code, out) == (0, "42\n")
+    worktree = tmp_path / "wt"
+    (worktree / "test_ok.py").write_text("def test_ok():\n    assert 1 + 1 == 2\n")
+    result, out = run(tmp_path, ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"])
+    assert result.exit_code == 0, out
+    assert "1 passed" in out
+
+
+@requires_bwrap
+def test_readonly_path_inside_worktree_stays_readonly(tmp_path: Path) -> None:
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    dotgit = worktree / ".git"
+    dotgit.write_text("gitdir: /nowhere\n")
+    _result, out = run(tmp_path, ["sh", "-c", "echo ran; echo x > .git; echo y > ok.txt"],
+                      readonly_paths=(dotgit,))
+    assert "ran" in out and "Read-only file system" in out
+    assert dotgit.read_text() == "gitdir: /nowhere\n"
+    assert (worktree / "ok.txt").read_text() == "y\n"
+
+
+# --- backend selection and backend none --------------------------------------------------
+
+
+def test_required_without_bwrap_fails_closed(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
+    with pytest.raises(AgentosError) as caught:
+        run(tmp_path, ["true"])
+    assert caught.value.code == EXIT_STEP
+    assert "isolation: required" in caught.value.message and caught.value.hint
+
+
+def test_forcing_none_with_required_is_refused(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(proc.SANDBOX_ENV_VAR, "none")
+    with pytest.raises(AgentosError) as caught:
+        run(tmp_path, ["true"])
+    assert caught.value.code == EXIT_STEP
+
+
+def test_best_effort_without_bwrap_runs_unsandboxed_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
+    result, out = run(tmp_path, ["sh", "-c", "echo hi; exit 5"], isolation="best-effort")
+    assert (result.backend, result.exit_code, out) == ("none", 5, "hi\n")
+    assert any("UNSANDBOXED" in note for note in result.notes)
+
+
+@pytest.fixture
+def none_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(proc.SANDBOX_ENV_VAR, "none")
+
+
+@pytest.mark.usefixtures("none_backend")
+def test_none_backend_timeout_kills_setsid_and_double_forked(tmp_path: Path) -> None:
+    token = f"6.{uuid.uuid4().int % 10**6:06d}"
+    marker = tmp_path / "wt" / "alive"
+    script = (f"setsid sh -c 'sleep 1.2; echo a > {marker}' & "
+              f"( (setsid sleep {token} &) & ) ; echo started; sleep {token}")
+    result, out = run(tmp_path, ["sh", "-c", script], isolation="best-effort", timeout_s=0.7)
+    assert result.backend == "none" and result.timed_out and result.exit_code == -9
+    assert "started" in out
+    assert wait_gone(token) == []
+    time.sleep(1.0)
+    assert not marker.exists()
+
+
+@pytest.mark.usefixtures("none_backend")
+def test_none_backend_normal_exit_reaps_daemons_limits_and_signals(tmp_path: Path) -> None:
+    token = f"5.{uuid.uuid4().int % 10**6:06d}"
+    result, out = run(tmp_path, ["sh", "-c", f"setsid sleep {token} & echo bye"],
+                      isolation="best-effort")
+    assert (result.exit_code, out) == (0, "bye\n")
+    assert host_processes_with(token) == []
+    result, _ = run(tmp_path, ["sh", "-c", "kill -TERM $$"], isolation="best-effort")
+    assert result.exit_code == -15  # exact under none
+    result, out = run(tmp_path, ["sh", "-c", "ulimit -n; ulimit -f"], isolation="best-effort",
+                      max_open_files=77, max_file_bytes=512 * 1024)
+    assert out.split() == ["77", "1024"]  # ulimit -f counts 512-byte blocks
+    result, out = run(tmp_path, ["head", "-c", "100000", "/dev/zero"],
+                      isolation="best-effort", output_limit=10)
+    assert (result.output_bytes, result.output_truncated) == (10, True)
