@@ -25,15 +25,20 @@ from agentos_tasks.errors import EXIT_GATES, EXIT_USAGE, AgentosError
 
 
 def _doit(args: list[str], cwd: Path) -> int:
+    """Run doit's `args` over our graph. The context is built first, so a bad request or
+    policy is one clean AgentosError here, not a doit traceback."""
     from doit import loader
     from doit.cmd_base import TaskLoader2
-    from doit.doit_cmd import DoitMain, get_var
+    from doit.doit_cmd import DoitMain
 
     from agentos_tasks import graph
 
+    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    ctx = graph.context_from_vars(values.get, cwd)
+
     class AgentosLoader(TaskLoader2):  # type: ignore[misc]
         def load_doit_config(self) -> dict[str, Any]:
-            self.ctx = graph.context_from_vars(get_var, cwd)
+            self.ctx = ctx
             return graph.doit_config(self.ctx)
 
         def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:

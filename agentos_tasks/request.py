@@ -24,14 +24,27 @@ ADAPTERS = ("claude", "codex", "opencode", "command")
 _ident = vol.All(str, vol.Match(ID_PATTERN, msg="must match [A-Za-z0-9_.-]+"),
                  vol.Length(min=1, max=100))
 _nonempty = vol.All(str, vol.Length(min=1))
-_argv = vol.All([vol.All(str, vol.Length(min=1))], vol.Length(min=1))
+
+
+def _arg(value: object) -> str:
+    """argv items: strings; bare YAML numbers/booleans (`[sleep, 5]`) become their text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    raise vol.Invalid("argv items must be non-empty strings")
+
+
+_argv = vol.All([_arg], vol.Length(min=1))
 
 WRITE_SCHEMA = vol.Schema(vol.All(
     {vol.Required("path"): _nonempty,
      vol.Exclusive("content", "content"): str,
      vol.Exclusive("content_file", "content"): _nonempty},
-    vol.Any(vol.Schema({"content": object}, extra=vol.ALLOW_EXTRA),
-            vol.Schema({"content_file": object}, extra=vol.ALLOW_EXTRA),
+    vol.Any(vol.Schema({vol.Required("content"): object}, extra=vol.ALLOW_EXTRA),
+            vol.Schema({vol.Required("content_file"): object}, extra=vol.ALLOW_EXTRA),
             msg="write needs `content` or `content_file`"),
 ))
 TOOL_SCHEMA = vol.Schema({

@@ -83,7 +83,10 @@ def load_with_marks(path: Path, what: str) -> MarkedDoc:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise AgentosError(f"invalid YAML: {exc.problem or exc}", where=f"{path}:{line}") from None
+        started = (f" ({exc.context} at line {exc.context_mark.line + 1})"
+                   if exc.context and exc.context_mark else "")
+        raise AgentosError(f"invalid YAML: {exc.problem or exc}{started}",
+                           where=f"{path}:{line}") from None
     except yaml.YAMLError as exc:
         raise AgentosError(f"invalid YAML: {exc}", where=f"{path}:1") from None
     finally:
