@@ -1,0 +1,289 @@
+"""End-to-end runs through `doit` on real temporary git repositories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from runutil import doit, git, snapshot, tape_events, write_policy, write_request
+
+SIX = [{"id": f"step_0{i}", "message": f"step_0{i}: add file {i}",
+        "write": {"path": f"docs/f{i}.md", "content": f"content {i}\n"}} for i in range(1, 7)]
+
+
+def starts(run_dir: Path) -> list[str]:
+    return [e["step"] for e in tape_events(run_dir) if e["event"] == "step_start"]
+
+
+def test_six_writes_land_as_six_commits_and_rerun_is_a_noop(tmp_path: Path) -> None:
+    write_request(tmp_path, SIX)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    repo, run_dir = tmp_path / "repo", tmp_path / "out" / "r1"
+    subjects = git(repo, "log", "--format=%s", "main").splitlines()
+    assert subjects == [f"step_0{i}: add file {i}" for i in range(6, 0, -1)] + ["initial commit"]
+    for rel in ("audit/run_tape.jsonl", "audit/tape_head.json", "audit/checksums.json",
+                "audit/SHA256SUMS", "execution_result.json",
+                *(f"patches/step_0{i}.patch" for i in range(1, 7)),
+                *(f"steps/step_0{i}.json" for i in range(1, 7))):
+        assert (run_dir / rel).is_file(), rel
+    result = json.loads((run_dir / "execution_result.json").read_text())
+    assert result["status"] == "applied" and Path(result["repo"]).is_absolute()
+    assert result["branch"] == "main" and len(result["commits_applied"]) == 6
+    assert result["post_apply_head"] == git(repo, "rev-parse", "main")
+    assert result["pre_apply_head"] == result["base"] == git(repo, "rev-parse", "main~6")
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "audit/SHA256SUMS"],
+                          cwd=run_dir).returncode == 0
+    events = [e["event"] for e in tape_events(run_dir)]
+    assert events[0] == "run_start" and events[-1] == "run_end"
+    assert events.count("step_start") == events.count("step_end") == 6
+    before = snapshot(run_dir) | {"HEAD": git(repo, "rev-parse", "main").encode()}
+    proc = doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert "-- step:step_01" in proc.stdout and ".  " not in proc.stdout  # nothing executed
+    after = snapshot(run_dir) | {"HEAD": git(repo, "rev-parse", "main").encode()}
+    changed = {k for k in before.keys() | after.keys()
+               if before.get(k) != after.get(k) and not k.startswith((".state/", "worktree/"))}
+    assert not changed
+    gates = doit(tmp_path, "gates", "request=req.yaml")
+    assert gates.returncode == 0, gates.stdout + gates.stderr
+
+
+def test_step_targets_then_edit_reexecutes_only_from_the_edit(tmp_path: Path) -> None:
+    write_request(tmp_path, SIX)
+    doit(tmp_path, "run", "request=req.yaml", "step:step_06", check=0)
+    repo, run_dir = tmp_path / "repo", tmp_path / "out" / "r1"
+    assert git(repo, "rev-list", "--count", "main") == "1"  # executed, not applied
+    assert git(repo, "status", "--porcelain") == ""
+    assert not (repo / "docs").exists()
+    steps = [dict(s) for s in SIX]
+    steps[3] = {**steps[3], "write": {"path": "docs/f4.md", "content": "edited 4\n"}}
+    write_request(tmp_path, steps)
+    doit(tmp_path, "run", "request=req.yaml", "step:step_06", check=0)
+    assert starts(run_dir) == [f"step_0{i}" for i in range(1, 7)] + \
+        ["step_04", "step_05", "step_06"]
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert git(repo, "rev-list", "--count", "main") == "7"
+    assert git(repo, "show", "main:docs/f4.md") == "edited 4"
+
+
+def test_sealed_run_refuses_a_changed_request_and_run_new_lands_only_the_edit(
+        tmp_path: Path) -> None:
+    write_request(tmp_path, SIX)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    repo = tmp_path / "repo"
+    head = git(repo, "rev-parse", "main")
+    tape_before = (tmp_path / "out/r1/audit/run_tape.jsonl").read_bytes()
+    steps = [dict(s) for s in SIX]
+    steps[1] = {**steps[1], "write": {"path": "docs/f2.md", "content": "edited 2\n"}}
+    write_request(tmp_path, steps)
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0
+    assert "is sealed" in proc.stderr and "run=NEW" in proc.stderr
+    assert git(repo, "rev-parse", "main") == head
+    assert (tmp_path / "out/r1/audit/run_tape.jsonl").read_bytes() == tape_before
+    doit(tmp_path, "run", "request=req.yaml", "run=NEW", check=0)
+    manifests = {p.stem: json.loads(p.read_text())["status"]
+                 for p in (tmp_path / "out/NEW/steps").glob("*.json")}
+    assert manifests == {f"step_0{i}": ("changed" if i == 2 else "unchanged")
+                         for i in range(1, 7)}
+    assert git(repo, "rev-list", "--count", f"{head}..main") == "1"
+    assert sorted(p.name for p in (tmp_path / "out/NEW/patches").iterdir()) == ["step_02.patch"]
+
+
+def test_failed_step_stops_the_run_and_resume_starts_there(tmp_path: Path) -> None:
+    def request(command: list[str]) -> None:
+        write_request(tmp_path, [SIX[0], SIX[1], {"id": "check", "run": command}, SIX[2]])
+
+    request(["sh", "-c", "echo checking; exit 3"])
+    repo, run_dir = tmp_path / "repo", tmp_path / "out" / "r1"
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0
+    assert "step check" in proc.stderr and "exited 3" in proc.stderr
+    assert (run_dir / "logs/check.out").read_text() == "checking\n"
+    assert git(repo, "rev-list", "--count", "main") == "1"
+    events = tape_events(run_dir)
+    assert [e["event"] for e in events][-2:] == ["step_failed", "run_end"]
+    assert not (run_dir / "steps/check.json").exists()
+    result = json.loads((run_dir / "execution_result.json").read_text())
+    assert result["status"] == "failed" and result["failure"]["step"] == "check"
+    request(["sh", "-c", "echo fixed"])
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert starts(run_dir) == ["step_01", "step_02", "check", "check", "step_03"]
+    assert git(repo, "rev-list", "--count", "main") == "4"
+    gates = doit(tmp_path, "gates", "request=req.yaml")
+    assert gates.returncode == 0, gates.stdout
+
+
+def test_patch_that_does_not_apply_fails_the_step(tmp_path: Path) -> None:
+    (tmp_path / "bad.diff").write_text("--- a/README.md\n+++ b/README.md\n@@ -1 +1 @@\n"
+                                       "-no such line\n+x\n")
+    write_request(tmp_path, [SIX[0], {"id": "p", "patch": "bad.diff"}])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0 and "patch does not apply" in proc.stderr
+    assert f"{tmp_path / 'req.yaml'}" in proc.stderr
+    assert git(tmp_path / "repo", "rev-list", "--count", "main") == "1"
+
+
+def test_dirty_target_is_refused_and_nothing_applied(tmp_path: Path) -> None:
+    write_request(tmp_path, SIX[:2])
+    doit(tmp_path, "run", "request=req.yaml", "step:step_02", check=0)
+    repo = tmp_path / "repo"
+    (repo / "README.md").write_text("local edit\n")
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0 and "uncommitted changes" in proc.stderr
+    assert git(repo, "rev-list", "--count", "main") == "1"
+    assert (repo / "README.md").read_text() == "local edit\n"
+    git(repo, "checkout", "--", "README.md")
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert git(repo, "rev-list", "--count", "main") == "3"
+
+
+def test_moved_branch_is_refused(tmp_path: Path) -> None:
+    write_request(tmp_path, SIX[:1])
+    doit(tmp_path, "run", "request=req.yaml", "step:step_01", check=0)
+    repo = tmp_path / "repo"
+    git(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "--allow-empty",
+        "-m", "someone else")
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0 and "moved since this run started" in proc.stderr
+    assert git(repo, "log", "-1", "--format=%s") == "someone else"
+
+
+def test_target_untouched_until_apply(tmp_path: Path) -> None:
+    write_request(tmp_path, SIX[:3])
+    doit(tmp_path, "run", "request=req.yaml", "worktree", check=0)
+    before = snapshot(tmp_path / "repo")
+    doit(tmp_path, "run", "request=req.yaml", "step:step_03", check=0)
+    after = snapshot(tmp_path / "repo")
+    # only git's own worktree bookkeeping and new objects may differ; refs, index, files not
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert all(k.startswith((".git/objects/", ".git/worktrees/")) for k in changed), changed
+
+
+def _hostile_repo(repo: Path, marker_dir: Path) -> None:
+    """A repository whose hooks, fsmonitor, filters, pager and signing all run evil.sh."""
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull}
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
+    (repo / ".gitattributes").write_text("* filter=evil diff=evil\n")
+    (repo / "README.md").write_text("hostile\n")
+    for args in (["add", "-A"], ["-c", "user.name=o", "-c", "user.email=o@x", "commit", "-q",
+                                 "-m", "init"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, env=env)
+    # only now turn the repository hostile
+    hooks = repo / ".git" / "hooks"
+    for hook in ("pre-commit", "post-commit", "post-checkout", "applypatch-msg",
+                 "pre-applypatch", "post-applypatch", "commit-msg", "prepare-commit-msg",
+                 "reference-transaction", "post-index-change", "post-rewrite"):
+        (hooks / hook).write_text(f"#!/bin/sh\ntouch {marker_dir}/hook-{hook}\n")
+        (hooks / hook).chmod(0o755)
+    evil = marker_dir / "evil.sh"
+    evil.write_text(f"#!/bin/sh\ntouch {marker_dir}/ran-$$\ncat\n")
+    evil.chmod(0o755)
+    for key, value in (("core.fsmonitor", str(evil)), ("filter.evil.clean", str(evil)),
+                       ("filter.evil.smudge", str(evil)), ("filter.evil.process", str(evil)),
+                       ("filter.evil.required", "true"), ("diff.evil.textconv", str(evil)),
+                       ("core.pager", str(evil)), ("commit.gpgSign", "true"),
+                       ("gpg.program", str(evil)), ("core.editor", str(evil))):
+        subprocess.run(["git", "-C", str(repo), "config", key, value], check=True, env=env)
+    # a hostile repo that is also dirty in git's eyes would be refused; keep it clean
+    (repo / "README.md").touch()
+
+
+def test_hostile_repository_executes_nothing_and_the_run_succeeds(tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    _hostile_repo(tmp_path / "repo", markers)
+    patch = tmp_path / "p.diff"
+    patch.write_text("--- a/README.md\n+++ b/README.md\n@@ -1 +1 @@\n-hostile\n+patched\n")
+    write_request(tmp_path, [SIX[0], {"id": "p", "patch": "p.diff"}], init_repo=False)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert sorted(p.name for p in markers.iterdir()) == ["evil.sh"]
+    assert git(tmp_path / "repo", "show", "main:README.md") == "patched"
+    assert git(tmp_path / "repo", "rev-list", "--count", "main") == "3"
+    # control: the same repository with plain git does run its hooks and filters
+    subprocess.run(["git", "-C", str(tmp_path / "repo"), "-c", "commit.gpgSign=false",
+                    "commit", "-q", "--allow-empty", "-m", "control"],
+                   env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull}, check=False)
+    ran = sorted(p.name for p in markers.iterdir())
+    assert "hook-pre-commit" in ran and any(n.startswith("ran-") for n in ran), ran
+
+
+def _upstream_series(tmp: Path) -> tuple[Path, list[Path], list[str]]:
+    """A real git history with CRLF files, a binary file, a rename and a ~19k-line patch."""
+    up = tmp / "upstream"
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "u",
+           "GIT_AUTHOR_EMAIL": "u@x", "GIT_COMMITTER_NAME": "u", "GIT_COMMITTER_EMAIL": "u@x"}
+
+    def g(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(up), *args], check=True, env=env,
+                              capture_output=True, text=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q", "-b", "main", str(up)], check=True, env=env)
+    (up / "README.md").write_text("base\n")
+    g("add", "-A")
+    g("commit", "-q", "-m", "base")
+    (up / "win.txt").write_bytes(b"line one\r\nline two\r\n")
+    (up / "logo.bin").write_bytes(bytes(range(256)) * 8)
+    g("add", "-A")
+    g("commit", "-q", "-m", "crlf and binary")
+    (up / "win.txt").write_bytes(b"line one\r\nline 2\r\nline three\r\n")
+    (up / "logo.bin").write_bytes(bytes(reversed(range(256))) * 9)
+    g("mv", "README.md", "README.txt")
+    g("add", "-A")
+    g("commit", "-q", "-m", "edit crlf, change binary, rename")
+    (up / "big.hpp").write_bytes(b"".join(b"int value_%d = %d;\r\n" % (i, i * 7)
+                                          for i in range(19000)))
+    (up / "tool.sh").write_text("#!/bin/sh\necho hi\n")
+    (up / "tool.sh").chmod(0o755)
+    g("add", "-A")
+    g("commit", "-q", "-m", "vendor a 19k-line CRLF header, add an executable")
+    g("rm", "-q", "logo.bin")
+    g("commit", "-q", "-m", "drop the binary")
+    out = tmp / "series"
+    g("format-patch", "-q", "--binary", "-k", "-o", str(out), "main~4..main")
+    trees = [g("rev-parse", f"main~{i}^{{tree}}") for i in range(3, -1, -1)]
+    return up, sorted(out.iterdir()), trees
+
+
+def test_generated_series_with_crlf_binary_rename_and_large_patch_reproduces_trees(
+        tmp_path: Path) -> None:
+    up, patches, trees = _upstream_series(tmp_path)
+    assert max(len(p.read_bytes().splitlines()) for p in patches) > 19000
+    subprocess.run(["git", "clone", "-q", str(up), str(tmp_path / "repo")], check=True)
+    subprocess.run(["git", "-C", str(tmp_path / "repo"), "reset", "-q", "--hard", "main~4"],
+                   check=True)
+    steps = [{"id": f"p{i}", "message": f"upstream {i}", "patch": str(p)}
+             for i, p in enumerate(patches, 1)]
+    write_request(tmp_path, steps, init_repo=False)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    repo = tmp_path / "repo"
+    for i, tree in enumerate(trees):
+        assert git(repo, "rev-parse", f"main~{3 - i}^{{tree}}") == tree
+    assert git(repo, "rev-parse", "main^{tree}") == git(up, "rev-parse", "main^{tree}")
+    assert (repo / "big.hpp").read_bytes() == (up / "big.hpp").read_bytes()
+    assert os.access(repo / "tool.sh", os.X_OK)
+
+
+def test_doit_list_and_info(tmp_path: Path) -> None:
+    write_request(tmp_path, SIX[:3])
+    listing = doit(tmp_path, "list", "request=req.yaml", check=0).stdout
+    names = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    for name in ("policy", "worktree", "step:step_01", "step:step_03", "apply", "checksums",
+                 "result", "gates", "sign"):
+        assert name in names, listing
+    info = doit(tmp_path, "info", "step:step_03", "request=req.yaml").stdout  # exit 1: not up to date
+    assert "step_03.json" in info and "step_02.json" in info and "file_dep" in info
+
+
+@pytest.mark.parametrize("cli", [True])
+def test_agentos_exec_run_is_the_same_engine(tmp_path: Path, cli: bool) -> None:
+    write_request(tmp_path, SIX[:2])
+    proc = subprocess.run(["agentos", "exec", "run", "--request", "req.yaml", "--outputs",
+                           "out"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert git(tmp_path / "repo", "rev-list", "--count", "main") == "3"
+    again = subprocess.run(["agentos", "exec", "run", "--request", "req.yaml", "--outputs",
+                            "out"], cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 0 and "-- step:step_02" in again.stdout
