@@ -316,7 +316,8 @@ class _Cgroup:
             time.sleep(0.005)
 
     def remove(self) -> None:
-        for _ in range(100):
+        """rmdir the cgroup; the kernel may need a moment to release exited tasks."""
+        for attempt in range(200):
             try:
                 self.path.rmdir()
                 return
@@ -324,7 +325,7 @@ class _Cgroup:
                 return
             except OSError:
                 self.kill_all()
-                time.sleep(0.01)
+                time.sleep(min(0.001 * (attempt + 1), 0.02))
 
 
 # --- the child side of the fork, before exec ------------------------------------------
