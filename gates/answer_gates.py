@@ -1,0 +1,196 @@
+"""A1, A2, A3: a request's questions stopped the run until they were answered, with evidence.
+
+The questions come from audit/request.json; the answers from audit/answers.yaml,
+re-validated here with the executor's own schema; the order of events from the tape.
+A request without questions has nothing to check (NOT_APPLICABLE).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from gates.context import GateContext, Missing
+from gates.executor_gates import Fail, require_chain, status_of, verdict
+
+PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
+Verdict = tuple[str, str]
+
+
+def questions(ctx: GateContext) -> list[str]:
+    raw = ctx.request_record.get("questions") or []
+    return [str(q["id"]) for q in raw]
+
+
+def recorded_answers(ctx: GateContext) -> dict[str, dict[str, Any]] | None:
+    """audit/answers.yaml's answers, validated as the executor validates them (None: absent)."""
+    from agentos_tasks.answers import ANSWERS_SCHEMA
+
+    if not ctx.exists("audit/answers.yaml"):
+        return None
+    try:
+        data = ANSWERS_SCHEMA(yaml.safe_load(ctx.read_bytes("audit/answers.yaml")) or {})
+    except Missing:
+        raise
+    except Exception as exc:
+        raise Fail(f"audit/answers.yaml is not a valid answers file: "
+                   f"{str(exc).splitlines()[0]}") from None
+    return dict(data.get("answers", {}))
+
+
+def positions(ctx: GateContext, name: str) -> list[int]:
+    return [i for i, e in enumerate(ctx.events) if e.get("event") == name]
+
+
+def nothing_asked(ctx: GateContext) -> bool:
+    return not questions(ctx)
+
+
+# ------------------------------------------------------------------ A1
+
+
+@verdict
+def a1_blocked(ctx: GateContext) -> Verdict:
+    """No step started while a question was unanswered: every step_start follows a
+    resume_applied that answered every question, a questions_blocked is followed by no
+    step_start before the next resume_applied, and a blocked run started no step."""
+    if nothing_asked(ctx):
+        return NA, "the request asks no questions"
+    require_chain(ctx)
+    asked = questions(ctx)
+    starts = positions(ctx, "step_start")
+    resumes = positions(ctx, "resume_applied")
+    blocks = positions(ctx, "questions_blocked")
+    status = status_of(ctx)
+    for block in blocks:
+        event = ctx.events[block]
+        if not event.get("missing"):
+            raise Fail(f"questions_blocked (seq {block}) names no missing question")
+        if not set(event["missing"]) <= set(asked):
+            raise Fail(f"questions_blocked names questions the request lacks: {event['missing']}")
+        next_resume = min([r for r in resumes if r > block], default=len(ctx.events))
+        ran = [s for s in starts if block < s < next_resume]
+        if ran:
+            raise Fail(f"step {ctx.events[ran[0]].get('step')} started after questions_blocked "
+                       "without a resume_applied")
+    if starts:
+        before = [r for r in resumes if r < starts[0]]
+        if not before:
+            raise Fail(f"step {ctx.events[starts[0]].get('step')} started before any "
+                       f"resume_applied, with {len(asked)} question(s) unanswered")
+        answered = set(ctx.events[before[-1]].get("answered") or [])
+        if not set(asked) <= answered:
+            raise Fail(f"steps started with question(s) {sorted(set(asked) - answered)} "
+                       "unanswered")
+    if status == "blocked":
+        if not blocks:
+            raise Fail("execution_result says blocked, the tape has no questions_blocked")
+        if blocks[-1] < max(starts + resumes, default=-1):
+            raise Fail("execution_result says blocked, but the run resumed after the block")
+        answers = recorded_answers(ctx)
+        still = [q for q in asked if answers is None or q not in answers]
+        if not still:
+            raise Fail("run blocked although audit/answers.yaml answers every question")
+        if ctx.result.get("commits_applied") or ctx.events_named("patches_applied"):
+            raise Fail("blocked run, yet patches were applied")
+        return PASS, f"blocked on {len(still)} unanswered question(s); no step started"
+    if not starts:
+        return PASS, f"{len(asked)} question(s); no step started"
+    return PASS, f"no step started before all {len(asked)} question(s) were answered " \
+                 f"({len(blocks)} block(s) recorded)"
+
+
+# ------------------------------------------------------------------ A2
+
+
+@verdict
+def a2_resumed(ctx: GateContext) -> Verdict:
+    """With an answers file, the run recorded resume_applied (binding the file's sha256)
+    and then executed: steps started only after it."""
+    if nothing_asked(ctx):
+        return NA, "the request asks no questions"
+    require_chain(ctx)
+    status = status_of(ctx)
+    resumes = positions(ctx, "resume_applied")
+    starts = positions(ctx, "step_start")
+    has_answers = ctx.exists("audit/answers.yaml")
+    if not has_answers and not resumes and not starts and status == "blocked":
+        return NA, "run still blocked: no answers file was given"
+    if not has_answers:
+        raise Fail("the run went on past its questions, but audit/answers.yaml is missing")
+    if not resumes:
+        raise Fail("audit/answers.yaml exists but the tape has no resume_applied")
+    digest = ctx.sha256("audit/answers.yaml")
+    if ctx.events[resumes[-1]].get("answers_sha256") != digest:
+        raise Fail("audit/answers.yaml differs from the answers_sha256 on the last "
+                   "resume_applied")
+    if status == "blocked" and resumes[-1] > max(positions(ctx, "questions_blocked"),
+                                                 default=-1):
+        raise Fail("resume_applied is the latest word, yet execution_result says blocked")
+    after = [s for s in starts if s > resumes[0]]
+    if not after:
+        if status in ("applied",):
+            raise Fail("run applied, but no step started after resume_applied")
+        raise Fail(f"run resumed (resume_applied) but never executed a step (status {status})")
+    early = [s for s in starts if s < resumes[0]]
+    if early:
+        raise Fail(f"step {ctx.events[early[0]].get('step')} started before resume_applied")
+    return PASS, f"resumed with answers {str(digest)[:12]}, then {len(after)} step(s) started"
+
+
+# ------------------------------------------------------------------ A3
+
+
+@verdict
+def a3_evidence(ctx: GateContext) -> Verdict:
+    """Every question has an answer in audit/answers.yaml with who (by), when (at) and
+    what (text), equal to the answers the last resume_applied recorded."""
+    if nothing_asked(ctx):
+        return NA, "the request asks no questions"
+    require_chain(ctx)
+    asked = questions(ctx)
+    status = status_of(ctx)
+    answers = recorded_answers(ctx)
+    starts = ctx.events_named("step_start")
+    if answers is None:
+        if status == "blocked" and not starts and not ctx.events_named("resume_applied"):
+            return NA, "run still blocked: no answers recorded (A1 checks the stop)"
+        raise Fail("the run went on past its questions, but audit/answers.yaml is missing")
+    missing = [q for q in asked if q not in answers]
+    if missing:
+        if status == "blocked" and not starts:
+            return NA, f"run blocked on {missing}: the answers are incomplete"
+        raise Fail(f"question(s) {missing} have no answer in audit/answers.yaml")
+    unknown = sorted(set(answers) - set(asked))
+    if unknown:
+        raise Fail(f"audit/answers.yaml answers unknown question(s) {unknown}")
+    for qid in asked:
+        entry = answers[qid]
+        if not all(str(entry.get(k, "")).strip() for k in ("by", "at", "text")):
+            raise Fail(f"answer to {qid} lacks by/at/text")
+    resumes = ctx.events_named("resume_applied")
+    if not resumes:
+        raise Fail("answers recorded but the tape has no resume_applied")
+    on_tape = resumes[-1].get("answers") or {}
+    if on_tape != {q: answers[q] for q in sorted(answers)}:
+        raise Fail("answers on the tape's resume_applied differ from audit/answers.yaml")
+    names = ", ".join(sorted({str(answers[q]["by"]) for q in asked}))
+    return PASS, f"{len(asked)} question(s) answered by {names}, matching resume_applied"
+
+
+def _gates() -> list[object]:
+    from gates import Gate
+
+    inputs = ("audit/*", "execution_result.json")
+    return [
+        Gate("A1", "with unanswered questions no step executed (questions_blocked)",
+             a1_blocked, inputs),
+        Gate("A2", "with an answers file the run resumed and then executed", a2_resumed,
+             inputs),
+        Gate("A3", "every question has an answer with who, when and text", a3_evidence,
+             inputs),
+    ]
+
+
+GATES = _gates()
