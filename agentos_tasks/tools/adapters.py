@@ -277,7 +277,7 @@ def opencode_edit_patterns(globs: Sequence[str]) -> list[str]:
         candidates = [pattern]
         if "/" not in glob.strip("/"):
             candidates.append("*/" + pattern)
-        elif not pattern.endswith("*"):
+        elif not re.search(r"[*?]", pattern.rsplit("/", 1)[-1]):
             candidates.append(pattern + "/*")  # a directory name covers its contents
         for candidate in candidates:
             if candidate not in patterns:

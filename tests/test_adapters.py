@@ -1,0 +1,565 @@
+"""Adapters for coding-agent CLIs: exact argv, claims from real-shaped output, failures,
+and the fake CLIs in tests/fakes run for real in a git worktree for every mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentos_tasks.errors import AgentosError
+from agentos_tasks.model import ToolSpec
+from agentos_tasks.tools.adapters import (
+    ADAPTERS,
+    CLAUDE_SETTINGS_FILE,
+    Invocation,
+    build_invocation,
+    claims_failure,
+    executable_for,
+    opencode_edit_patterns,
+    parse_claims,
+    parse_version,
+    version_argv,
+)
+
+FAKES = Path(__file__).parent / "fakes"
+SAMPLES = FAKES / "samples"
+REAL = ("claude", "codex", "opencode")
+
+
+def _build(adapter: str, tmp_path: Path, *, prompt: str = "Fix the bug",
+           paths: tuple[str, ...] = ("src/**", "docs/*.md"), allow_shell: bool = False,
+           network: bool = False, model: str | None = None,
+           worktree: Path | None = None) -> Invocation:
+    tool = ToolSpec(adapter=adapter, prompt=prompt, paths=paths, model=model)
+    return build_invocation(tool, worktree=worktree or tmp_path / "wt",
+                            config_dir=tmp_path / "cfg", allowed_paths=paths,
+                            allow_shell=allow_shell, network=network)
+
+
+# ------------------------------------------------------------------ argv, exactly
+
+
+def test_claude_argv_is_headless_hermetic_and_edit_only(tmp_path: Path) -> None:
+    inv = _build("claude", tmp_path)
+    cfg = tmp_path / "cfg"
+    assert inv.argv == (
+        "claude", "-p", "--output-format", "json",
+        "--permission-mode", "dontAsk",
+        "--tools", "Read,Edit,Write,Glob,Grep",
+        "--allowedTools", "Read", "Glob", "Grep", "Edit(src/**)", "Edit(docs/*.md)",
+        "--disallowedTools", "Bash", "WebFetch", "WebSearch", "Task", "NotebookEdit",
+        "--setting-sources", "user",
+        "--settings", str(cfg / CLAUDE_SETTINGS_FILE),
+        "--strict-mcp-config", "--disable-slash-commands", "--no-session-persistence",
+        "--", "Fix the bug",
+    )
+    assert "--add-dir" not in inv.argv and "--dangerously-skip-permissions" not in inv.argv
+    assert inv.env == {"CLAUDE_CONFIG_DIR": str(cfg), "HOME": str(cfg),
+                       "DISABLE_AUTOUPDATER": "1",
+                       "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    settings = json.loads(inv.files[CLAUDE_SETTINGS_FILE])
+    assert settings == {"disableAllHooks": True, "enableAllProjectMcpServers": False,
+                        "permissions": {"defaultMode": "dontAsk",
+                                        "disableBypassPermissionsMode": "disable"}}
+
+
+def test_claude_shell_only_when_policy_allows(tmp_path: Path) -> None:
+    inv = _build("claude", tmp_path, allow_shell=True, model="sonnet")
+    argv = list(inv.argv)
+    assert argv[argv.index("--tools") + 1] == "Read,Edit,Write,Glob,Grep,Bash"
+    allowed = argv[argv.index("--allowedTools") + 1:argv.index("--disallowedTools")]
+    denied = argv[argv.index("--disallowedTools") + 1:argv.index("--setting-sources")]
+    assert "Bash" in allowed and "Bash" not in denied
+    assert argv[-4:] == ["--model", "sonnet", "--", "Fix the bug"]
+
+
+def test_codex_argv_is_headless_hermetic_and_sandboxed(tmp_path: Path) -> None:
+    inv = _build("codex", tmp_path)
+    assert inv.argv == (
+        "codex", "exec", "--json", "--color", "never",
+        "--sandbox", "workspace-write",
+        "--skip-git-repo-check", "--ephemeral", "--ignore-user-config", "--ignore-rules",
+        "-C", str(tmp_path / "wt"),
+        "-c", 'approval_policy="never"',
+        "-c", "sandbox_workspace_write.network_access=false",
+        "-c", 'web_search="disabled"',
+        "--disable", "hooks", "--disable", "plugins",
+        "--disable", "shell_tool", "--disable", "unified_exec",
+        "--", "Fix the bug",
+    )
+    assert "--ask-for-approval" not in inv.argv  # not an `exec` option
+    assert inv.env == {"CODEX_HOME": str(tmp_path / "cfg"), "HOME": str(tmp_path / "cfg")}
+    assert inv.files == {}
+
+
+def test_codex_shell_and_network_follow_policy(tmp_path: Path) -> None:
+    shell_net = _build("codex", tmp_path, allow_shell=True, network=True, model="gpt-5")
+    assert "shell_tool" not in shell_net.argv and "unified_exec" not in shell_net.argv
+    assert "sandbox_workspace_write.network_access=true" in shell_net.argv
+    assert shell_net.argv[-4:] == ("-m", "gpt-5", "--", "Fix the bug")
+    net_only = _build("codex", tmp_path, allow_shell=False, network=True)
+    assert "sandbox_workspace_write.network_access=false" in net_only.argv
+
+
+def test_opencode_argv_and_permission_env(tmp_path: Path) -> None:
+    inv = _build("opencode", tmp_path, model="anthropic/claude-sonnet-4")
+    assert inv.argv == ("opencode", "run", "--format", "json", "--pure",
+                        "--dir", str(tmp_path / "wt"),
+                        "-m", "anthropic/claude-sonnet-4", "--", "Fix the bug")
+    cfg = tmp_path / "cfg"
+    assert inv.env["HOME"] == str(cfg)
+    for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+        assert inv.env[name].startswith(str(cfg) + "/")
+    for flag in ("OPENCODE_DISABLE_PROJECT_CONFIG", "OPENCODE_DISABLE_AUTOUPDATE",
+                 "OPENCODE_DISABLE_SHARE", "OPENCODE_DISABLE_LSP_DOWNLOAD",
+                 "OPENCODE_DISABLE_CLAUDE_CODE"):
+        assert inv.env[flag] == "1"
+    permission = json.loads(inv.env["OPENCODE_PERMISSION"])
+    assert next(iter(permission)) == "*" and permission["*"] == "deny"  # first: last wins
+    assert permission["edit"] == {"*": "deny", "src/*": "allow", "docs/*.md": "allow"}
+    assert permission["bash"] == "deny"
+    actions = [v for value in permission.values()
+               for v in (value.values() if isinstance(value, dict) else [value])]
+    assert set(actions) == {"allow", "deny"}  # nothing may ask in a headless run
+    config = json.loads(inv.env["OPENCODE_CONFIG_CONTENT"])
+    assert config["autoupdate"] is False and config["share"] == "disabled"
+    assert config["formatter"] is False and config["lsp"] is False
+    shell = _build("opencode", tmp_path, allow_shell=True)
+    assert json.loads(shell.env["OPENCODE_PERMISSION"])["bash"] == "allow"
+
+
+@pytest.mark.parametrize(("globs", "patterns"), [
+    (["src/**"], ["src/*"]),
+    (["*.md"], ["*.md", "*/*.md"]),
+    (["docs/"], ["docs/*", "*/docs/*"]),
+    (["src/a.py"], ["src/a.py", "src/a.py/*"]),
+    (["src/**/test_*.py"], ["src/*/test_*.py"]),
+])
+def test_opencode_edit_patterns(globs: list[str], patterns: list[str]) -> None:
+    assert opencode_edit_patterns(globs) == patterns
+
+
+def test_command_adapter_passes_prompt_and_pack_by_env(tmp_path: Path) -> None:
+    tool = ToolSpec(adapter="command", prompt="do it", paths=("src/**",),
+                    argv=("python3", "-m", "mytool", "--flag"))
+    pack = tmp_path / "tool_task_pack.json"
+    inv = build_invocation(tool, worktree=tmp_path, config_dir=tmp_path / "cfg",
+                           allowed_paths=["src/**", "docs/**"], allow_shell=False,
+                           network=False, task_pack_path=pack)
+    assert inv.argv == ("python3", "-m", "mytool", "--flag")
+    assert inv.env == {"AGENTOS_PROMPT": "do it", "AGENTOS_TASK_PACK": str(pack),
+                       "AGENTOS_ALLOWED_PATHS": "src/**\ndocs/**"}
+    assert executable_for(tool) == "python3"
+
+
+@pytest.mark.parametrize(("spec", "needle"), [
+    (ToolSpec("aider", "x", ("src/**",)), "unknown tool adapter 'aider'"),
+    (ToolSpec("command", "x", ("src/**",)), "needs argv"),
+    (ToolSpec("claude", "   ", ("src/**",)), "empty prompt"),
+    (ToolSpec("claude", "x", ("src/(a)/**",)), "cannot express"),
+    (ToolSpec("codex", "x", ("a,b",)), "cannot express"),
+    (ToolSpec("opencode", "x", ("/etc/**",)), "relative to the worktree"),
+    (ToolSpec("opencode", "x", ("../up/**",)), "relative to the worktree"),
+    (ToolSpec("claude", "x", ("",)), "non-empty glob"),
+])
+def test_bad_tool_specs_are_agentos_errors(tmp_path: Path, spec: ToolSpec,
+                                           needle: str) -> None:
+    tool, paths = spec, spec.paths
+    with pytest.raises(AgentosError, match=re.escape(needle)):
+        build_invocation(tool, worktree=tmp_path, config_dir=tmp_path, allowed_paths=paths,
+                         allow_shell=False, network=False)
+
+
+def test_prompt_that_looks_like_a_flag_stays_a_prompt(tmp_path: Path) -> None:
+    for adapter in REAL:
+        inv = _build(adapter, tmp_path, prompt="--version please")
+        assert inv.argv[-2:] == ("--", "--version please")
+
+
+def test_version_argv_and_parse_version() -> None:
+    assert version_argv("claude", "/opt/bin/claude") == ["/opt/bin/claude", "--version"]
+    assert version_argv("command", "mytool") == ["mytool", "--version"]
+    with pytest.raises(AgentosError):
+        version_argv("nope", "x")
+    assert parse_version(b"2.1.197 (Claude Code)\n") == "2.1.197 (Claude Code)"
+    assert parse_version(b"WARNING: proceeding, even though...\ncodex-cli 0.169.0\n") \
+        == "codex-cli 0.169.0"
+    assert parse_version(b"\n\n") == "unknown"
+    assert parse_version(b"\xff\xfe1.18.33\n").endswith("1.18.33")
+
+
+# ------------------------------------------------------------------ claims
+
+
+def _claims(adapter: str, sample: str) -> dict[str, object]:
+    return parse_claims(adapter, (SAMPLES / sample).read_bytes())
+
+
+def test_claude_success_claims() -> None:
+    claims = _claims("claude", "claude_success.json")
+    assert claims["session_id"] == "6f1c2b9e-4a57-4bd3-9d0e-2f3a8c1d7e55"
+    assert claims["total_cost_usd"] == 0.04213 and claims["num_turns"] == 4
+    assert claims["is_error"] is False and claims["permission_denials"] == []
+    assert "parse_error" not in claims
+    assert claims_failure("claude", claims) is None
+
+
+def test_claude_real_not_logged_in_fails_although_subtype_success() -> None:
+    claims = _claims("claude", "claude_real_not_logged_in.json")
+    assert claims["subtype"] == "success" and claims["is_error"] is True
+    reason = claims_failure("claude", claims)
+    assert reason is not None and "is_error" in reason and "Not logged in" in reason
+
+
+def test_claude_permission_denials_fail_the_step() -> None:
+    claims = _claims("claude", "claude_denied.json")
+    assert [d["tool_name"] for d in claims["permission_denials"]] == ["Edit", "Bash"]  # type: ignore[attr-defined,index]
+    reason = claims_failure("claude", claims)
+    assert reason is not None and "denied 2 tool call(s) (Bash, Edit)" in reason
+
+
+def test_claude_error_subtype_fails() -> None:
+    reason = claims_failure("claude", _claims("claude", "claude_max_turns.json"))
+    assert reason is not None and "error_max_turns" in reason
+
+
+def test_codex_success_claims() -> None:
+    claims = _claims("codex", "codex_success.jsonl")
+    assert claims["thread_id"] == "0199a213-81c0-7800-8aa1-bbab2a035a53"
+    assert claims["usage"] == {"input_tokens": 24763, "cached_input_tokens": 24448,
+                               "output_tokens": 122}
+    assert claims["file_changes"] == [{"path": "/work/wt/src/util.py", "kind": "update",
+                                       "status": "completed"}]
+    assert claims["final_message"] == "Added slugify() to src/util.py."
+    assert claims_failure("codex", claims) is None
+
+
+def test_codex_turn_failed_fails() -> None:
+    reason = claims_failure("codex", _claims("codex", "codex_failed.jsonl"))
+    assert reason is not None and "turn failed" in reason and "401" in reason
+
+
+def test_codex_real_offline_output_has_no_completed_turn() -> None:
+    claims = _claims("codex", "codex_real_offline.jsonl")
+    assert claims["thread_id"] and claims["turns_started"] == 1
+    assert len(claims["errors"]) == 4  # type: ignore[arg-type]
+    assert claims["item_errors"]  # the WebSockets fallback notice
+    reason = claims_failure("codex", claims)
+    assert reason is not None and "did not complete a turn" in reason
+
+
+def test_codex_transient_errors_then_completed_turn_pass() -> None:
+    data = (SAMPLES / "codex_real_offline.jsonl").read_bytes() + \
+        b'{"type":"turn.completed","usage":{"input_tokens":1,"cached_input_tokens":0,' \
+        b'"output_tokens":1}}\n'
+    assert claims_failure("codex", parse_claims("codex", data)) is None
+
+
+def test_opencode_success_claims() -> None:
+    claims = _claims("opencode", "opencode_success.jsonl")
+    assert claims["session_id"] == "ses_4a1b2c3d4e5fAbCdEfGhIjKl"
+    assert claims["steps"] == 1 and claims["cost"] == 0.0123
+    assert claims["tokens"] == {"input": 5120, "output": 87, "reasoning": 0}
+    assert claims["tool_calls"] == [{"tool": "edit", "status": "completed",
+                                     "title": "src/util.py"}]
+    assert claims_failure("opencode", claims) is None
+
+
+def test_opencode_auto_rejected_permission_fails() -> None:
+    claims = _claims("opencode", "opencode_rejected.txt")
+    assert claims["permission_requests"] == ["external_directory (/etc/*)"]
+    assert claims["other_lines"] == 1
+    assert claims["permission_rejections"]
+    reason = claims_failure("opencode", claims)
+    assert reason is not None and "asked for permission" in reason
+
+
+def test_opencode_real_error_event_fails() -> None:
+    claims = _claims("opencode", "opencode_real_unknown_model.jsonl")
+    assert claims["session_id"] == "ses_def63038dffeYZHxxF7r1wRHG4"
+    reason = claims_failure("opencode", claims)
+    assert reason is not None and "Unexpected server error" in reason
+
+
+@pytest.mark.parametrize("adapter", REAL)
+@pytest.mark.parametrize("garbage", [
+    b"", b"\x00\xff\xfe garbage \x80\n", b"{not json at all\n", b"[1, 2, 3]\n",
+    b'{"type": "result", "is_error": fal', b"Segmentation fault (core dumped)\n",
+    b"{" * 100000,
+])
+def test_garbage_never_raises_and_fails_the_step(adapter: str, garbage: bytes) -> None:
+    claims = parse_claims(adapter, garbage)
+    assert claims["adapter"] == adapter
+    assert "parse_error" in claims
+    assert claims_failure(adapter, claims) is not None
+
+
+@pytest.mark.parametrize(("adapter", "sample"), [
+    ("claude", "claude_success.json"), ("codex", "codex_success.jsonl"),
+    ("opencode", "opencode_success.jsonl"),
+])
+def test_output_cut_mid_line_is_reported(adapter: str, sample: str) -> None:
+    data = (SAMPLES / sample).read_bytes().rstrip(b"\n")
+    cut = data[: len(data) - 20]
+    claims = parse_claims(adapter, cut)
+    assert "last line (output cut?)" in str(claims.get("parse_error"))
+    assert claims_failure(adapter, claims) is not None
+
+
+def test_claude_result_must_say_is_error_false_explicitly() -> None:
+    claims = parse_claims("claude", b'{"type":"result","subtype":"success","result":"ok"}\n')
+    assert claims_failure("claude", claims) is not None
+
+
+def test_command_adapter_claims_never_fail() -> None:
+    claims = parse_claims("command", b"anything at all")
+    assert claims == {"adapter": "command", "output_bytes": 15}
+    assert claims_failure("command", claims) is None
+    with pytest.raises(AgentosError):
+        parse_claims("nope", b"")
+    with pytest.raises(AgentosError):
+        claims_failure("nope", {})
+
+
+# ------------------------------------------------------------------ fake CLIs, for real
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {"PATH": os.environ["PATH"], "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture
+def worktree(tmp_path: Path) -> Path:
+    """A real git worktree (its .git is a file pointing into the main repo's git dir)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "src").mkdir()
+    (repo / "src" / "app.py").write_text("x = 1\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "init")
+    wt = tmp_path / "wt"
+    _git(repo, "worktree", "add", "-q", "-b", "agentos", str(wt))
+    assert (wt / ".git").is_file()
+    return wt
+
+
+def _run_fake(adapter: str, tmp_path: Path, wt: Path, prompt: str, *,
+              timeout: float = 20) -> tuple[subprocess.CompletedProcess[bytes], Invocation]:
+    tool = ToolSpec(adapter=adapter, prompt=prompt, paths=("src/**",))
+    config_dir = tmp_path / "cfg"
+    inv = build_invocation(tool, worktree=wt, config_dir=config_dir, allowed_paths=["src/**"],
+                           allow_shell=False, network=False)
+    config_dir.mkdir(exist_ok=True)
+    for name, text in inv.files.items():
+        (config_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (config_dir / name).write_text(text)
+    env = {"PATH": f"{FAKES}:{os.environ['PATH']}", "LANG": "C.UTF-8", **inv.env}
+    proc = subprocess.run(list(inv.argv), cwd=wt, env=env, capture_output=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    return proc, inv
+
+
+def _status(wt: Path) -> str:
+    return _git(wt, "status", "--porcelain", "--untracked-files=all")
+
+
+@pytest.mark.parametrize("adapter", REAL)
+def test_fake_edit_writes_allowed_path_and_claims_success(adapter: str, tmp_path: Path,
+                                                          worktree: Path) -> None:
+    proc, _ = _run_fake(adapter, tmp_path, worktree, "Please MODE=edit:path=src/new.py now")
+    assert proc.returncode == 0, proc.stderr
+    assert (worktree / "src" / "new.py").read_text() == f"written by fake {adapter}\n"
+    claims = parse_claims(adapter, proc.stdout + proc.stderr)
+    assert "parse_error" not in claims
+    assert claims_failure(adapter, claims) is None
+
+
+@pytest.mark.parametrize("adapter", REAL)
+def test_fake_outside_writes_anyway_and_still_claims_success(adapter: str, tmp_path: Path,
+                                                             worktree: Path) -> None:
+    proc, _ = _run_fake(adapter, tmp_path, worktree, "MODE=outside:path=secrets/key.txt")
+    assert proc.returncode == 0, proc.stderr
+    assert (worktree / "secrets" / "key.txt").exists()
+    # The claims look clean: only the executor's own diff check can catch this.
+    assert claims_failure(adapter, parse_claims(adapter, proc.stdout)) is None
+
+
+@pytest.mark.parametrize("adapter", REAL)
+def test_fake_noop_changes_nothing(adapter: str, tmp_path: Path, worktree: Path) -> None:
+    proc, _ = _run_fake(adapter, tmp_path, worktree, "MODE=noop")
+    assert proc.returncode == 0, proc.stderr
+    assert _status(worktree) == ""
+    assert claims_failure(adapter, parse_claims(adapter, proc.stdout)) is None
+
+
+@pytest.mark.parametrize("adapter", REAL)
+def test_fake_hang_hangs(adapter: str, tmp_path: Path, worktree: Path) -> None:
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        _run_fake(adapter, tmp_path, worktree, "MODE=hang", timeout=1.0)
+    output = caught.value.stdout or b""
+    if adapter == "codex":
+        assert b"thread.started" in output
+
+
+@pytest.mark.parametrize("adapter", REAL)
+def test_fake_gitdir_attacks_the_git_dir(adapter: str, tmp_path: Path,
+                                         worktree: Path) -> None:
+    proc, _ = _run_fake(adapter, tmp_path, worktree, "MODE=gitdir")
+    assert proc.returncode == 0, proc.stderr
+    hook = tmp_path / "repo" / ".git" / "hooks" / "pre-commit"
+    # Unsandboxed here, so the writes land: the sandbox's read-only git dir must stop them.
+    assert hook.exists() and b"hooks/pre-commit" in proc.stderr
+    assert "hooksPath" in (tmp_path / "repo" / ".git" / "config").read_text()
+    assert claims_failure(adapter, parse_claims(adapter, proc.stdout)) is None
+
+
+@pytest.mark.parametrize(("adapter", "exit_code"), [("claude", 0), ("codex", 0),
+                                                    ("opencode", 0)])
+def test_fake_ask_is_a_failure_not_a_hang(adapter: str, exit_code: int, tmp_path: Path,
+                                          worktree: Path) -> None:
+    proc, _ = _run_fake(adapter, tmp_path, worktree, "MODE=ask", timeout=10)
+    assert proc.returncode == exit_code
+    reason = claims_failure(adapter, parse_claims(adapter, proc.stdout + proc.stderr))
+    assert reason is not None
+    assert _status(worktree) == ""
+
+
+@pytest.mark.parametrize("adapter", REAL)
+def test_fake_error_exits_nonzero_and_claims_fail(adapter: str, tmp_path: Path,
+                                                  worktree: Path) -> None:
+    proc, _ = _run_fake(adapter, tmp_path, worktree, "MODE=error")
+    assert proc.returncode != 0
+    assert claims_failure(adapter, parse_claims(adapter, proc.stdout)) is not None
+
+
+def test_fake_opencode_applies_our_permission_rules(tmp_path: Path, worktree: Path) -> None:
+    proc, _ = _run_fake("opencode", tmp_path, worktree, "MODE=edit:path=docs/x.md")
+    assert proc.returncode == 0
+    assert not (worktree / "docs" / "x.md").exists()
+    reason = claims_failure("opencode", parse_claims("opencode", proc.stdout))
+    assert reason is not None and "specified a rule" in reason
+
+
+def test_fake_claude_needs_the_settings_file(tmp_path: Path, worktree: Path) -> None:
+    tool = ToolSpec(adapter="claude", prompt="MODE=noop", paths=("src/**",))
+    inv = build_invocation(tool, worktree=worktree, config_dir=tmp_path / "missing",
+                           allowed_paths=["src/**"], allow_shell=False, network=False)
+    proc = subprocess.run(list(inv.argv), cwd=worktree, check=False, capture_output=True,
+                          env={"PATH": f"{FAKES}:{os.environ['PATH']}", **inv.env})
+    assert proc.returncode == 1 and b"Settings file not found" in proc.stderr
+
+
+def test_fake_codex_needs_codex_home(tmp_path: Path, worktree: Path) -> None:
+    tool = ToolSpec(adapter="codex", prompt="MODE=noop", paths=("src/**",))
+    inv = build_invocation(tool, worktree=worktree, config_dir=tmp_path / "missing",
+                           allowed_paths=["src/**"], allow_shell=False, network=False)
+    proc = subprocess.run(list(inv.argv), cwd=worktree, check=False, capture_output=True,
+                          env={"PATH": f"{FAKES}:{os.environ['PATH']}", **inv.env})
+    assert proc.returncode == 1 and b"CODEX_HOME" in proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), [
+    (["claude", "-p", "--output-format", "json", "--bogus", "--", "hi"], 1,
+     b"unknown option '--bogus'"),
+    (["claude", "-p", "--permission-mode", "askAlways", "--", "hi"], 1, b"is invalid"),
+    (["codex", "exec", "--json", "--ask-for-approval", "never", "--", "hi"], 2,
+     b"unexpected argument '--ask-for-approval'"),
+    (["codex", "exec", "--json", "-c", "approval=never", "--", "hi"], 2,
+     b"unknown config key"),
+    (["codex", "exec", "--json", "--disable", "shell", "--", "hi"], 1, b"unknown feature"),
+    (["opencode", "run", "--format", "json", "--yes", "--", "hi"], 1, b"Unknown argument"),
+    (["opencode", "run", "--format", "xml", "--", "hi"], 1, b"Invalid values"),
+])
+def test_fakes_reject_wrong_flags_like_the_real_clis(tmp_path: Path, argv: list[str],
+                                                     code: int, message: bytes) -> None:
+    proc = subprocess.run([str(FAKES / argv[0]), *argv[1:]], cwd=tmp_path, check=False,
+                          capture_output=True, env={"PATH": os.environ["PATH"]})
+    assert proc.returncode == code
+    assert message in proc.stderr
+
+
+@pytest.mark.parametrize(("adapter", "shape"), [
+    ("claude", r"^\d+\.\d+\.\d+ \(Claude Code\)$"),
+    ("codex", r"^codex-cli \d+\.\d+\.\d+$"),
+    ("opencode", r"^\d+\.\d+\.\d+$"),
+])
+def test_fake_versions_have_the_real_shape(adapter: str, shape: str) -> None:
+    argv = version_argv(adapter, str(FAKES / adapter))
+    proc = subprocess.run(argv, check=True, capture_output=True)
+    assert re.match(shape, parse_version(proc.stdout))
+
+
+def test_fakes_are_dependency_free_python_scripts() -> None:
+    for name in REAL:
+        path = FAKES / name
+        assert os.access(path, os.X_OK)
+        assert path.read_text().startswith("#!/usr/bin/env python3\n")
+        imports = re.findall(r"^(?:import (\w+)|from (\w+) import)", path.read_text(), re.M)
+        modules = {name for pair in imports for name in pair if name}
+        assert modules and modules <= set(sys.stdlib_module_names), modules
+
+
+# ------------------------------------------------------------------ the real CLIs
+
+
+_HELP = {
+    "claude": [["--help"]],
+    "codex": [["--help"], ["exec", "--help"]],
+    "opencode": [["--help"], ["run", "--help"]],
+}
+
+
+@pytest.mark.realcli
+@pytest.mark.parametrize("adapter", REAL)
+def test_real_cli_flags(adapter: str, tmp_path: Path) -> None:
+    """Every flag the adapter builds appears in the installed CLI's own help."""
+    exe = shutil.which(adapter)
+    if exe is None:
+        pytest.skip(f"{adapter} is not installed on PATH; install it to check the flags")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "CODEX_HOME": str(home),
+           "XDG_CONFIG_HOME": str(home / "xdg"), "NO_COLOR": "1", "LANG": "C.UTF-8"}
+    help_text = ""
+    for args in _HELP[adapter]:
+        proc = subprocess.run([exe, *args], env=env, capture_output=True, timeout=60,
+                              check=False, stdin=subprocess.DEVNULL)
+        help_text += proc.stdout.decode("utf-8", "replace") + "\n"
+        help_text += proc.stderr.decode("utf-8", "replace") + "\n"
+    used: set[str] = set()
+    for shell in (False, True):
+        inv = _build(adapter, tmp_path, allow_shell=shell, model="m")
+        used |= {arg for arg in inv.argv[: inv.argv.index("--")] if arg.startswith("-")}
+    missing = sorted(flag for flag in used
+                     if not re.search(r"(^|[\s,])" + re.escape(flag) + r"($|[\s,=<\[])",
+                                      help_text, re.M))
+    assert not missing, f"{adapter} --help does not list {missing}"
+    version = subprocess.run(version_argv(adapter, exe), env=env, capture_output=True,
+                             timeout=60, check=False)
+    shapes = {"claude": r"\d+\.\d+\.\d+ \(Claude Code\)", "codex": r"codex-cli \d+\.\d+",
+              "opencode": r"\d+\.\d+\.\d+"}
+    assert re.match(shapes[adapter], parse_version(version.stdout))
+    if adapter == "codex":
+        features = subprocess.run([exe, "features", "list"], env=env, capture_output=True,
+                                  timeout=60, check=False).stdout.decode()
+        inv = _build(adapter, tmp_path)
+        argv = list(inv.argv)
+        disabled = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--disable"]
+        for feature in disabled:
+            assert re.search(rf"^{feature}\s", features, re.M), f"no codex feature {feature}"
+
+
+def test_every_adapter_is_covered() -> None:
+    assert ADAPTERS == ("claude", "codex", "opencode", "command")
