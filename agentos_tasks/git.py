@@ -172,6 +172,18 @@ class Git:
         line = result.text.strip().split("\n")[0]
         return line.split()[0] if line else None
 
+    def patch_ids(self, text: bytes) -> list[tuple[str, str]]:
+        """(patch id, commit) for every patch in `text` (format-patch mbox or `log -p`)."""
+        out = self.run("patch-id", "--stable", input=text).text
+        return [(line.split()[0], line.split()[1]) for line in out.splitlines() if line]
+
+    def range_patch_ids(self, old: str, new: str) -> list[tuple[str, str]]:
+        """Patch ids of each commit in old..new, oldest first, in one pair of git calls."""
+        log = self.run("log", "--reverse", "--topo-order", "-p", "--binary", "--full-index",
+                       "--no-textconv", "--no-ext-diff", "--no-color", "--no-renames",
+                       "--format=commit %H", f"{old}..{new}").stdout
+        return self.patch_ids(log)
+
     def commit_patch(self, commit: str) -> bytes:
         """The exported patch of one commit, as `git am` takes it back byte-exactly."""
         return self.run("format-patch", "-1", "--stdout", "--binary", "--full-index", "-k",

@@ -85,15 +85,6 @@ def r1_policy(ctx: GateContext) -> Verdict:
 # ------------------------------------------------------------------ R2
 
 
-def commit_patch_ids(ctx: GateContext, commits: list[str]) -> list[str | None]:
-    ids: list[str | None] = []
-    for commit in commits:
-        diff = ctx.git.run("diff-tree", "-p", "--binary", "--full-index", "--no-textconv",
-                           "--no-ext-diff", "--root", commit).stdout
-        ids.append(ctx.git.patch_id(diff))
-    return ids
-
-
 def r2_worktree(ctx: GateContext) -> Verdict:
     result = ctx.result
     status = result.get("status")
@@ -128,13 +119,15 @@ def r2_worktree(ctx: GateContext) -> Verdict:
         return FAIL, f"branch head {str(head)[:12]} != recorded post-apply head {str(post)[:12]}"
     commits = ctx.git.commits_between(pre, post)
     changed = [s for s in ctx.step_ids() if ctx.manifest(s).get("status") == "changed"]
-    patch_ids = []
-    for step_id in changed:
-        patch_ids.append(ctx.git.patch_id(ctx.read_bytes(f"patches/{step_id}.patch")))
-    if len(commits) != len(patch_ids):
+    patches = b"".join(ctx.read_bytes(f"patches/{step_id}.patch") for step_id in changed)
+    patch_ids = [pid for pid, _ in ctx.git.patch_ids(patches)] if patches else []
+    if len(commits) != len(changed):
         return FAIL, f"{pre[:10]}..{post[:10]} holds {len(commits)} commits for " \
-                     f"{len(patch_ids)} patches"
-    if commit_patch_ids(ctx, commits) != patch_ids:
+                     f"{len(changed)} patches"
+    branch_ids = ctx.git.range_patch_ids(pre, post)
+    if [c for _, c in branch_ids] != commits or len(patch_ids) != len(changed):
+        return FAIL, "a commit or patch file holds no diff (empty or unreadable patch)"
+    if [pid for pid, _ in branch_ids] != patch_ids:
         return FAIL, "patch ids of the branch's commits differ from the patch files (content " \
                      "or order)"
     return PASS, f"worktree outside the target; {len(commits)} commits == patches, same " \
