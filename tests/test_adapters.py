@@ -220,7 +220,7 @@ def test_claude_real_not_logged_in_fails_although_subtype_success() -> None:
 
 def test_claude_permission_denials_fail_the_step() -> None:
     claims = _claims("claude", "claude_denied.json")
-    assert [d["tool_name"] for d in claims["permission_denials"]] == ["Edit", "Bash"]  # type: ignore[attr-defined,index]
+    assert [d["tool_name"] for d in claims["permission_denials"]] == ["Edit", "Bash"]  # type: ignore[attr-defined]
     reason = claims_failure("claude", claims)
     assert reason is not None and "denied 2 tool call(s) (Bash, Edit)" in reason
 
