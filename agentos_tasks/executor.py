@@ -327,6 +327,12 @@ def run_step(ctx: RunContext, step: Step) -> None:
 
         decision = check_changes(policy, ctx.paths.worktree, changes, step=step)
         if not decision.allowed:
+            if step.op == "tool":
+                from agentos_tasks.tools.dispatch import write_result_pack
+
+                write_result_pack(ctx, step, outcome,
+                                  [file_entry(ctx.paths.worktree, c) for c in changes
+                                   if not c.ignored], decision, None)
             raise PolicyViolation(decision.rule_id, f"step {step.id} changed "
                                   f"{decision.subject or '?'}: {decision.reason}")
         landing = [c for c in changes if not c.ignored]
@@ -345,7 +351,9 @@ def run_step(ctx: RunContext, step: Step) -> None:
     t.append("step_end", step.id, status=manifest["status"], exit_code=manifest["exit_code"],
              files=[{k: f[k] for k in ("path", "status", "sha256")} for f in manifest["files"]],
              patch_sha256=manifest["patch_sha256"], commit=manifest["commit"],
-             head=manifest["head"], manifest_sha256=sha256_file(ctx.paths.manifest(step.id)))
+             head=manifest["head"], manifest_sha256=sha256_file(ctx.paths.manifest(step.id)),
+             **({"tool_result_pack_sha256": manifest["tool_result_pack_sha256"]}
+                if "tool_result_pack_sha256" in manifest else {}))
 
 
 def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
@@ -499,6 +507,12 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
                          "policy_sha256": ctx.policy.sha256},
         "spec_sha256": spec_sha, "duration_s": round(elapsed, 6),
     }
+    if step.op == "tool":
+        from agentos_tasks.policy import Decision
+        from agentos_tasks.tools.dispatch import write_result_pack
+
+        manifest["tool_result_pack_sha256"] = write_result_pack(
+            ctx, step, outcome, files, Decision(True, rule_id, "allowed"), patch_sha)
     for key in ("log", "log_sha256", "output_bytes", "output_truncated", "sandbox", "timed_out",
                 "tool"):
         if key in outcome:
