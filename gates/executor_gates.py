@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
+from agentos_tasks.answers import ANSWERS_SCHEMA
 from agentos_tasks.errors import PolicyViolation
-from agentos_tasks.fsutil import sha256_bytes
 from agentos_tasks.git import Git
-
+from agentos_tasks.policy import check_request, decide_path, needs_approval, normalize_path
+from gates import Gate
 from gates.context import GateContext, Missing
 from gates.runtime import recorded_policy, request_from_record
 
@@ -120,8 +121,8 @@ def branch_commits(git: Git, old: str, new: str) -> list[tuple[str, str]]:
     raw = git.run("log", "--reverse", "--topo-order", "--format=%H%x1f%B%x1e",
                   f"{old}..{new}").stdout.decode("utf-8", "surrogateescape")
     found = []
-    for record in raw.split("\x1e"):
-        record = record.lstrip("\n")
+    for raw_record in raw.split("\x1e"):
+        record = raw_record.lstrip("\n")
         if record:
             commit, _, message = record.partition("\x1f")
             found.append((commit, message))
@@ -167,8 +168,6 @@ def ex_a_policy(ctx: GateContext) -> Verdict:
     """Every operation and path on the tape (and in manifests and patches) is allowed by
     audit/policy.yaml, re-decided here; the policy digest on the tape, in every manifest
     and in execution_result equals sha256(audit/policy.yaml)."""
-    from agentos_tasks.policy import check_request, decide_path
-
     require_chain(ctx)
     policy = recorded_policy(ctx)
     digest = ctx.sha256("audit/policy.yaml")
@@ -236,8 +235,6 @@ WRITABLE_BINDS = ("--bind", "--bind-try", "--dev-bind", "--dev-bind-try")
 
 def inside_worktree(worktree: Path, raw: str) -> str:
     """Normalise a recorded path; raise Fail when it would land outside the worktree."""
-    from agentos_tasks.policy import normalize_path
-
     try:
         normal = normalize_path(raw)
     except PolicyViolation as exc:
@@ -251,7 +248,7 @@ def inside_worktree(worktree: Path, raw: str) -> str:
 def writable_binds(argv: list[str]) -> list[str]:
     found = []
     for i, token in enumerate(argv):
-        if token == "--":
+        if token == "--":  # noqa: S105 - end of bwrap options
             break
         if token in WRITABLE_BINDS and i + 2 < len(argv):
             found.append(argv[i + 2])
@@ -339,12 +336,12 @@ def ex_d_commits(ctx: GateContext) -> Verdict:
     status = status_of(ctx)
     result = ctx.result
     base = result.get("base")
+    if status != "applied" and base is None:
+        return NA, f"run {status} before a base was recorded: nothing to land"
     head = ctx.branch_head()
     if head is None:
         raise Fail(f"branch {ctx.branch()} does not exist in {ctx.repo_path()}")
     if status != "applied":
-        if base is None:
-            return NA, f"run {status} before a base was recorded: nothing to land"
         if head != base:
             extra = ctx.git.commits_between(base, head)
             raise Fail(f"run {status}, yet the branch holds {len(extra)} commit(s) past base")
@@ -361,8 +358,6 @@ def ex_d_commits(ctx: GateContext) -> Verdict:
     if len(commits) != len(changed):
         raise Fail(f"branch holds {len(commits)} commit(s) since {pre[:10]}, the run changed "
                    f"{len(changed)} step(s)")
-    if [c for c, _ in commits] != result.get("commits_applied"):
-        raise Fail("branch commits differ from execution_result commits_applied")
     commit_ids = patch_ids_of_commits(ctx.git, pre, head)
     patch_text = b"".join(ctx.read_bytes(f"patches/{s}.patch") for s, _ in changed)
     file_ids = parse_patch_ids(ctx.git.run("patch-id", "--stable", input=patch_text).stdout)
@@ -378,6 +373,8 @@ def ex_d_commits(ctx: GateContext) -> Verdict:
         if commit_ids.get(commit) != expected:
             raise Fail(f"commit {commit[:12]} (step {step_id}) differs from "
                        f"patches/{step_id}.patch (patch id)")
+    if [c for c, _ in commits] != result.get("commits_applied"):
+        raise Fail("branch commits differ from execution_result commits_applied")
     last_head = executed_manifests(ctx)[-1][1].get("head") if changed else pre
     tested = ctx.git.try_rev_parse(f"{last_head}^{{tree}}")
     if tested is not None and tested != ctx.git.tree_of(head):
@@ -512,9 +509,6 @@ def ex_f_rollback(ctx: GateContext) -> Verdict:
 def ex_g_approvals(ctx: GateContext) -> Verdict:
     """Every changed step the recorded policy sends to review has an approval in
     audit/answers.yaml that binds the patch file's actual sha256."""
-    from agentos_tasks.answers import ANSWERS_SCHEMA
-    from agentos_tasks.policy import needs_approval
-
     require_chain(ctx)
     policy = recorded_policy(ctx)
     request = request_from_record(ctx.request_record)
@@ -603,9 +597,7 @@ def ex_h_result(ctx: GateContext) -> Verdict:
                  f"{recount['changed']} changed, {recount['commits_applied']} commits)"
 
 
-def _gates() -> list[object]:
-    from gates import Gate
-
+def _gates() -> list[Gate]:
     artifacts = ("audit/*", "execution_result.json", "steps/*.json", "patches/*.patch")
     return [
         Gate("EX-A", "every operation and path is allowed by the recorded policy", ex_a_policy,

@@ -1,0 +1,136 @@
+"""`agentos verify RUN --key PUB`: re-check a signed run offline, signature and gates.
+
+A third party holding the run directory and the public key gets one `Check` per
+property: the DSSE signature and every signed digest (`sign.verify_signature`), that
+every evidence file is bound by the signature directly or through the signed
+checksums.json, and every gate recomputed here from the artifacts. Gates that need the
+target repository read it when it is present; when it is absent they FAIL and say so,
+because what they prove (the branch holds exactly the patches) cannot be shown without it.
+A tampered file, a tape rewritten with a consistent chain and head, an added or dropped
+commit: each turns at least one Check to FAIL.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import traceback
+from pathlib import Path
+from typing import Any
+
+from agentos_tasks.sign import ENVELOPE_RELPATH, Check, verification_passed, verify_signature
+from gates import FAIL, REGISTRY, Gate, GateContext, Missing
+
+# Evidence a verifier relies on; each must be a signed subject or listed in the signed
+# checksums.json. `.state/`, `worktree/`, `reports/` (regenerated) and `signature/` are not.
+EVIDENCE_DIRS = ("audit", "steps", "patches", "logs", "tools")
+EVIDENCE_FILES = ("execution_result.json",)
+
+
+def verify_run(run_dir: Path, pub_path: Path) -> list[Check]:
+    """Every finding about a signed run: signature checks, coverage, then one per gate.
+
+    Raises AgentosError only when the public key is unusable (from sign.load_public_key).
+    """
+    checks = list(verify_signature(run_dir, pub_path))
+    checks.append(check_coverage(run_dir))
+    checks += [gate_check(gate, run_dir) for gate in REGISTRY]
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    """One `ok|FAIL  name: detail` line per check and a verdict line."""
+    lines = [f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}"
+             for check in checks]
+    failed = sum(1 for check in checks if not check.ok)
+    lines.append("verified: every check passed" if verification_passed(checks)
+                 else f"NOT verified: {failed} check(s) failed")
+    return "\n".join(lines)
+
+
+def passed(checks: list[Check]) -> bool:
+    """True when there is at least one check and every check holds."""
+    return verification_passed(checks)
+
+
+# ------------------------------------------------------------------ coverage
+
+
+def signed_subjects(run_dir: Path) -> dict[str, str]:
+    """name -> sha256 of the statement's subjects ({} when the envelope does not parse;
+    verify_signature reports that, and whether the signature over it holds)."""
+    try:
+        envelope = json.loads((run_dir / ENVELOPE_RELPATH).read_bytes())
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+        return {str(s["name"]): str(s["digest"]["sha256"]) for s in statement["subject"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def evidence_files(run_dir: Path) -> list[str]:
+    found = [f for f in EVIDENCE_FILES if (run_dir / f).is_file()]
+    for sub in EVIDENCE_DIRS:
+        base = run_dir / sub
+        if base.is_dir():
+            found += [p.relative_to(run_dir).as_posix() for p in base.rglob("*")
+                      if p.is_file() or p.is_symlink()]
+    return sorted(found)
+
+
+def check_coverage(run_dir: Path) -> Check:
+    """Each evidence file is a signed subject, or listed in a signed checksums.json.
+
+    The subject digests themselves are compared by verify_signature; here a file the
+    signature does not reach at all (so it could be edited unnoticed) is a FAIL.
+    """
+    name = "coverage: evidence bound by the signature"
+    subjects = signed_subjects(run_dir)
+    if not subjects:
+        return Check(name, False, "no signed statement to compare with")
+    listed: dict[str, Any] = {}
+    sums_path = run_dir / "audit" / "checksums.json"
+    if "audit/checksums.json" in subjects and sums_path.is_file():
+        try:
+            listed = dict(json.loads(sums_path.read_bytes()).get("artifacts", {}))
+        except (OSError, ValueError, AttributeError):
+            return Check(name, False, "audit/checksums.json does not parse")
+    unbound = [rel for rel in evidence_files(run_dir) if rel not in subjects and rel not in listed]
+    if unbound:
+        return Check(name, False, f"{len(unbound)} evidence file(s) bound neither by a signed "
+                     f"subject nor by the signed checksums.json: {', '.join(unbound[:5])}")
+    return Check(name, True, f"{len(subjects)} signed subject(s) and {len(listed)} checksummed "
+                 "artifact(s) cover every evidence file")
+
+
+# ------------------------------------------------------------------ gates
+
+
+def gate_check(gate: Gate, run_dir: Path) -> Check:
+    """Evaluate one gate offline; a gate that needed an absent repository FAILs saying so."""
+    ctx = GateContext(run_dir)
+    try:
+        status, reason = gate.check(ctx)
+    except Missing as exc:
+        status, reason = FAIL, str(exc)
+    except Exception as exc:  # malformed evidence fails the check, it never crashes verify
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        status, reason = FAIL, f"cannot check: {type(exc).__name__}: {exc} " \
+                               f"({Path(last.filename).name}:{last.lineno})"
+    reason = reason.splitlines()[0] if reason else ""
+    if "git" in vars(ctx):  # the gate opened the target repository
+        repo = _repo_or_none(ctx)
+        if repo is None or not repo.is_dir():
+            return Check(f"gate {gate.id}", False,
+                         f"FAIL: needs the target repository {repo}, which is absent here "
+                         f"(gate said: {status}: {reason})")
+    return Check(f"gate {gate.id}", status != FAIL, f"{status}: {reason}")
+
+
+def _repo_or_none(ctx: GateContext) -> Path | None:
+    try:
+        return ctx.repo_path()
+    except (Missing, KeyError, TypeError):
+        return None
+
+
+__all__ = ["Check", "check_coverage", "gate_check", "passed", "render", "verify_run"]
