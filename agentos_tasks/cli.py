@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentos_tasks.errors import EXIT_GATES, EXIT_USAGE, AgentosError
+from agentos_tasks.errors import EXIT_GATES, AgentosError
 
 
 def _doit(args: list[str], cwd: Path) -> int:

@@ -21,8 +21,14 @@ from typing import Any
 
 from agentos_tasks import __version__, proc
 from agentos_tasks.errors import EXIT_STATE, EXIT_STEP, AgentosError, PolicyViolation
-from agentos_tasks.fsutil import (atomic_write, canonical_json, read_json, sha256_bytes,
-                                  sha256_file, write_json)
+from agentos_tasks.fsutil import (
+    atomic_write,
+    canonical_json,
+    read_json,
+    sha256_bytes,
+    sha256_file,
+    write_json,
+)
 from agentos_tasks.git import Git, find_branch_worktree
 from agentos_tasks.model import Change, Request, Step
 from agentos_tasks.runctx import RunContext
@@ -146,7 +152,8 @@ def policy_task(ctx: RunContext) -> None:
             return
         if not decision.allowed:
             # a sealed run's evidence is never rewritten: report, record nothing
-            raise PolicyViolation(decision.rule_id, decision.reason, where=_step_where(req, decision),
+            raise PolicyViolation(decision.rule_id, decision.reason,
+                                  where=_step_where(req, decision),
                                   hint=f"run {ctx.run_id} is sealed, so this denial is not "
                                        "recorded there; add run=NEW to record it in a new run")
         raise sealed_error(ctx, "the request, its input files or the policy changed since")
@@ -411,7 +418,7 @@ def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
     if step.op == "tool":
         from agentos_tasks.tools.dispatch import run_tool_step
 
-        return run_tool_step(ctx, step)
+        return dict(run_tool_step(ctx, step))
     raise AgentosError(f"unknown operation {step.op}")
 
 
@@ -473,7 +480,7 @@ def file_entry(wt: Path, change: Change) -> dict[str, Any]:
             "old_mode": change.old_mode, "new_mode": change.new_mode, "sha256": digest}
 
 
-def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: list[Change],
+def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: list[Change],  # noqa: PLR0917
                 outcome: dict[str, Any], spec_sha: str, rule_id: str,
                 elapsed: float) -> dict[str, Any]:
     wt = ctx.paths.worktree
@@ -709,7 +716,7 @@ def write_result(ctx: RunContext, status: str, failure: dict[str, Any] | None = 
     req = ctx.need_request()
     base = ctx.base() or {}
     applied = ctx.applied() or {}
-    steps = []
+    steps: list[dict[str, Any]] = []
     for step in req.steps:
         manifest = load_manifest(ctx, step.id)
         if manifest is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentos_tasks import proc
@@ -94,7 +94,7 @@ class Git:
     """git bound to one working directory, hardened against that repository's config."""
 
     cwd: Path
-    author: Author = Author()
+    author: Author = field(default_factory=Author)
     _overrides: tuple[str, ...] | None = None
 
     def _config_overrides(self) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     return action
 
 
-class AgentosReporter(ConsoleReporter):
+class AgentosReporter(ConsoleReporter):  # type: ignore[misc]
     """doit's console reporter, but failures print as one clean block on stderr."""
 
     desc = "agentos: clean error blocks on stderr"

@@ -14,7 +14,6 @@ from typing import Any
 
 import voluptuous as vol
 
-from agentos_tasks.errors import AgentosError
 from agentos_tasks.model import OPS, Author, Question, Request, Step, ToolSpec
 from agentos_tasks.yamlsrc import MarkedDoc, load_with_marks, validate
 

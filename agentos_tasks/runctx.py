@@ -149,7 +149,7 @@ class RunContext:
         if self._lock is not None:
             return
         self.paths.state.mkdir(parents=True, exist_ok=True)
-        handle = open(self.paths.state / "lock", "a+b")  # noqa: SIM115 - held for the process
+        handle = open(self.paths.state / "lock", "a+b")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -35,7 +35,8 @@ class MarkedDoc:
             key = key[:-1]
         return f"{self.source}:{self.lines.get(key, 1)}"
 
-    def error(self, message: str, path: Sequence[Any] = (), hint: str | None = None) -> AgentosError:
+    def error(self, message: str, path: Sequence[Any] = (),
+              hint: str | None = None) -> AgentosError:
         return AgentosError(message, where=self.where(path), hint=hint)
 
 

@@ -18,7 +18,6 @@ from xml.sax.saxutils import quoteattr
 
 from agentos_tasks.errors import EXIT_GATES, AgentosError
 from agentos_tasks.fsutil import atomic_write, canonical_json, read_json, write_json
-
 from gates.context import GateContext, Missing
 
 PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
@@ -199,5 +198,5 @@ def _registry() -> list[Gate]:
 
 
 REGISTRY: list[Gate] = _registry()
-__all__ = ["FAIL", "NA", "PASS", "REGISTRY", "Gate", "GateContext", "GateResult",
+__all__ = ["FAIL", "NA", "PASS", "REGISTRY", "Gate", "GateContext", "GateResult", "Missing",
            "canonical_json", "collect", "evaluate", "run_all", "write_reports"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.fsutil import sha256_bytes
 from agentos_tasks.model import Author, Request, Step, ToolSpec
+from gates.context import GateContext
 
-from gates.context import GateContext, Missing
+if TYPE_CHECKING:
+    from gates import Gate, Missing
 
 PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
 Verdict = tuple[str, str]
@@ -112,6 +114,8 @@ def r2_worktree(ctx: GateContext) -> Verdict:
                          f"{str(result.get('base'))[:12]}"
         return PASS, "steps ran in a worktree; branch untouched (not applied)"
     pre, post = result.get("pre_apply_head"), result.get("post_apply_head")
+    if not isinstance(pre, str) or not isinstance(post, str):
+        return FAIL, "execution_result lacks pre/post-apply heads for an applied run"
     applied = ctx.events_named("patches_applied")
     if not applied or applied[-1].get("post_apply_head") != post:
         return FAIL, "execution_result post_apply_head has no matching patches_applied event"
@@ -218,9 +222,7 @@ def check_checksums(ctx: GateContext, count: int) -> Verdict:
                  f"{len(tree)} final-tree files match; execution_result agrees with the tape"
 
 
-def _gates() -> list[object]:
-    from gates import Gate
-
+def _gates() -> list[Gate]:
     artifacts = ("audit/*", "execution_result.json", "steps/*.json", "patches/*.patch")
     return [
         Gate("R1", "policy decision recomputed from the recorded request and policy",
@@ -231,5 +233,7 @@ def _gates() -> list[object]:
              (*artifacts, "logs/*", "tools/*/*"), uses_repo=True),
     ]
 
+
+from gates import Gate  # noqa: E402  (the framework imports this module last)
 
 GATES = _gates()

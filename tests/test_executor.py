@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from runutil import doit, git, snapshot, tape_events, write_policy, write_request
+from runutil import doit, git, snapshot, tape_events, write_request
 
 SIX = [{"id": f"step_0{i}", "message": f"step_0{i}: add file {i}",
         "write": {"path": f"docs/f{i}.md", "content": f"content {i}\n"}} for i in range(1, 7)]
