@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from agentos_tasks.answers import ANSWERS_SCHEMA
+from gates import Gate
 from gates.context import GateContext, Missing
 from gates.executor_gates import Fail, require_chain, status_of, verdict
 
@@ -25,8 +27,6 @@ def questions(ctx: GateContext) -> list[str]:
 
 def recorded_answers(ctx: GateContext) -> dict[str, dict[str, Any]] | None:
     """audit/answers.yaml's answers, validated as the executor validates them (None: absent)."""
-    from agentos_tasks.answers import ANSWERS_SCHEMA
-
     if not ctx.exists("audit/answers.yaml"):
         return None
     try:
@@ -179,9 +179,7 @@ def a3_evidence(ctx: GateContext) -> Verdict:
     return PASS, f"{len(asked)} question(s) answered by {names}, matching resume_applied"
 
 
-def _gates() -> list[object]:
-    from gates import Gate
-
+def _gates() -> list[Gate]:
     inputs = ("audit/*", "execution_result.json")
     return [
         Gate("A1", "with unanswered questions no step executed (questions_blocked)",
