@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -316,11 +317,16 @@ def run_step(ctx: RunContext, step: Step) -> None:
     policy = ctx.policy
     git = worktree_git(ctx)
     parent = parent_commit(ctx, step)
+    spec_sha = sha256_bytes(canonical_json(step_spec(ctx, step)))
+    if reusable_manifest(ctx, git, step, parent, spec_sha):
+        # doit's DB is written at the end of an invocation; after a crash it forgets steps
+        # that did complete. Their manifests (written last, atomically) are the truth.
+        print(f"{step.id}: reusing its manifest from an interrupted invocation")
+        return
     for later in ctx.steps[step.index:]:
         ctx.paths.manifest(later.id).unlink(missing_ok=True)
     prepare_worktree(ctx, git, parent)
     dotgit = (ctx.paths.worktree / ".git").read_bytes()
-    spec_sha = sha256_bytes(canonical_json(step_spec(ctx, step)))
     t = tape(ctx)
     t.append("step_start", step.id, op=step.op, parent=parent, spec_sha256=spec_sha)
     started = time.monotonic()
@@ -361,6 +367,35 @@ def run_step(ctx: RunContext, step: Step) -> None:
              head=manifest["head"], manifest_sha256=sha256_file(ctx.paths.manifest(step.id)),
              **({"tool_result_pack_sha256": manifest["tool_result_pack_sha256"]}
                 if "tool_result_pack_sha256" in manifest else {}))
+
+
+def reusable_manifest(ctx: RunContext, git: Git, step: Step, parent: str, spec_sha: str) -> bool:
+    """A manifest left by an interrupted invocation counts only when it provably belongs to
+    this exact step: same spec, same parent, its digest on the tape's last step_end for the
+    step, and (when it changed something) its commit and patch still there."""
+    manifest = load_manifest(ctx, step.id)
+    if manifest is None or manifest.get("spec_sha256") != spec_sha \
+            or manifest.get("parent") != parent:
+        return False
+    path = ctx.paths.manifest(step.id)
+    digest = sha256_file(path)
+    last_end = None
+    for line in reversed(ctx.paths.tape.read_bytes().splitlines()) if ctx.paths.tape.exists() \
+            else []:
+        if b'"step_start"' in line or b'"step_end"' in line or b'"step_failed"' in line:
+            event = json.loads(line)
+            if event.get("step") == step.id:
+                last_end = event if event.get("event") == "step_end" else None
+                break
+    if last_end is None or last_end.get("manifest_sha256") != digest:
+        return False
+    if manifest["status"] == "changed":
+        patch = ctx.paths.patch(step.id)
+        if not patch.exists() or sha256_file(patch) != manifest["patch_sha256"]:
+            return False
+        if git.try_rev_parse(f"{manifest['commit']}^{{commit}}") != manifest["commit"]:
+            return False
+    return True
 
 
 def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:

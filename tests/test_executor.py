@@ -287,3 +287,43 @@ def test_agentos_exec_run_is_the_same_engine(tmp_path: Path, cli: bool) -> None:
     again = subprocess.run(["agentos", "exec", "run", "--request", "req.yaml", "--outputs",
                             "out"], cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0 and "-- step:step_02" in again.stdout
+
+
+def test_crash_mid_run_resumes_without_redoing_completed_steps(tmp_path: Path) -> None:
+    """SIGKILL doit while step 4 runs: doit's DB is lost, the manifests are the truth."""
+    import signal
+    import sys
+    import time
+
+    from runutil import DODO
+
+    steps = [*SIX[:3], {"id": "slow", "run": ["sh", "-c", "sleep 30"]}, *SIX[3:5]]
+    write_request(tmp_path, steps)
+    run_dir = tmp_path / "out" / "r1"
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(DODO), "run",
+                             "request=req.yaml", "outputs=out"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (run_dir / "audit/run_tape.jsonl").exists() and \
+                    "slow" in starts(run_dir):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("step 'slow' never started")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (run_dir / "steps/step_03.json").exists()
+    assert not (run_dir / "steps/slow.json").exists()
+    # fix the slow step and resume: steps 1-3 are not executed again
+    steps[3] = {"id": "slow", "run": ["true"]}
+    write_request(tmp_path, steps)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert starts(run_dir) == ["step_01", "step_02", "step_03", "slow", "slow", "step_04",
+                               "step_05"]
+    assert git(tmp_path / "repo", "rev-list", "--count", "main") == "6"
+    assert not any(e["event"] == "step_start" and e["step"] == "step_01"
+                   for e in tape_events(run_dir)[4:])
