@@ -1,0 +1,398 @@
+"""EX-A, EX-C .. EX-H against real runs: each tampered with and watched to FAIL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import (
+    PERMISSIVE_POLICY,
+    Built,
+    assert_fail,
+    assert_na,
+    assert_pass,
+    git,
+    read_events,
+    read_json,
+    rechain,
+    reseal,
+    sha256,
+    write_json,
+)
+
+# ------------------------------------------------------------------ helpers
+
+
+def manifest_path(run: Built, step: str) -> Any:
+    return run.run_dir / "steps" / f"{step}.json"
+
+
+def edit_manifest(run: Built, step: str, **changes: Any) -> dict[str, Any]:
+    path = manifest_path(run, step)
+    manifest = read_json(path)
+    manifest.update(changes)
+    write_json(path, manifest)
+    return dict(manifest)
+
+
+def edit_result(run: Built, **changes: Any) -> dict[str, Any]:
+    path = run.run_dir / "execution_result.json"
+    result = read_json(path)
+    result.update(changes)
+    write_json(path, result)
+    return dict(result)
+
+
+# ------------------------------------------------------------------ EX-A
+
+
+STRICT_POLICY = PERMISSIVE_POLICY.replace('deny: [".git/**", "secrets/**"]',
+                                          'deny: [".git/**", "secrets/**", {id: no-src, '
+                                          'glob: "src/**"}]')
+
+
+def _adopt_policy(run: Built, text: str) -> None:
+    """Replace the recorded policy AND every digest that names it (a careful forger)."""
+    policy = run.run_dir / "audit" / "policy.yaml"
+    policy.write_text(text)
+    digest = sha256(policy.read_bytes())
+    for path in (run.run_dir / "steps").glob("*.json"):
+        manifest = read_json(path)
+        manifest["policy_check"]["policy_sha256"] = digest
+        write_json(path, manifest)
+    result = read_json(run.run_dir / "execution_result.json")
+    result["policy"]["sha256"] = digest
+    write_json(run.run_dir / "execution_result.json", result)
+    events = read_events(run.run_dir)
+    for event in events:
+        if event["event"] == "policy_loaded":
+            event["policy_sha256"] = digest
+    reseal(run.run_dir, events)
+
+
+def test_ex_a_fails_when_the_policy_is_replaced_by_a_stricter_one(good_run: Built) -> None:
+    (good_run.run_dir / "audit" / "policy.yaml").write_text(STRICT_POLICY)
+    assert_fail(good_run.run_dir, "EX-A", "s2", "denied by no-src")
+
+
+def test_ex_a_fails_on_a_stricter_policy_even_with_every_digest_updated(
+        good_run: Built) -> None:
+    _adopt_policy(good_run, STRICT_POLICY)
+    assert_pass(good_run.run_dir, "R3")
+    assert_fail(good_run.run_dir, "EX-A", "denied by no-src")
+
+
+def test_ex_a_fails_when_the_policy_bytes_differ_from_the_recorded_digest(
+        good_run: Built) -> None:
+    policy = good_run.run_dir / "audit" / "policy.yaml"
+    policy.write_text(policy.read_text() + "# harmless looking comment\n")
+    assert_fail(good_run.run_dir, "EX-A", "audit/policy.yaml is")
+
+
+def test_ex_a_fails_when_a_manifest_claims_a_denied_path(good_run: Built) -> None:
+    manifest = read_json(manifest_path(good_run, "s3"))
+    manifest["files"][0]["path"] = "secrets/token.txt"
+    write_json(manifest_path(good_run, "s3"), manifest)
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-A", "secrets/token.txt", "denied by")
+
+
+def test_ex_a_fails_when_a_patch_touches_a_denied_path(good_run: Built) -> None:
+    patch = good_run.run_dir / "patches" / "s1.patch"
+    patch.write_bytes(patch.read_bytes().replace(b"docs/a.md", b"secrets/a.md"))
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-A", "secrets/a.md", "denied by")
+
+
+# ------------------------------------------------------------------ EX-C
+
+
+def test_ex_c_fails_when_the_branch_moved_before_apply(good_run: Built) -> None:
+    result = read_json(good_run.run_dir / "execution_result.json")
+    moved = result["commits_applied"][0]
+    edit_result(good_run, pre_apply_head=moved)
+    events = read_events(good_run.run_dir)
+    for event in events:
+        if event["event"] == "patches_applied":
+            event["pre_apply_head"] = moved
+    reseal(good_run.run_dir, events)
+    assert_fail(good_run.run_dir, "EX-C", "branch moved before apply")
+
+
+def test_ex_c_fails_when_a_step_wrote_outside_its_worktree(good_run: Built) -> None:
+    manifest = read_json(manifest_path(good_run, "s3"))
+    manifest["files"][0]["path"] = "../../outside.txt"
+    write_json(manifest_path(good_run, "s3"), manifest)
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-C", "../../outside.txt", "outside the worktree")
+
+
+def test_ex_c_fails_when_a_sandbox_bound_more_than_the_worktree(good_run: Built) -> None:
+    manifest = read_json(manifest_path(good_run, "s7"))
+    argv = (manifest.get("sandbox") or {}).get("wrapper_argv") or ["bwrap", "--", "python"]
+    cut = argv.index("--")
+    manifest["sandbox"] = {**(manifest.get("sandbox") or {}),
+                           "wrapper_argv": [*argv[:cut], "--bind", "/tmp", "/tmp", *argv[cut:]]}
+    write_json(manifest_path(good_run, "s7"), manifest)
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-C", "bound /tmp writable")
+
+
+def test_ex_c_fails_when_a_step_ends_after_patches_applied(good_run: Built) -> None:
+    events = read_events(good_run.run_dir)
+    applied = next(i for i, e in enumerate(events) if e["event"] == "patches_applied")
+    events.insert(applied, events.pop(applied - 1))  # last step_end after the apply
+    rechain(good_run.run_dir, events)
+    assert_fail(good_run.run_dir, "EX-C", "after patches_applied")
+
+
+def test_ex_c_fails_when_the_worktree_base_differs(good_run: Built) -> None:
+    events = read_events(good_run.run_dir)
+    for event in events:
+        if event["event"] == "worktree_created":
+            event["base"] = "0" * 40
+    rechain(good_run.run_dir, events)
+    assert_fail(good_run.run_dir, "EX-C", "worktree_created base")
+
+
+# ------------------------------------------------------------------ EX-D
+
+
+def test_ex_d_fails_when_a_commit_message_is_amended(good_run: Built) -> None:
+    git(good_run.repo, "commit", "-q", "--amend", "-m", "something else entirely")
+    assert_fail(good_run.run_dir, "EX-D", "message", "s7")
+
+
+def test_ex_d_fails_when_commits_are_reordered(good_run: Built) -> None:
+    result = read_json(good_run.run_dir / "execution_result.json")
+    commits = result["commits_applied"]
+    git(good_run.repo, "reset", "-q", "--hard", result["pre_apply_head"])
+    for commit in [commits[1], commits[0], *commits[2:]]:
+        git(good_run.repo, "cherry-pick", commit)
+    assert_fail(good_run.run_dir, "EX-D", "message")
+
+
+def test_ex_d_fails_when_a_commit_is_added(good_run: Built) -> None:
+    git(good_run.repo, "commit", "-q", "--allow-empty", "-m", "s7: generate a file")
+    assert_fail(good_run.run_dir, "EX-D", "7 commit(s)", "6 step(s)")
+
+
+def test_ex_d_fails_when_a_patch_differs_from_its_commit(good_run: Built) -> None:
+    patch = good_run.run_dir / "patches" / "s2.patch"
+    patch.write_bytes(patch.read_bytes().replace(b"+X = 1", b"+X = 9"))
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-D", "s2", "patch id")
+
+
+def test_ex_d_fails_when_the_request_messages_are_rewritten(good_run: Built) -> None:
+    request = good_run.run_dir / "audit" / "request.yaml"
+    request.write_text(request.read_text().replace("s1: add docs", "s1: add documents"))
+    assert_fail(good_run.run_dir, "EX-D", "disagree on step messages")
+
+
+def test_ex_d_fails_when_execution_result_hides_a_commit(good_run: Built) -> None:
+    result = read_json(good_run.run_dir / "execution_result.json")
+    edit_result(good_run, commits_applied=[*result["commits_applied"][:-1], "f" * 40])
+    assert_fail(good_run.run_dir, "EX-D", "commits_applied")
+
+
+# ------------------------------------------------------------------ EX-E
+
+
+def _drop(run: Built, predicate: Any) -> None:
+    rechain(run.run_dir, [e for e in read_events(run.run_dir) if not predicate(e)])
+
+
+def test_ex_e_fails_when_a_step_end_is_dropped_and_the_tape_rechained(good_run: Built) -> None:
+    _drop(good_run, lambda e: e["event"] == "step_end" and e.get("step") == "s3")
+    assert_fail(good_run.run_dir, "EX-E", "s3")
+
+
+def test_ex_e_fails_when_the_last_step_end_is_dropped(good_run: Built) -> None:
+    _drop(good_run, lambda e: e["event"] == "step_end" and e.get("step") == "s7")
+    assert_fail(good_run.run_dir, "EX-E", "s7", "no step_end")
+
+
+def test_ex_e_fails_when_a_whole_step_is_erased_from_the_tape(good_run: Built) -> None:
+    _drop(good_run, lambda e: e.get("step") == "s7")
+    assert_fail(good_run.run_dir, "EX-E", "steps/s7.json exists but the tape has no step_end")
+
+
+def test_ex_e_fails_when_run_end_is_dropped(good_run: Built) -> None:
+    _drop(good_run, lambda e: e["event"] == "run_end")
+    assert_fail(good_run.run_dir, "EX-E", "ends with")
+
+
+def test_ex_e_fails_on_a_duplicated_step_end(good_run: Built) -> None:
+    events = read_events(good_run.run_dir)
+    index = next(i for i, e in enumerate(events) if e["event"] == "step_end")
+    events.insert(index + 1, dict(events[index]))
+    rechain(good_run.run_dir, events)
+    assert_fail(good_run.run_dir, "EX-E", "without a matching step_start")
+
+
+def test_ex_e_fails_when_a_step_end_lacks_its_checksums(good_run: Built) -> None:
+    events = read_events(good_run.run_dir)
+    for event in events:
+        if event["event"] == "step_end" and event["step"] == "s2":
+            event.pop("patch_sha256")
+    rechain(good_run.run_dir, events)
+    assert_fail(good_run.run_dir, "EX-E", "lacks patch_sha256")
+
+
+def test_ex_e_fails_when_a_manifest_is_edited_after_its_step_end(good_run: Built) -> None:
+    edit_manifest(good_run, "s7", exit_code=0, duration_s=0.0)
+    assert_fail(good_run.run_dir, "EX-E", "steps/s7.json differs")
+
+
+# ------------------------------------------------------------------ EX-F
+
+
+def _fake_rollback(run: Built, *, reset_branch: bool = True, **override: Any) -> None:
+    """A rollback as the executor would record it: proof from git, event on the tape."""
+    result = read_json(run.run_dir / "execution_result.json")
+    pre, post = result["pre_apply_head"], result["post_apply_head"]
+    tree = {c: git(run.repo, "rev-parse", f"{c}^{{tree}}") for c in (pre, post)}
+    proof = {"schema_version": 1, "reason": "git am failed", "branch": "main",
+             "target_head": pre, "target_tree": tree[pre],
+             "before": {"head": post, "tree": tree[post]},
+             "after": {"head": pre, "tree": tree[pre]}, "match": True, **override}
+    proof_path = run.run_dir / "audit" / "rollback_proof.json"
+    write_json(proof_path, proof)
+    events = read_events(run.run_dir)
+    events[-1:-1] = [{"event": "apply_failed", "reason": "git am failed"},
+                     {"event": "rollback", "branch": "main", "restored": pre,
+                      "match": proof["match"], "proof_sha256": sha256(proof_path.read_bytes())}]
+    rechain(run.run_dir, events)
+    if reset_branch:
+        git(run.repo, "reset", "-q", "--hard", pre)
+
+
+def test_ex_f_not_applicable_without_a_rollback(good_run: Built) -> None:
+    assert_na(good_run.run_dir, "EX-F")
+
+
+def test_ex_f_passes_on_a_consistent_rollback(good_run: Built) -> None:
+    _fake_rollback(good_run)
+    assert_pass(good_run.run_dir, "EX-F")
+
+
+def test_ex_f_fails_on_a_rollback_proof_without_a_rollback_event(good_run: Built) -> None:
+    write_json(good_run.run_dir / "audit" / "rollback_proof.json",
+               {"before": {"tree": "a"}, "after": {"tree": "a"}, "match": True})
+    assert_fail(good_run.run_dir, "EX-F", "no rollback event")
+
+
+def test_ex_f_fails_on_a_rollback_event_without_a_proof(good_run: Built) -> None:
+    _fake_rollback(good_run)
+    (good_run.run_dir / "audit" / "rollback_proof.json").unlink()
+    assert_fail(good_run.run_dir, "EX-F", "rollback_proof.json is missing")
+
+
+def test_ex_f_fails_when_the_branch_was_not_restored(good_run: Built) -> None:
+    _fake_rollback(good_run, reset_branch=False)
+    assert_fail(good_run.run_dir, "EX-F", "rolled-back head")
+
+
+def test_ex_f_fails_on_a_forged_target_tree(good_run: Built) -> None:
+    result = read_json(good_run.run_dir / "execution_result.json")
+    other = git(good_run.repo, "rev-parse", f"{result['post_apply_head']}^{{tree}}")
+    _fake_rollback(good_run, target_tree=other,
+                   after={"head": result["pre_apply_head"], "tree": other})
+    assert_fail(good_run.run_dir, "EX-F", "is not the tree of")
+
+
+def test_ex_f_fails_when_the_proof_admits_no_match(good_run: Built) -> None:
+    _fake_rollback(good_run, match=False)
+    assert_fail(good_run.run_dir, "EX-F", "match is not true")
+
+
+def test_ex_f_fails_when_the_proof_is_edited_after_the_event(good_run: Built) -> None:
+    _fake_rollback(good_run)
+    proof_path = good_run.run_dir / "audit" / "rollback_proof.json"
+    proof = read_json(proof_path)
+    proof["reason"] = "nothing happened"
+    write_json(proof_path, proof)
+    assert_fail(good_run.run_dir, "EX-F", "proof_sha256")
+
+
+# ------------------------------------------------------------------ EX-G
+
+
+def test_ex_g_passes_when_the_approval_binds_the_patch(answered_run: Built) -> None:
+    assert_pass(answered_run.run_dir, "EX-G")
+
+
+def test_ex_g_not_applicable_without_approval_rules(good_run: Built) -> None:
+    assert_na(good_run.run_dir, "EX-G")
+
+
+def _answers_path(run: Built) -> Any:
+    return run.run_dir / "audit" / "answers.yaml"
+
+
+def test_ex_g_fails_when_the_approval_names_another_patch(answered_run: Built) -> None:
+    path = _answers_path(answered_run)
+    manifest = read_json(manifest_path(answered_run, "del"))
+    path.write_text(path.read_text().replace(manifest["patch_sha256"], "a" * 64))
+    assert_fail(answered_run.run_dir, "EX-G", "binds patch aaaaaaaaaaaa")
+
+
+def test_ex_g_fails_when_the_approval_is_removed(answered_run: Built) -> None:
+    path = _answers_path(answered_run)
+    path.write_text(path.read_text().split("approvals:")[0])
+    assert_fail(answered_run.run_dir, "EX-G", "del", "none recorded")
+
+
+def test_ex_g_fails_when_the_answers_file_is_deleted(answered_run: Built) -> None:
+    _answers_path(answered_run).unlink()
+    assert_fail(answered_run.run_dir, "EX-G", "answers.yaml is missing")
+
+
+def test_ex_g_fails_when_the_approved_patch_is_swapped_and_resealed(answered_run: Built) -> None:
+    patch = answered_run.run_dir / "patches" / "del.patch"
+    patch.write_bytes(patch.read_bytes().replace(b"-x\n", b"-y\n"))
+    reseal(answered_run.run_dir)
+    assert_fail(answered_run.run_dir, "EX-G", "approval of del", "binds patch")
+
+
+# ------------------------------------------------------------------ EX-H
+
+
+@pytest.mark.parametrize("field", ["counts", "repo", "base", "commits_applied", "sandbox"])
+def test_ex_h_fails_when_a_required_field_is_deleted(good_run: Built, field: str) -> None:
+    path = good_run.run_dir / "execution_result.json"
+    result = read_json(path)
+    del result[field]
+    write_json(path, result)
+    assert_fail(good_run.run_dir, "EX-H", f"lacks {field}")
+
+
+def test_ex_h_fails_on_a_wrong_count(good_run: Built) -> None:
+    result = read_json(good_run.run_dir / "execution_result.json")
+    result["counts"]["changed"] += 1
+    edit_result(good_run, counts=result["counts"])
+    assert_fail(good_run.run_dir, "EX-H", "counts.changed")
+
+
+def test_ex_h_fails_when_commits_and_changed_steps_disagree(good_run: Built) -> None:
+    result = read_json(good_run.run_dir / "execution_result.json")
+    result["counts"]["commits_applied"] -= 1
+    edit_result(good_run, commits_applied=result["commits_applied"][:-1],
+                counts=result["counts"])
+    assert_fail(good_run.run_dir, "EX-H", "5 commits applied for 6 changed steps")
+
+
+def test_ex_h_fails_on_a_relative_repo_path(good_run: Built) -> None:
+    edit_result(good_run, repo="repo")
+    assert_fail(good_run.run_dir, "EX-H", "not an absolute path")
+
+
+def test_ex_h_fails_when_a_step_summary_disagrees_with_its_manifest(good_run: Built) -> None:
+    result = read_json(good_run.run_dir / "execution_result.json")
+    result["steps"][3]["status"] = "changed"
+    result["steps"][3]["commit"] = result["steps"][0]["commit"]
+    result["counts"]["changed"] += 1
+    result["counts"]["unchanged"] -= 1
+    edit_result(good_run, steps=result["steps"], counts=result["counts"])
+    assert_fail(good_run.run_dir, "EX-H", "s4")
