@@ -1,0 +1,80 @@
+"""static.no_subprocess / EX-B: the AST scan over a temp copy of the package, tampered."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import Built, assert_pass
+
+from gates.static import package_files, scan_package, scan_source
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def package_copy(tmp_path: Path) -> Path:
+    """agentos_tasks/ and gates/ copied, so a test can plant a process start in them."""
+    for name in ("agentos_tasks", "gates"):
+        shutil.copytree(PROJECT / name, tmp_path / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted((root / "agentos_tasks").rglob("*.py")) + sorted((root / "gates").rglob("*.py"))
+
+
+def test_the_installed_package_is_clean(good_run: Built) -> None:
+    count, violations = scan_package()
+    assert count == len(package_files()) > 10
+    assert violations == []
+    assert_pass(good_run.run_dir, "static.no_subprocess")
+    assert_pass(good_run.run_dir, "EX-B")
+
+
+def test_a_clean_copy_is_clean_and_proc_is_allowed(package_copy: Path) -> None:
+    count, violations = scan_package(_files(package_copy))
+    assert violations == [] and count > 10
+    assert "import subprocess" in (package_copy / "agentos_tasks" / "proc.py").read_text()
+
+
+@pytest.mark.parametrize(("module", "source", "expected"), [
+    ("agentos_tasks/executor.py", "import subprocess\n", "import subprocess"),
+    ("agentos_tasks/git.py", "from subprocess import run\n", "from subprocess import"),
+    ("gates/runtime.py", "import os\nos.system('id')\n", "os.system"),
+    ("agentos_tasks/tape.py", "import os as o\no.execv('/bin/sh', ['sh'])\n", "os.execv"),
+    ("agentos_tasks/report.py", "from os import fork\n", "from os import fork"),
+    ("agentos_tasks/sign.py", "import plumbum\n", "import plumbum"),
+    ("agentos_tasks/fsutil.py", "import importlib\nimportlib.import_module('subprocess')\n",
+     "import_module('subprocess')"),
+    ("agentos_tasks/fsutil.py", "name = 'sub' + 'process'\n__import__(name)\n",
+     "computed module name"),
+    ("agentos_tasks/model.py", "import os\ngetattr(os, 'posix_spawn')\n",
+     "getattr(os, 'posix_spawn')"),
+    ("agentos_tasks/verify.py", "import asyncio\nasyncio.create_subprocess_exec('x')\n",
+     "asyncio.create_subprocess_exec"),
+    ("gates/executor_gates.py", "import multiprocessing.pool\n", "multiprocessing"),
+    ("agentos_tasks/tools/__init__.py", "import pty\n", "import pty"),
+])
+def test_a_planted_process_start_is_found(package_copy: Path, module: str, source: str,
+                                          expected: str) -> None:
+    target = package_copy / module
+    target.write_text(target.read_text() + "\n" + source)
+    _, violations = scan_package(_files(package_copy))
+    assert any(module in v and expected in v for v in violations), violations
+
+
+def test_a_new_module_with_a_subprocess_import_is_found(package_copy: Path) -> None:
+    (package_copy / "agentos_tasks" / "helper.py").write_text(
+        '"""looks harmless"""\nfrom subprocess import Popen as P\n')
+    _, violations = scan_package(_files(package_copy))
+    assert violations
+    assert all(v.startswith("agentos_tasks/helper.py:2: from subprocess import") for v in violations)
+
+
+def test_scan_source_accepts_harmless_lookalikes() -> None:
+    source = ("import os\nos.path.join('a', 'b')\nos.environ.get('X')\n"
+              "getattr(os, 'getcwd')\nimport importlib\nimportlib.import_module('json')\n")
+    assert scan_source(source, "agentos_tasks/x.py") == []
