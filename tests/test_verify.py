@@ -1,0 +1,121 @@
+"""verify_run: a signed real run verifies; every tamper after signing is caught."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import Built, git, read_events, rechain, reseal
+
+from agentos_tasks.sign import Check, keygen, sign_run
+from agentos_tasks.verify import passed, render, verify_run
+from gates import write_reports
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return keygen(tmp_path_factory.mktemp("keys"))
+
+
+def _sign(run: Built, keys: tuple[Path, Path]) -> None:
+    write_reports(run.run_dir)
+    sign_run(run.run_dir, keys[0])
+
+
+def _failed(checks: list[Check]) -> dict[str, str]:
+    return {c.name: c.detail for c in checks if not c.ok}
+
+
+def test_a_signed_good_run_verifies(good_run: Built, keys: tuple[Path, Path]) -> None:
+    _sign(good_run, keys)
+    checks = verify_run(good_run.run_dir, keys[1])
+    assert passed(checks), render(checks)
+    names = {c.name for c in checks}
+    assert {"signature", "gate R2", "gate EX-D", "gate A1"} <= names
+    assert render(checks).endswith("verified: every check passed")
+
+
+def test_a_rechained_tape_after_signing_is_caught(good_run: Built,
+                                                  keys: tuple[Path, Path]) -> None:
+    _sign(good_run, keys)
+    events = read_events(good_run.run_dir)
+    last_end = max(i for i, e in enumerate(events) if e["event"] == "step_end")
+    rechain(good_run.run_dir, events[:last_end] + events[last_end + 1:])
+    checks = verify_run(good_run.run_dir, keys[1])
+    failed = _failed(checks)
+    assert "audit/run_tape.jsonl" in failed["subjects: digests"]
+    assert "tape chain" not in failed  # the forger's chain is consistent ...
+    assert "gate EX-E" in failed and "gate R3" in failed  # ... the gates still see the gap
+    assert "NOT verified" in render(checks)
+
+
+def test_a_fully_resealed_patch_after_signing_is_caught(good_run: Built,
+                                                        keys: tuple[Path, Path]) -> None:
+    _sign(good_run, keys)
+    patch = good_run.run_dir / "patches" / "s1.patch"
+    patch.write_bytes(patch.read_bytes().replace(b"+alpha", b"+omega"))
+    reseal(good_run.run_dir)
+    failed = _failed(verify_run(good_run.run_dir, keys[1]))
+    assert "patches/s1.patch" in failed["subjects: digests"]
+    assert "patch ids" in failed["gate R2"]
+    assert "gate EX-D" in failed
+
+
+def test_an_unsigned_evidence_file_edited_after_signing_is_caught(
+        good_run: Built, keys: tuple[Path, Path]) -> None:
+    _sign(good_run, keys)
+    record = good_run.run_dir / "audit" / "request.json"
+    record.write_text(record.read_text().replace("s1: add docs", "s1: add DOCS"))
+    failed = _failed(verify_run(good_run.run_dir, keys[1]))
+    assert "audit/request.json does not match checksums.json" in failed["gate R3"]
+
+
+def test_a_commit_added_after_signing_is_caught(good_run: Built,
+                                                keys: tuple[Path, Path]) -> None:
+    _sign(good_run, keys)
+    git(good_run.repo, "commit", "-q", "--allow-empty", "-m", "later")
+    failed = _failed(verify_run(good_run.run_dir, keys[1]))
+    assert set(failed) >= {"gate R2", "gate EX-D"}
+    assert "subjects: digests" not in failed
+
+
+def test_an_added_evidence_file_is_caught(good_run: Built, keys: tuple[Path, Path]) -> None:
+    _sign(good_run, keys)
+    (good_run.run_dir / "logs" / "extra.out").write_text("planted\n")
+    failed = _failed(verify_run(good_run.run_dir, keys[1]))
+    assert "logs/extra.out" in failed["coverage: evidence bound by the signature"]
+
+
+def test_without_the_target_repository_repo_gates_fail_and_say_so(
+        good_run: Built, keys: tuple[Path, Path]) -> None:
+    _sign(good_run, keys)
+    shutil.rmtree(good_run.repo)
+    checks = verify_run(good_run.run_dir, keys[1])
+    failed = _failed(checks)
+    for gate_id in ("R2", "EX-D"):
+        assert "absent here" in failed[f"gate {gate_id}"], failed
+    assert "gate EX-E" not in failed and "signature" not in failed
+
+
+def test_an_unsigned_run_does_not_verify(good_run: Built, keys: tuple[Path, Path]) -> None:
+    checks = verify_run(good_run.run_dir, keys[1])
+    assert not passed(checks)
+    assert "signature/envelope.dsse.json is missing" in render(checks)
+
+
+def test_a_signed_denied_run_verifies(denied_run: Built, keys: tuple[Path, Path]) -> None:
+    """Fails until sign.SUBJECT_GLOBS covers audit/request.json: a denied run has no
+    checksums.json, so nothing signed binds the request record the R1 gate re-decides."""
+    _sign(denied_run, keys)
+    checks = verify_run(denied_run.run_dir, keys[1])
+    assert passed(checks), render(checks)
+
+
+def test_a_denied_runs_request_record_edited_after_signing_is_caught(
+        denied_run: Built, keys: tuple[Path, Path]) -> None:
+    _sign(denied_run, keys)
+    record = denied_run.run_dir / "audit" / "request.json"
+    record.write_text(record.read_text().replace("docs/no.md", "src/no.md"))
+    failed = _failed(verify_run(denied_run.run_dir, keys[1]))
+    assert "gate R1" in failed
