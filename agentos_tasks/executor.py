@@ -17,6 +17,8 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +134,8 @@ def sealed_error(ctx: RunContext, what: str) -> AgentosError:
         f"{applied.get('branch', '?')} ({span}); {what}",
         code=EXIT_STATE,
         hint="start a new run from the branch's current head: add run=NEW "
-             "(e.g. doit run request=... run=NEW); the branch never receives a step twice")
+             "(e.g. doit run request=... run=NEW), or undo this run first with "
+             "`doit rollback request=...`; the branch never receives a step twice")
 
 
 # ---------------------------------------------------------------- policy task
@@ -579,6 +582,41 @@ def fail_step(ctx: RunContext, step: Step, err: AgentosError) -> None:
 # ---------------------------------------------------------------- apply
 
 
+@contextmanager
+def branch_checkout(ctx: RunContext, git: Git, branch: str) -> Iterator[Git]:
+    """Git in the worktree that has `branch` checked out (a temporary one if none has).
+
+    Its working tree must be clean: we never mix our commits with someone's edits.
+    """
+    target_wt = find_branch_worktree(git, branch)
+    temp_wt: Path | None = None
+    if target_wt is None:
+        temp_wt = ctx.paths.state / "apply-worktree"
+        if temp_wt.exists():
+            shutil.rmtree(temp_wt)
+        git.run("worktree", "prune")
+        git.run("worktree", "add", "-q", str(temp_wt), branch)
+        target_wt = temp_wt
+    try:
+        wt_git = Git(target_wt, ctx.need_request().author)
+        if ctx.paths.state.joinpath("apply_started.json").exists():
+            # an interrupted `git am` of ours leaves its state behind: abort it first
+            state_dir = Path(wt_git.out("rev-parse", "--git-path", "rebase-apply"))
+            if (state_dir if state_dir.is_absolute() else target_wt / state_dir).exists():
+                wt_git.run("am", "--abort", check=False)
+        clean, dirty = wt_git.is_clean()
+        if not clean:
+            raise AgentosError(f"the target working tree {target_wt} has uncommitted changes "
+                               f"({dirty}); nothing changed", code=EXIT_STATE,
+                               hint="commit or stash them, then re-run; the run's evidence is "
+                                    "kept")
+        yield wt_git
+    finally:
+        if temp_wt is not None:
+            shutil.rmtree(temp_wt, ignore_errors=True)
+            git.run("worktree", "prune", check=False)
+
+
 def apply_task(ctx: RunContext) -> None:
     """`git am` every step's patch onto the target branch, once, after all steps passed."""
     if ctx.sealed:
@@ -596,90 +634,124 @@ def apply_task(ctx: RunContext) -> None:
     from agentos_tasks.answers import check_approvals
 
     check_approvals(ctx, req, manifests)
-    git = repo_git(ctx)
-    branch = base["branch"]
-    pre = git.rev_parse(f"refs/heads/{branch}")
-    if pre != base["base"]:
-        raise AgentosError(
-            f"branch {branch} moved since this run started (base {base['base'][:12]}, now "
-            f"{pre[:12]}); nothing applied", code=EXIT_STATE,
-            hint="start a new run from the current head with run=NEW")
-    patches = [ctx.paths.root / m["patch"] for m in manifests if m["status"] == "changed"]
-    for manifest, patch in zip([m for m in manifests if m["status"] == "changed"], patches,
-                               strict=True):
+    changed = [m for m in manifests if m["status"] == "changed"]
+    patches = [ctx.paths.root / m["patch"] for m in changed]
+    for manifest, patch in zip(changed, patches, strict=True):
         if not patch.exists() or sha256_file(patch) != manifest["patch_sha256"]:
             raise AgentosError(f"cannot apply: {patch} is missing or differs from its manifest",
                                code=EXIT_STATE, hint="the evidence was altered; start a new run")
-    final_head = manifests[-1]["head"]
-    expected_tree = worktree_git(ctx).tree_of(final_head)
-    target_wt = find_branch_worktree(git, branch)
-    temp_wt: Path | None = None
-    if target_wt is None:
-        temp_wt = ctx.paths.state / "apply-worktree"
-        if temp_wt.exists():
-            shutil.rmtree(temp_wt)
-        git.run("worktree", "prune")
-        git.run("worktree", "add", "-q", str(temp_wt), branch)
-        target_wt = temp_wt
-    am_git = Git(target_wt, req.author)
-    clean, dirty = am_git.is_clean()
-    if not clean:
-        raise AgentosError(f"the target working tree {target_wt} has uncommitted changes "
-                           f"({dirty}); nothing applied", code=EXIT_STATE,
-                           hint="commit or stash them, then re-run; the run's evidence is kept")
-    commits: list[str] = []
-    try:
+    git = repo_git(ctx)
+    branch = base["branch"]
+    expected_tree = worktree_git(ctx).tree_of(manifests[-1]["head"])
+    started_record = ctx.paths.state / "apply_started.json"
+    with branch_checkout(ctx, git, branch) as am_git:
+        pre = git.rev_parse(f"refs/heads/{branch}")
+        if pre != base["base"]:
+            if not (started_record.exists() and is_partial_apply(git, base["base"], pre,
+                                                                  patches)):
+                raise AgentosError(
+                    f"branch {branch} moved since this run started (base "
+                    f"{base['base'][:12]}, now {pre[:12]}); nothing applied", code=EXIT_STATE,
+                    hint="start a new run from the current head with run=NEW")
+            # our own apply was interrupted after some commits: put the branch back first
+            reset_branch(ctx, am_git, branch, base["base"],
+                         "recovering an interrupted apply: removing its partial commits")
+            pre = base["base"]
+        write_json(started_record, {"base": pre, "patches": len(patches)})
         if patches:
             result = am_git.run("am", "-q", "-k", "--keep-cr", "--no-3way",
                                 "--whitespace=nowarn", "--committer-date-is-author-date",
                                 "--", *map(str, patches), check=False)
             if result.returncode != 0:
                 am_git.run("am", "--abort", check=False)
-                rollback(ctx, am_git, branch, pre, "git am failed: " +
-                         result.stderr.decode("utf-8", "replace").strip()[:300])
+                fail_apply(ctx, am_git, branch, pre, "git am failed: " +
+                           result.stderr.decode("utf-8", "replace").strip()[:300])
         post = git.rev_parse(f"refs/heads/{branch}")
         commits = git.commits_between(pre, post)
         if len(commits) != len(patches) or git.tree_of(post) != expected_tree:
-            rollback(ctx, am_git, branch, pre,
-                     f"applied tree {git.tree_of(post)[:12]} / {len(commits)} commits differ "
-                     f"from the tested worktree {expected_tree[:12]} / {len(patches)} patches")
-    finally:
-        if temp_wt is not None:
-            shutil.rmtree(temp_wt, ignore_errors=True)
-            git.run("worktree", "prune", check=False)
+            fail_apply(ctx, am_git, branch, pre,
+                       f"applied tree {git.tree_of(post)[:12]} / {len(commits)} commits differ "
+                       f"from the tested worktree {expected_tree[:12]} / {len(patches)} "
+                       "patches")
     write_json(ctx.paths.applied_record, {
         "branch": branch, "pre_apply_head": pre, "post_apply_head": post, "commits": commits,
         "tree": expected_tree, "request_sha256": req.sha256, "policy_sha256": ctx.policy.sha256,
         "inputs": input_digests(req),
     })
+    started_record.unlink(missing_ok=True)
     tape(ctx).append("patches_applied", branch=branch, pre_apply_head=pre,
                      post_apply_head=post, commits=commits, count=len(commits),
                      tree=expected_tree)
 
 
-def rollback(ctx: RunContext, git: Git, branch: str, pre: str, reason: str) -> None:
-    """Put the branch back exactly where it was; prove it; fail the apply."""
+def is_partial_apply(git: Git, base: str, head: str, patches: list[Path]) -> bool:
+    """True when base..head is exactly a prefix of our patch series (an interrupted am)."""
+    if git.run("merge-base", "--is-ancestor", base, head, check=False).returncode != 0:
+        return False
+    landed = [pid for pid, _ in git.range_patch_ids(base, head)]
+    ours = [pid for pid, _ in git.patch_ids(b"".join(p.read_bytes() for p in patches))]
+    return 0 < len(landed) < len(ours) and ours[:len(landed)] == landed
+
+
+def reset_branch(ctx: RunContext, git: Git, branch: str, target: str,
+                 reason: str) -> dict[str, Any]:
+    """Move the checked-out `branch` back to `target`; prove it (rollback_proof.json, tape)."""
     before_head = git.rev_parse(f"refs/heads/{branch}")
     before_tree = git.tree_of(before_head)
-    git.run("reset", "--hard", "-q", pre)
+    git.run("reset", "--hard", "-q", target)
     after_head = git.rev_parse(f"refs/heads/{branch}")
-    proof = {
+    proof: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "reason": reason, "branch": branch,
-        "target_head": pre, "target_tree": git.tree_of(pre),
+        "target_head": target, "target_tree": git.tree_of(target),
         "before": {"head": before_head, "tree": before_tree},
         "after": {"head": after_head, "tree": git.tree_of(after_head)},
     }
-    proof["match"] = proof["after"] == {"head": pre, "tree": proof["target_tree"]}
+    proof["match"] = proof["after"] == {"head": target, "tree": proof["target_tree"]}
     write_json(ctx.paths.audit / "rollback_proof.json", proof)
-    t = tape(ctx)
-    t.append("apply_failed", reason=reason)
-    t.append("rollback", branch=branch, restored=pre, match=proof["match"],
-             proof_sha256=sha256_file(ctx.paths.audit / "rollback_proof.json"))
+    tape(ctx).append("rollback", branch=branch, restored=target, removed_head=before_head,
+                     match=proof["match"], reason=reason,
+                     proof_sha256=sha256_file(ctx.paths.audit / "rollback_proof.json"))
+    if not proof["match"]:
+        raise AgentosError(f"rollback of {branch} to {target[:12]} did not match; see "
+                           f"{ctx.paths.audit / 'rollback_proof.json'}", code=EXIT_STATE)
+    return proof
+
+
+def fail_apply(ctx: RunContext, git: Git, branch: str, pre: str, reason: str) -> None:
+    """Put the branch back exactly where it was, prove it, and fail the apply."""
+    tape(ctx).append("apply_failed", reason=reason)
+    reset_branch(ctx, git, branch, pre, reason)
+    (ctx.paths.state / "apply_started.json").unlink(missing_ok=True)
     write_result(ctx, "failed", failure={"step": None, "reason": reason})
-    t.append("run_end", status="failed", reason="apply rolled back")
+    tape(ctx).append("run_end", status="failed", reason="apply rolled back")
     raise AgentosError(f"apply failed and was rolled back: {reason}", code=EXIT_STATE,
-                       hint="see audit/rollback_proof.json; the branch is back at "
-                            f"{pre[:12]}")
+                       hint=f"see audit/rollback_proof.json; the branch is back at {pre[:12]}")
+
+
+def rollback_task(ctx: RunContext) -> None:
+    """`doit rollback`: undo an applied run while its commits are still the branch head."""
+    applied = ctx.applied()
+    if applied is None:
+        raise AgentosError(f"run {ctx.run_id} has applied nothing; nothing to roll back",
+                           code=EXIT_STATE)
+    git = repo_git(ctx)
+    branch = applied["branch"]
+    head = git.rev_parse(f"refs/heads/{branch}")
+    if head != applied["post_apply_head"]:
+        raise AgentosError(
+            f"branch {branch} moved after the apply (now {head[:12]}, applied up to "
+            f"{applied['post_apply_head'][:12]}); rolling back would discard other commits",
+            code=EXIT_STATE, hint="revert the run's commits with git revert instead")
+    with branch_checkout(ctx, git, branch) as wt_git:
+        reset_branch(ctx, wt_git, branch, applied["pre_apply_head"],
+                     f"doit rollback of {len(applied['commits'])} applied commit(s)")
+    write_json(ctx.paths.state / "rolled_back.json", applied)
+    ctx.paths.applied_record.unlink()
+    write_result(ctx, "rolled_back")
+    tape(ctx).append("run_end", status="rolled_back",
+                     execution_result_sha256=sha256_file(ctx.paths.execution_result))
+    print(f"rolled back {branch} to {applied['pre_apply_head'][:12]}; "
+          "`doit run` would apply the run again")
 
 
 # ---------------------------------------------------------------- checksums + result

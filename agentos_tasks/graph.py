@@ -131,6 +131,13 @@ def tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
             "file_dep": [str(paths.checksums)],
             "targets": [str(paths.execution_result)],
         }
+        yield {
+            "basename": "rollback",
+            "doc": "undo an applied run (branch back to its pre-apply head, with proof)",
+            "actions": [guarded(executor.rollback_task, ctx)],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
     yield from gate_tasks(ctx)
 
 

@@ -327,3 +327,59 @@ def test_crash_mid_run_resumes_without_redoing_completed_steps(tmp_path: Path) -
     assert git(tmp_path / "repo", "rev-list", "--count", "main") == "6"
     assert not any(e["event"] == "step_start" and e["step"] == "step_01"
                    for e in tape_events(run_dir)[4:])
+
+
+def test_rollback_restores_the_branch_with_proof_and_run_reapplies(tmp_path: Path) -> None:
+    write_request(tmp_path, SIX[:3])
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    repo, run_dir = tmp_path / "repo", tmp_path / "out" / "r1"
+    result = json.loads((run_dir / "execution_result.json").read_text())
+    doit(tmp_path, "rollback", "request=req.yaml", check=0)
+    assert git(repo, "rev-parse", "main") == result["pre_apply_head"]
+    assert git(repo, "status", "--porcelain") == ""
+    proof = json.loads((run_dir / "audit/rollback_proof.json").read_text())
+    assert proof["match"] is True
+    assert proof["before"]["head"] == result["post_apply_head"]
+    assert proof["after"]["tree"] == git(repo, "rev-parse", f"{result['base']}^{{tree}}")
+    events = tape_events(run_dir)
+    assert [e["event"] for e in events][-2:] == ["rollback", "run_end"]
+    assert events[-1]["status"] == "rolled_back"
+    gates = doit(tmp_path, "gates", "request=req.yaml")
+    assert "R2" in gates.stdout
+    gate_results = {g["id"]: g["status"] for g in
+                    json.loads((run_dir / "reports/gates.json").read_text())["gates"]}
+    assert gate_results["R2"] == "PASS" and gate_results["R3"] == "PASS"
+    if "EX-F" in gate_results:
+        assert gate_results["EX-F"] == "PASS"
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert git(repo, "rev-list", "--count", "main") == "4"
+
+
+def test_rollback_refuses_when_the_branch_moved_after_apply(tmp_path: Path) -> None:
+    write_request(tmp_path, SIX[:2])
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    repo = tmp_path / "repo"
+    git(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "--allow-empty",
+        "-m", "later work")
+    proc = doit(tmp_path, "rollback", "request=req.yaml")
+    assert proc.returncode != 0 and "would discard other commits" in proc.stderr
+    assert git(repo, "log", "-1", "--format=%s") == "later work"
+
+
+def test_interrupted_apply_is_recovered(tmp_path: Path) -> None:
+    """A crash after `git am` landed some commits: the next run removes them and applies all."""
+    write_request(tmp_path, SIX[:4])
+    doit(tmp_path, "run", "request=req.yaml", "step:step_04", check=0)
+    repo, run_dir = tmp_path / "repo", tmp_path / "out" / "r1"
+    base = git(repo, "rev-parse", "main")
+    (run_dir / ".state/apply_started.json").write_text(json.dumps({"base": base}))
+    subprocess.run(["git", "-C", str(repo), "-c", "core.hooksPath=/dev/null",
+                    "-c", "user.name=a", "-c", "user.email=a@x", "am", "-q", "--keep-cr",
+                    str(run_dir / "patches/step_01.patch"),
+                    str(run_dir / "patches/step_02.patch")], check=True)
+    assert git(repo, "rev-list", "--count", "main") == "3"
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert git(repo, "log", "--format=%s", f"{base}..main").splitlines() == \
+        [s["message"] for s in reversed(SIX[:4])]
+    rollback = [e for e in tape_events(run_dir) if e["event"] == "rollback"]
+    assert len(rollback) == 1 and "interrupted apply" in rollback[0]["reason"]
