@@ -83,12 +83,17 @@ def changed_steps(ctx: GateContext) -> list[tuple[str, dict[str, Any]]]:
     return [(s, m) for s, m in executed_manifests(ctx) if m.get("status") == "changed"]
 
 
-def patch_paths(ctx: GateContext, rel: str) -> list[str]:
-    """Paths (old and new) a patch file touches, as git itself parses it."""
-    data = ctx.read_bytes(rel)
+def patch_paths(ctx: GateContext, rels: list[str]) -> list[str]:
+    """Paths (old and new) the patch files touch, as git itself parses them (one call)."""
+    if not rels:
+        return []
+    data = b"".join(ctx.read_bytes(rel) for rel in rels)
     out = Git(ctx.run_dir).run("apply", "--numstat", "-z", "-", input=data, check=False)
     if out.returncode != 0:
-        raise Fail(f"{rel} does not parse as a patch: "
+        if len(rels) > 1:  # name the culprit
+            for rel in rels:
+                patch_paths(ctx, [rel])
+        raise Fail(f"{', '.join(rels)} does not parse as a patch: "
                    f"{out.stderr.decode('utf-8', 'replace').strip()[:120]}")
     fields = out.stdout.split(b"\0")
     paths: list[str] = []
@@ -103,7 +108,7 @@ def patch_paths(ctx: GateContext, rel: str) -> list[str]:
                       fields[i + 2].decode("utf-8", "surrogateescape")]
             i += 3
     if not paths:
-        raise Fail(f"{rel} holds no diff")
+        raise Fail(f"{', '.join(rels)} holds no diff")
     return paths
 
 
@@ -186,16 +191,28 @@ def ex_a_policy(ctx: GateContext) -> Verdict:
         if not decision.allowed:
             raise Fail(f"step {decision.step} is denied by {decision.rule_id} under the "
                        f"recorded policy: {decision.reason}")
-    for step_id, manifest in executed_manifests(ctx):
+    manifests = executed_manifests(ctx)
+    ends = last_step_end(ctx)
+    # patches of steps without tool globs are parsed in one git call, then judged alike
+    plain = [s for s, m in manifests if m.get("status") == "changed"
+             and steps[s].op != "tool"]
+    for path in dict.fromkeys(patch_paths(ctx, [f"patches/{s}.patch" for s in plain])):
+        decision = decide_path(policy, path)
+        if not decision.allowed:
+            culprit = next((s for s in plain if path.encode() in
+                            ctx.read_bytes(f"patches/{s}.patch")), "?")
+            raise Fail(f"patches/{culprit}.patch changes {path}: denied by "
+                       f"{decision.rule_id} under the recorded policy")
+        decided += 1
+    for step_id, manifest in manifests:
         step = steps[step_id]
         tool_paths = step.tool.paths if step.op == "tool" and step.tool is not None else None
         paths: list[str] = []
         for entry in manifest.get("files", []):
             paths += [p for p in (entry.get("path"), entry.get("old_path")) if p]
-        end = last_step_end(ctx).get(step_id, {})
-        paths += [str(f.get("path")) for f in end.get("files", [])]
-        if manifest.get("status") == "changed":
-            paths += patch_paths(ctx, f"patches/{step_id}.patch")
+        paths += [str(f.get("path")) for f in ends.get(step_id, {}).get("files", [])]
+        if manifest.get("status") == "changed" and step_id not in plain:
+            paths += patch_paths(ctx, [f"patches/{step_id}.patch"])
         ignored = set(manifest.get("ignored", []))
         for path in dict.fromkeys(paths):
             decision = decide_path(policy, path, tool_paths=tool_paths)
@@ -343,7 +360,7 @@ def ex_d_commits(ctx: GateContext) -> Verdict:
         raise Fail(f"branch {ctx.branch()} does not exist in {ctx.repo_path()}")
     if status != "applied":
         if head != base:
-            extra = ctx.git.commits_between(base, head)
+            extra = ctx.git.commits_between(str(base), head)
             raise Fail(f"run {status}, yet the branch holds {len(extra)} commit(s) past base")
         return PASS, f"run {status}: no commit landed on {ctx.branch()}"
     pre = result.get("pre_apply_head")
