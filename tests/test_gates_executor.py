@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import (
+    APPROVAL_POLICY,
+    GOOD_REQUEST,
     PERMISSIVE_POLICY,
     Built,
     assert_fail,
     assert_na,
     assert_pass,
+    doit,
     git,
     read_events,
     read_json,
@@ -396,3 +400,22 @@ def test_ex_h_fails_when_a_step_summary_disagrees_with_its_manifest(good_run: Bu
     result["counts"]["unchanged"] -= 1
     edit_result(good_run, steps=result["steps"], counts=result["counts"])
     assert_fail(good_run.run_dir, "EX-H", "s4")
+
+
+# ------------------------------------------------------------------ executor bug, shown
+
+
+def test_an_apply_refused_for_a_missing_approval_closes_the_tape(tmp_path: Path) -> None:
+    """Fails until executor.apply_task records its refusals: today check_approvals (and the
+    'branch moved' / 'dirty target' refusals) raise before any tape event, so the tape ends
+    on a step_end with no run_end and execution_result.json is left stale or absent."""
+    (tmp_path / "policy.yaml").write_text(APPROVAL_POLICY)
+    request = tmp_path / "request.yaml"
+    request.write_text(GOOD_REQUEST.replace("id: good-run", "id: unapproved"))
+    out = doit(tmp_path, "run", request, tmp_path / "outputs")
+    assert out.returncode != 0 and "needs a reviewer approval" in out.stderr, out.stderr
+    run_dir = tmp_path / "outputs" / "unapproved"
+    last = read_events(run_dir)[-1]
+    assert (last["event"], last.get("status")) == ("run_end", "failed"), last
+    assert read_json(run_dir / "execution_result.json")["status"] == "failed"
+    assert_pass(run_dir, "R3")
