@@ -51,7 +51,7 @@ from agentos_tasks.policy import (
 from agentos_tasks.tools import adapters, packs
 from gates import Gate
 from gates.context import GateContext, Missing
-from gates.executor_gates import Fail, patch_paths
+from gates.executor_gates import Fail
 from gates.runtime import recorded_policy, request_from_record
 
 PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
@@ -184,6 +184,34 @@ def _file_key(entry: Any) -> tuple[Any, ...]:
     return (entry.get("path"), entry.get("status"), entry.get("sha256"), entry.get("old_path"))
 
 
+def committed_patch_paths(ctx: GateContext, rel: str) -> list[str]:
+    """Paths (old and new) a patch file touches, as `git apply --numstat` parses them.
+
+    Run at the top of the target repository: from a subdirectory of some work tree (the
+    run dir under a project checkout) git would silently skip paths outside it.
+    """
+    data = ctx.read_bytes(rel)
+    out = ctx.git.run("apply", "--numstat", "-z", "-", input=data, check=False)
+    if out.returncode != 0:
+        raise Fail(f"{rel} does not parse as a patch: "
+                   f"{out.stderr.decode('utf-8', 'replace').strip()[:120]}")
+    fields = out.stdout.split(b"\0")
+    paths: list[str] = []
+    i = 0
+    while i < len(fields) and fields[i]:
+        name = fields[i].split(b"\t", 2)[2]
+        if name:
+            paths.append(name.decode("utf-8", "surrogateescape"))
+            i += 1
+        else:  # a rename: "added\tdeleted\t\0old\0new\0"
+            paths += [fields[i + 1].decode("utf-8", "surrogateescape"),
+                      fields[i + 2].decode("utf-8", "surrogateescape")]
+            i += 3
+    if not paths:
+        raise Fail(f"{rel} holds no diff")
+    return paths
+
+
 def _landed_or_failed(ts: ToolStep) -> tuple[str, dict[str, Any] | None]:
     state, event = ts.outcome()
     if state == "pending":
@@ -303,7 +331,7 @@ def tl_b(ts: ToolStep, strict: bool) -> Verdict:
             if why:
                 raise Fail(f"{ts.id}: manifest: {why}")
     if manifest.get("status") == "changed":
-        for raw in patch_paths(ts.ctx, [ts.patch_rel]):
+        for raw in committed_patch_paths(ts.ctx, ts.patch_rel):
             why = _outside(ts, policy, allowed, raw)
             if why:
                 raise Fail(f"{ts.id}: {ts.patch_rel}: {why}")
