@@ -25,7 +25,7 @@ from gates.runtime import recorded_policy, request_from_record
 PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
 Verdict = tuple[str, str]
 STEP_EVENTS = ("step_start", "step_end", "step_failed")
-FINAL_STATUSES = ("applied", "failed", "denied", "blocked")
+FINAL_STATUSES = ("applied", "failed", "denied", "blocked", "rolled_back")
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -310,11 +310,19 @@ def ex_c_untouched(ctx: GateContext) -> Verdict:
                 raise Fail(f"step {step_id}'s sandbox bound {bound} writable, not only its "
                            f"worktree {worktree}")
     applied_at = event_index(ctx, ("patches_applied",))
-    if len(applied_at) > 1:
-        raise Fail(f"tape has {len(applied_at)} patches_applied events; apply happens once")
+    rollbacks = event_index(ctx, ("rollback",))
+    for index, event in enumerate(events):
+        # after an apply the run is sealed: only a rollback reopens it (steps, a new apply)
+        if event.get("event") not in (*STEP_EVENTS, "patches_applied"):
+            continue
+        earlier = [a for a in applied_at if a < index]
+        if earlier and not any(earlier[-1] < r < index for r in rollbacks):
+            what = f"{event.get('event')} of {event.get('step')}" if event.get("step") \
+                else str(event.get("event"))
+            raise Fail(f"{what} comes after patches_applied with no rollback in between")
     if status != "applied":
-        if applied_at:
-            raise Fail(f"run {status}, yet the tape has patches_applied")
+        if applied_at and not any(r > applied_at[-1] for r in rollbacks):
+            raise Fail(f"run {status}, yet the tape has patches_applied and no rollback after it")
         head = ctx.branch_head()
         if base is not None and head != base:
             raise Fail(f"run not applied, yet branch head {str(head)[:12]} != base "
@@ -323,11 +331,7 @@ def ex_c_untouched(ctx: GateContext) -> Verdict:
                      "the worktree"
     if not applied_at:
         raise Fail("run applied, but the tape has no patches_applied")
-    late = [e for e in events[applied_at[0]:] if e.get("event") in STEP_EVENTS]
-    if late:
-        raise Fail(f"{late[0].get('event')} of {late[0].get('step')} comes after "
-                   "patches_applied")
-    applied = events[applied_at[0]]
+    applied = events[applied_at[-1]]
     pre = result.get("pre_apply_head")
     if pre != base or applied.get("pre_apply_head") != pre:
         raise Fail(f"branch moved before apply: base {str(base)[:12]}, pre-apply head "

@@ -24,6 +24,8 @@ from conftest import (
     write_json,
 )
 
+from gates import run_all
+
 # ------------------------------------------------------------------ helpers
 
 
@@ -419,3 +421,42 @@ def test_an_apply_refused_for_a_missing_approval_closes_the_tape(tmp_path: Path)
     assert (last["event"], last.get("status")) == ("run_end", "failed"), last
     assert read_json(run_dir / "execution_result.json")["status"] == "failed"
     assert_pass(run_dir, "R3")
+
+
+# ------------------------------------------------------------------ real `doit rollback`
+
+
+def test_a_real_doit_rollback_passes_ex_f_and_every_gate(good_run: Built) -> None:
+    out = good_run.gates("rollback")
+    assert out.returncode == 0, out.stderr
+    assert_pass(good_run.run_dir, "EX-F")
+    assert not [(r.id, r.reason) for r in run_all(good_run.run_dir) if r.status == "FAIL"]
+
+
+def test_a_rolled_back_run_whose_branch_moved_again_fails(good_run: Built) -> None:
+    assert good_run.gates("rollback").returncode == 0
+    git(good_run.repo, "commit", "-q", "--allow-empty", "-m", "after the rollback")
+    assert_fail(good_run.run_dir, "EX-F", "rolled-back head")
+    assert_fail(good_run.run_dir, "EX-C", "!= base")
+    assert_fail(good_run.run_dir, "EX-D", "past base")
+
+
+def test_rollback_then_apply_again_passes_every_gate(good_run: Built) -> None:
+    """Fails until the graph re-runs checksums+result after a re-apply: git am recreates
+    the same commits, so .state/applied.json is byte-identical, doit finds checksums and
+    result up to date, and the tape ends on patches_applied while execution_result.json
+    still says rolled_back (the gates catch exactly that)."""
+    assert good_run.gates("rollback").returncode == 0
+    out = good_run.gates("run")
+    assert out.returncode == 0, out.stderr
+    assert_pass(good_run.run_dir, "EX-F")
+    assert_pass(good_run.run_dir, "EX-C")
+    assert not [(r.id, r.reason) for r in run_all(good_run.run_dir) if r.status == "FAIL"]
+
+
+def test_a_second_apply_without_a_rollback_between_fails(good_run: Built) -> None:
+    events = read_events(good_run.run_dir)
+    applied = next(e for e in events if e["event"] == "patches_applied")
+    events.insert(len(events) - 1, dict(applied))
+    rechain(good_run.run_dir, events)
+    assert_fail(good_run.run_dir, "EX-C", "patches_applied comes after patches_applied")
