@@ -1,0 +1,322 @@
+"""Tool steps end to end: fake claude/codex/opencode CLIs on PATH, real bwrap, real git.
+
+The fakes (tests/fakes/) take the real CLIs' argv and print their JSON; a MODE= directive
+in the prompt picks the behaviour: edit (inside the paths), outside (anywhere), noop,
+hang, gitdir (attack the git dir), ask (wants an approval), error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runutil import PROJECT, doit, git, tape_events, write_policy, write_request
+
+from agentos_tasks.tools.packs import load_result_pack, load_task_pack
+
+FAKES = PROJECT / "tests" / "fakes"
+ADAPTERS = ("claude", "codex", "opencode")
+TOOLS_POLICY = [{"adapter": "claude"}, {"adapter": "codex"}, {"adapter": "opencode"},
+                {"adapter": "command"}]
+
+
+def fake_path() -> dict[str, str]:
+    return {"PATH": f"{FAKES}{os.pathsep}{os.environ['PATH']}"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tool_run(tmp: Path, tool: dict[str, Any], *, step_seconds: int = 20,
+             env: dict[str, str] | None = None, **policy: Any) -> Any:
+    """One tool step `t1` in a fresh repo; returns doit's CompletedProcess."""
+    limits = {"step_seconds": step_seconds, "max_file_bytes": 1 << 20,
+              "max_changed_files": 50, "max_steps": 50, "output_bytes": 65536}
+    write_policy(tmp / "policy.yaml", tools=policy.pop("tools", TOOLS_POLICY), limits=limits,
+                 **policy)
+    write_request(tmp, [{"id": "t1", "message": "t1: tool step", "tool": tool}])
+    return doit(tmp, "run", "request=req.yaml", env=fake_path() if env is None else env)
+
+
+def agent(adapter: str, mode: str, paths: tuple[str, ...] = ("src/**",)) -> dict[str, Any]:
+    return {"adapter": adapter, "prompt": f"Please do it. MODE={mode}", "paths": list(paths)}
+
+
+def run_dir(tmp: Path) -> Path:
+    return tmp / "out" / "r1"
+
+
+def pack(tmp: Path) -> dict[str, Any]:
+    return load_result_pack(run_dir(tmp) / "tools" / "t1" / "tool_result_pack.json")
+
+
+def failed_event(tmp: Path) -> dict[str, Any]:
+    failed = [e for e in tape_events(run_dir(tmp)) if e["event"] == "step_failed"]
+    assert failed, "no step_failed on the tape"
+    return failed[-1]
+
+
+def assert_nothing_landed(tmp: Path) -> None:
+    repo = tmp / "repo"
+    assert git(repo, "rev-list", "--count", "main") == "1"  # only the initial commit
+    assert not (run_dir(tmp) / "steps" / "t1.json").exists()
+    assert not (run_dir(tmp) / "patches" / "t1.patch").exists()
+    assert git(repo, "status", "--porcelain") == ""
+
+
+# ------------------------------------------------------------------ landing edits
+
+
+def test_fake_claude_edit_of_an_allowed_path_lands_with_packs_and_claims(tmp_path: Path) -> None:
+    proc = tool_run(tmp_path, agent("claude", "edit:path=src/app.py:content=hello"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    repo, rd = tmp_path / "repo", run_dir(tmp_path)
+    assert git(repo, "show", "main:src/app.py") == "hello"
+    assert git(repo, "log", "-1", "--format=%s", "main") == "t1: tool step"
+    result = pack(tmp_path)
+    task = load_task_pack(rd / "tools" / "t1" / "tool_task_pack.json")
+    manifest = json.loads((rd / "steps" / "t1.json").read_text())
+    end = [e for e in tape_events(rd) if e["event"] == "step_end"][-1]
+    pack_sha = sha256(rd / "tools" / "t1" / "tool_result_pack.json")
+    # the pack's digest is what the manifest and the tape recorded
+    assert manifest["tool_result_pack_sha256"] == end["tool_result_pack_sha256"] == pack_sha
+    assert task["base_commit"] == manifest["parent"] == git(repo, "rev-parse", "main~1")
+    assert task["allowed_paths"] == ["src/**"] and task["adapter"] == "claude"
+    assert result["task_pack_sha256"] == sha256(rd / "tools" / "t1" / "tool_task_pack.json")
+    assert result["tool"]["name"] == "claude"
+    assert result["tool"]["version"] == "2.1.197 (Claude Code)"
+    assert result["tool"]["path"] == str(FAKES / "claude")
+    assert result["argv"][:4] == ["claude", "-p", "--output-format", "json"]
+    assert result["argv"][-1] == "Please do it. MODE=edit:path=src/app.py:content=hello"
+    assert result["claims"]["session_id"] and result["claims"]["subtype"] == "success"
+    assert result["claims"]["total_cost_usd"] == 0.0123
+    assert result["exit_code"] == 0 and result["timed_out"] is False
+    assert result["policy_check"] == {"decision": "allow", "rule_id": "allow"}
+    assert [f["path"] for f in result["diff"]["files"]] == ["src/app.py"]
+    assert result["diff"]["files"][0]["sha256"] == hashlib.sha256(b"hello\n").hexdigest()
+    assert result["diff"]["patch_sha256"] == sha256(rd / "patches" / "t1.patch")
+    transcript = rd / "tools" / "t1" / "transcript.jsonl"
+    assert result["transcript_sha256"] == sha256(transcript) == manifest["log_sha256"]
+    assert (rd / "logs" / "t1.out").read_bytes() == transcript.read_bytes()
+    assert manifest["tool"]["version"] == result["tool"]["version"]
+    assert manifest["sandbox"]["backend"] == "bwrap"
+    assert manifest["sandbox"]["network"] is False  # the policy's tools entry has no network
+    assert "--unshare-all" in manifest["sandbox"]["wrapper_argv"]
+    assert "--share-net" not in manifest["sandbox"]["wrapper_argv"]
+    # the CLI's settings file is evidence; whatever the CLI wrote to its home is not
+    config = rd / "tools" / "t1" / "config"
+    assert sorted(p.name for p in config.iterdir()) == ["agentos-claude-settings.json"]
+    gates = doit(tmp_path, "gates", "request=req.yaml")
+    report = json.loads((rd / "reports" / "gates.json").read_text())
+    tl = {g["id"]: g["status"] for g in report["gates"] if g["id"].startswith("TL-")}
+    assert tl == {"TL-A": "PASS", "TL-B": "PASS", "TL-C": "PASS", "TL-D": "PASS",
+                  "TL-E": "PASS", "TL-F": "NOT_APPLICABLE"}, gates.stdout
+
+
+@pytest.mark.parametrize("adapter", ["codex", "opencode"])
+def test_fake_codex_and_opencode_edits_land(tmp_path: Path, adapter: str) -> None:
+    proc = tool_run(tmp_path, agent(adapter, f"edit:path=src/{adapter}.txt:content=ok"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert git(tmp_path / "repo", "show", f"main:src/{adapter}.txt") == "ok"
+    result = pack(tmp_path)
+    assert result["tool"]["name"] == adapter and result["tool"]["version"] != "unknown"
+    assert [f["path"] for f in result["diff"]["files"]] == [f"src/{adapter}.txt"]
+    if adapter == "codex":
+        assert result["claims"]["thread_id"] and result["claims"]["turns_completed"] == 1
+        assert result["argv"][:3] == ["codex", "exec", "--json"]
+    else:
+        assert result["claims"]["session_id"] and result["claims"]["steps"] == 1
+        assert result["argv"][:4] == ["opencode", "run", "--format", "json"]
+
+
+# ------------------------------------------------------------------ hostile tools
+
+
+def test_claude_writing_outside_its_paths_lands_nothing(tmp_path: Path) -> None:
+    proc = tool_run(tmp_path, agent("claude", "outside:path=other/evil.txt"))
+    assert proc.returncode != 0
+    assert "tool.paths" in proc.stdout + proc.stderr
+    assert_nothing_landed(tmp_path)
+    assert failed_event(tmp_path)["rule_id"] == "tool.paths"
+    result = pack(tmp_path)  # the evidence of the refusal exists
+    assert result["claims"]["subtype"] == "success"  # the tool claimed success ...
+    assert result["policy_check"] == {"decision": "deny", "rule_id": "tool.paths"}
+    assert [f["path"] for f in result["diff"]["files"]] == ["other/evil.txt"]  # ... we saw this
+    assert result["diff"]["patch_sha256"] is None and "tool.paths" in result["failure"]
+
+
+def test_claude_writing_a_denied_path_inside_its_globs_lands_nothing(tmp_path: Path) -> None:
+    proc = tool_run(tmp_path, agent("claude", "edit:path=src/.env", paths=("src/**",)))
+    assert proc.returncode != 0
+    assert_nothing_landed(tmp_path)
+    assert failed_event(tmp_path)["rule_id"].startswith("paths.deny")
+
+
+def test_claude_writing_outside_the_worktree_reaches_nothing_on_the_host(
+        tmp_path: Path) -> None:
+    target = tmp_path / "escaped.txt"
+    proc = tool_run(tmp_path, agent("claude", f"outside:path={target}"))
+    assert not target.exists()
+    assert not (tmp_path / "out" / "escaped.txt").exists()
+    # the write went to the sandbox's private tmpfs (or failed): nothing to commit
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((run_dir(tmp_path) / "steps" / "t1.json").read_text())
+    assert manifest["status"] == "unchanged" and manifest["files"] == []
+
+
+def test_claude_claiming_success_but_changing_nothing_is_unchanged(tmp_path: Path) -> None:
+    proc = tool_run(tmp_path, agent("claude", "noop"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((run_dir(tmp_path) / "steps" / "t1.json").read_text())
+    assert manifest["status"] == "unchanged" and manifest["commit"] is None
+    assert not (run_dir(tmp_path) / "patches" / "t1.patch").exists()
+    assert git(tmp_path / "repo", "rev-list", "--count", "main") == "1"
+    result = pack(tmp_path)
+    assert result["diff"] == {"files": [], "patch_sha256": None}
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_hanging_tool_is_killed_at_step_seconds(tmp_path: Path, adapter: str) -> None:
+    started = time.monotonic()
+    proc = tool_run(tmp_path, agent(adapter, "hang"), step_seconds=2)
+    elapsed = time.monotonic() - started
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "timed out after 2s" in proc.stdout + proc.stderr
+    assert elapsed < 15
+    assert_nothing_landed(tmp_path)
+    result = pack(tmp_path)
+    assert result["timed_out"] is True and result["exit_code"] < 0
+    assert "timed out" in result["failure"]
+
+
+def test_tool_attacking_the_git_dir_changes_nothing_there(tmp_path: Path) -> None:
+    proc = tool_run(tmp_path, agent("claude", "gitdir"))
+    repo = tmp_path / "repo"
+    transcript = (run_dir(tmp_path) / "tools" / "t1" / "transcript.jsonl").read_text()
+    assert "Read-only file system" in transcript  # it tried, the sandbox refused
+    assert "hooksPath" not in (repo / ".git" / "config").read_text()
+    assert not (repo / ".git" / "hooks" / "pre-commit").exists()
+    assert not (repo / ".git" / "worktrees" / "worktree" / "config").exists()
+    assert proc.returncode == 0  # nothing changed: an unchanged step
+    assert git(repo, "rev-list", "--count", "main") == "1"
+
+
+def test_unsandboxed_tool_attacking_the_git_dir_fails_and_is_undone(tmp_path: Path) -> None:
+    """Backend none (isolation: best-effort): the writes succeed, the dispatcher sees them,
+    puts the files back and fails the step (paths.git)."""
+    env = {**fake_path(), "AGENTOS_SANDBOX": "none"}
+    proc = tool_run(tmp_path, agent("claude", "gitdir"), env=env, isolation="best-effort")
+    repo = tmp_path / "repo"
+    transcript = (run_dir(tmp_path) / "tools" / "t1" / "transcript.jsonl").read_text()
+    assert f"fake: wrote {repo}/.git/config" in transcript  # the attack really happened
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert failed_event(tmp_path)["rule_id"] == "paths.git"
+    assert "hooksPath" not in (repo / ".git" / "config").read_text()
+    assert not (repo / ".git" / "worktrees" / "worktree" / "config").exists()
+    assert_nothing_landed(tmp_path)
+    assert pack(tmp_path)["policy_check"] == {"decision": "deny", "rule_id": "paths.git"}
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_tool_waiting_for_an_approval_fails_instead_of_hanging(tmp_path: Path,
+                                                               adapter: str) -> None:
+    started = time.monotonic()
+    proc = tool_run(tmp_path, agent(adapter, "ask"), step_seconds=20)
+    assert time.monotonic() - started < 15
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    reason = failed_event(tmp_path)["reason"]
+    assert any(word in reason for word in ("denied", "asked", "permission")), reason
+    assert_nothing_landed(tmp_path)
+    assert pack(tmp_path)["failure"] == reason
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_tool_reporting_an_error_fails_the_step(tmp_path: Path, adapter: str) -> None:
+    proc = tool_run(tmp_path, agent(adapter, "error"))
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "exited 1" in failed_event(tmp_path)["reason"]
+    assert_nothing_landed(tmp_path)
+
+
+def test_missing_cli_is_a_clear_step_failure(tmp_path: Path) -> None:
+    proc = tool_run(tmp_path, agent("claude", "edit"), env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode != 0
+    assert "executable 'claude' not found on the step's PATH" in proc.stdout + proc.stderr
+    assert_nothing_landed(tmp_path)
+
+
+# ------------------------------------------------------------------ network
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP listener on the host's loopback that accepts connections."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(timeout=2)
+    server.close()
+
+
+CONNECT = """\
+import os, socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2).close()
+    result = "connected"
+except OSError as exc:
+    result = "refused"
+os.makedirs("src", exist_ok=True)
+open("src/net.txt", "w").write(result + "\\n")
+"""
+
+
+@pytest.mark.parametrize("network", [False, True])
+def test_tool_network_only_when_the_policy_tools_entry_allows_it(
+        tmp_path: Path, listener: int, network: bool) -> None:
+    tool = {"adapter": "command", "prompt": "connect", "paths": ["src/**"],
+            "argv": ["python3", "-c", CONNECT, str(listener)]}
+    tools = [{"adapter": "command", "network": True}] if network else [{"adapter": "command"}]
+    proc = tool_run(tmp_path, tool, tools=tools)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    content = git(tmp_path / "repo", "show", "main:src/net.txt")
+    assert content == ("connected" if network else "refused")
+    manifest = json.loads((run_dir(tmp_path) / "steps" / "t1.json").read_text())
+    assert manifest["sandbox"]["network"] is network
+
+
+def test_command_adapter_gets_prompt_paths_and_task_pack(tmp_path: Path) -> None:
+    code = ("import os, json; t = json.load(open(os.environ['AGENTOS_TASK_PACK']));"
+            "os.makedirs('src', exist_ok=True);"
+            "open('src/seen.txt', 'w').write(os.environ['AGENTOS_PROMPT'] + '|' +"
+            " os.environ['AGENTOS_ALLOWED_PATHS'] + '|' + t['step'])")
+    proc = tool_run(tmp_path, {"adapter": "command", "prompt": "hi there", "paths": ["src/**"],
+                               "argv": ["python3", "-c", code]})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert git(tmp_path / "repo", "show", "main:src/seen.txt") == "hi there|src/**|t1"
+    result = pack(tmp_path)
+    assert result["tool"]["name"] == "python3" and result["tool"]["version"].startswith("Python")
+    assert result["claims"] == {"adapter": "command", "output_bytes": 0}
