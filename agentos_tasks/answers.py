@@ -88,8 +88,11 @@ def check_answers(ctx: RunContext, req: Request) -> str | None:
 
 def check_approvals(ctx: RunContext, req: Request, manifests: list[dict[str, Any]]) -> None:
     """Apply only when every step the policy says needs review has an approval of its patch."""
+    from agentos_tasks.policy import needs_approval
+
+    by_id = {s.id: s for s in req.steps}
     needed = [m for m in manifests
-              if m["op"] in ctx.policy.require_approval and m["status"] == "changed"]
+              if m["status"] == "changed" and needs_approval(ctx.policy, by_id[m["step"]])]
     if not needed:
         return
     data = load_answers(ctx) or {}

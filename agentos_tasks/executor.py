@@ -617,10 +617,31 @@ def branch_checkout(ctx: RunContext, git: Git, branch: str) -> Iterator[Git]:
             git.run("worktree", "prune", check=False)
 
 
+class ApplyClosed(AgentosError):
+    """An apply failure whose tape, result and rollback proof are already written."""
+
+
 def apply_task(ctx: RunContext) -> None:
-    """`git am` every step's patch onto the target branch, once, after all steps passed."""
+    """`git am` every step's patch onto the target branch, once, after all steps passed.
+
+    A refusal (missing approval, moved branch, dirty target, altered patch) still closes
+    the tape: apply_failed, a failed execution_result, run_end.
+    """
     if ctx.sealed:
         return
+    try:
+        _apply(ctx)
+    except ApplyClosed:
+        raise
+    except AgentosError as err:
+        t = tape(ctx)
+        t.append("apply_failed", reason=err.message)
+        write_result(ctx, "failed", failure={"step": None, "reason": err.message})
+        t.append("run_end", status="failed", reason="apply refused")
+        raise
+
+
+def _apply(ctx: RunContext) -> None:
     req = ctx.need_request()
     base = ctx.base()
     if base is None:
@@ -724,8 +745,8 @@ def fail_apply(ctx: RunContext, git: Git, branch: str, pre: str, reason: str) ->
     (ctx.paths.state / "apply_started.json").unlink(missing_ok=True)
     write_result(ctx, "failed", failure={"step": None, "reason": reason})
     tape(ctx).append("run_end", status="failed", reason="apply rolled back")
-    raise AgentosError(f"apply failed and was rolled back: {reason}", code=EXIT_STATE,
-                       hint=f"see audit/rollback_proof.json; the branch is back at {pre[:12]}")
+    raise ApplyClosed(f"apply failed and was rolled back: {reason}", code=EXIT_STATE,
+                      hint=f"see audit/rollback_proof.json; the branch is back at {pre[:12]}")
 
 
 def rollback_task(ctx: RunContext) -> None:
@@ -747,6 +768,9 @@ def rollback_task(ctx: RunContext) -> None:
                      f"doit rollback of {len(applied['commits'])} applied commit(s)")
     write_json(ctx.paths.state / "rolled_back.json", applied)
     ctx.paths.applied_record.unlink()
+    # a re-apply recreates identical commits; its checksums and result must be written anew
+    ctx.paths.checksums.unlink(missing_ok=True)
+    ctx.paths.sha256sums.unlink(missing_ok=True)
     write_result(ctx, "rolled_back")
     tape(ctx).append("run_end", status="rolled_back",
                      execution_result_sha256=sha256_file(ctx.paths.execution_result))
@@ -810,6 +834,18 @@ def tree_digests(git: Git, commit: str, paths: list[str]) -> dict[str, str]:
             digests[path] = sha256_bytes(out[pos:pos + size])
         pos += size + 1
     return digests
+
+
+def run_closed_as_applied(ctx: RunContext) -> bool:
+    """The tape's last event is run_end(applied): the result task has nothing to add."""
+    try:
+        with open(ctx.paths.tape, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 65536))
+            last = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        event = json.loads(last)
+    except (OSError, ValueError):
+        return False
+    return bool(event.get("event") == "run_end" and event.get("status") == "applied")
 
 
 def result_task(ctx: RunContext) -> None:

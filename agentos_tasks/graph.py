@@ -129,6 +129,7 @@ def tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
             "doc": "write execution_result.json and close the tape (run_end)",
             "actions": [guarded(executor.result_task, ctx)],
             "file_dep": [str(paths.checksums)],
+            "uptodate": [lambda: executor.run_closed_as_applied(ctx)],
             "targets": [str(paths.execution_result)],
         }
         yield {

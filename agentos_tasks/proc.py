@@ -53,6 +53,8 @@ def run(
     check: bool = True,
 ) -> ProcResult:
     """Run a trusted host program; `env` is the whole environment (nothing inherited)."""
+    if cwd is not None and not cwd.is_dir():
+        raise AgentosError(f"working directory does not exist: {cwd}")
     started = time.monotonic()
     try:
         completed = subprocess.run(

@@ -189,6 +189,9 @@ def build_context(
     run_id = run or (req.id if req else "")
     if "/" in run_id or run_id in ("", ".", "..") or run_id.startswith("."):
         raise AgentosError(f"invalid run name {run_id!r}", hint="use letters, digits, _ . -")
+    if outputs_dir.exists() and not outputs_dir.is_dir():
+        raise AgentosError(f"outputs={outputs_dir} is not a directory",
+                           hint="outputs= names the directory that holds run directories")
     paths = RunPaths(outputs_dir / run_id)
     if req is None and not paths.root.is_dir():
         raise AgentosError(f"no run {run_id!r} under {outputs_dir}",

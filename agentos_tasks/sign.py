@@ -70,10 +70,12 @@ SUBJECT_GLOBS: tuple[str, ...] = (
     "reports/gates.json",
     "reports/report.md",
     "audit/request.yaml",
+    "audit/request.json",
     "audit/policy.yaml",
+    "audit/answers.yaml",
     "steps/*.json",
-    "tools/*/tool_result_pack.json",
-    "tools/*/tool_task_pack.json",
+    "logs/*",
+    "tools/*/*",
 )
 
 # Without these a statement says nothing worth signing; sign refuses, verify fails.
