@@ -517,6 +517,11 @@ def tl_e(ts: ToolStep, strict: bool) -> Verdict:
     version = str(tool["version"]).strip()
     if not version or version == "unknown":
         raise Fail(f"{ts.id}: tool.version not recorded (the CLI did not answer --version)")
+    version_rel = f"tools/{ts.id}/version.out"
+    answered = adapters.parse_version(ts.ctx.read_bytes(version_rel))
+    if answered != version:
+        raise Fail(f"{ts.id}: tool.version {version!r} is not what {version_rel} holds "
+                   f"({answered!r})")
     if not os.path.isabs(tool["path"]):
         raise Fail(f"{ts.id}: tool.path {tool['path']!r} is not an absolute path")
     argv = expected_argv(ts)
