@@ -383,3 +383,32 @@ def test_interrupted_apply_is_recovered(tmp_path: Path) -> None:
         [s["message"] for s in reversed(SIX[:4])]
     rollback = [e for e in tape_events(run_dir) if e["event"] == "rollback"]
     assert len(rollback) == 1 and "interrupted apply" in rollback[0]["reason"]
+
+
+def test_post_step_violation_fails_the_step_and_nothing_lands(tmp_path: Path) -> None:
+    """The policy judges what a command really changed, not what it was asked to do."""
+    write_request(tmp_path, [SIX[0], {"id": "sneaky", "run": [
+        "sh", "-c", "echo ok > docs/fine.md; mkdir -p secrets; echo key > secrets/token"]}])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0
+    assert "policy violation: paths.deny[2]: step sneaky changed secrets/token" in proc.stderr
+    run_dir = tmp_path / "out" / "r1"
+    failed = [e for e in tape_events(run_dir) if e["event"] == "step_failed"]
+    assert failed and failed[-1]["step"] == "sneaky" and failed[-1]["rule_id"] == "paths.deny[2]"
+    assert git(tmp_path / "repo", "rev-list", "--count", "main") == "1"
+    assert not (run_dir / "steps/sneaky.json").exists()
+
+
+def test_write_through_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "docs").symlink_to(outside)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=u", "-c", "user.email=u@x",
+                    "commit", "-q", "-m", "symlinked docs"], check=True)
+    write_request(tmp_path, [SIX[0]], init_repo=False)
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0 and "paths.symlink" in proc.stderr
+    assert list(outside.iterdir()) == []

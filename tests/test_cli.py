@@ -1,0 +1,65 @@
+"""The user's path end to end: doit run, doit gates, agentos keygen, doit sign, agentos verify."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from runutil import doit, write_request
+
+STEPS = [{"id": f"s{i}", "message": f"s{i}: file", "write": {"path": f"docs/{i}.md",
+                                                            "content": f"{i}\n"}}
+         for i in range(3)]
+
+
+def agentos(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["agentos", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_sign_and_verify_then_tamper(tmp_path: Path) -> None:
+    write_request(tmp_path, STEPS)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    gates = doit(tmp_path, "gates", "request=req.yaml")
+    assert gates.returncode == 0, gates.stdout + gates.stderr
+    keygen = agentos(tmp_path, "keygen")
+    assert keygen.returncode == 0, keygen.stderr
+    assert ((tmp_path / "agentos.key").stat().st_mode & 0o777) == 0o600
+    again = agentos(tmp_path, "keygen")
+    assert again.returncode != 0 and "Traceback" not in again.stderr
+    doit(tmp_path, "sign", "request=req.yaml", "key=agentos.key", check=0)
+    run_dir = tmp_path / "out" / "r1"
+    envelope = json.loads((run_dir / "signature/envelope.dsse.json").read_text())
+    assert envelope["payloadType"] == "application/vnd.in-toto+json"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ok = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    patch = run_dir / "patches/s1.patch"
+    patch.write_bytes(patch.read_bytes().replace(b"+1", b"+7"))
+    bad = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"))
+    assert bad.returncode == 5
+    assert "FAIL" in bad.stdout and "patches/s1.patch" in bad.stdout
+
+
+def test_sign_refuses_when_a_gate_fails(tmp_path: Path) -> None:
+    write_request(tmp_path, STEPS)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert agentos(tmp_path, "keygen").returncode == 0
+    (tmp_path / "out/r1/steps/s1.json").unlink()
+    proc = doit(tmp_path, "sign", "request=req.yaml", "key=agentos.key")
+    assert proc.returncode != 0
+    assert not (tmp_path / "out/r1/signature/envelope.dsse.json").exists()
+    gates = json.loads((tmp_path / "out/r1/reports/gates.json").read_text())
+    assert any(g["status"] == "FAIL" for g in gates["gates"])
+    # the deleted manifest was reported, not regenerated
+    assert not (tmp_path / "out/r1/steps/s1.json").exists()
+
+
+def test_schema_command_prints_json_schema(tmp_path: Path) -> None:
+    for kind in ("request", "policy"):
+        proc = agentos(tmp_path, "schema", kind)
+        assert proc.returncode == 0
+        schema = json.loads(proc.stdout)
+        assert schema["type"] == "object" and schema["additionalProperties"] is False
+        assert "version" in schema["required"]
