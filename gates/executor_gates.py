@@ -88,7 +88,8 @@ def patch_paths(ctx: GateContext, rels: list[str]) -> list[str]:
     if not rels:
         return []
     data = b"".join(ctx.read_bytes(rel) for rel in rels)
-    out = Git(ctx.run_dir).run("apply", "--numstat", "-z", "-", input=data, check=False)
+    # at the target repo top: inside another checkout git apply would skip the paths
+    out = ctx.git.run("apply", "--numstat", "-z", "-", input=data, check=False)
     if out.returncode != 0:
         if len(rels) > 1:  # name the culprit
             for rel in rels:

@@ -19,6 +19,9 @@ def starts(run_dir: Path) -> list[str]:
 
 
 def test_six_writes_land_as_six_commits_and_rerun_is_a_noop(tmp_path: Path) -> None:
+    # like the project itself: outputs/ and the demo repo live inside another checkout
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("out/\nrepo/\n")
     write_request(tmp_path, SIX)
     doit(tmp_path, "run", "request=req.yaml", check=0)
     repo, run_dir = tmp_path / "repo", tmp_path / "out" / "r1"
