@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +149,7 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
     No file_dep/task_dep on run tasks (doit would turn those into dependencies and
     regenerate evidence); an `uptodate` digest of the inputs instead.
     """
-    from doit.tools import config_changed
-
-    from gates import REGISTRY, gate_inputs_digest, run_gate, write_reports
+    from gates import REGISTRY, InputsUnchanged, gate_inputs_digest, run_gate, write_reports
 
     run_dir = ctx.paths.root
     names = []
@@ -161,7 +160,7 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
             "name": gate.id,
             "doc": gate.title,
             "actions": [guarded(run_gate, gate, run_dir)],
-            "uptodate": [config_changed(gate_inputs_digest(gate, run_dir))],
+            "uptodate": [InputsUnchanged(partial(gate_inputs_digest, gate, run_dir))],
             "verbosity": 2,
         }
     yield {
@@ -171,7 +170,8 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
         "actions": [guarded(write_reports, run_dir)],
         "task_dep": names,
         "verbosity": 2,
-        "uptodate": [config_changed({g.id: gate_inputs_digest(g, run_dir) for g in REGISTRY})],
+        "uptodate": [InputsUnchanged(
+            lambda: {g.id: gate_inputs_digest(g, run_dir) for g in REGISTRY})],
     }
     yield {
         "basename": "sign",

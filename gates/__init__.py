@@ -59,6 +59,19 @@ def evaluate(gate: Gate, run_dir: Path) -> GateResult:
                       ctx.evidence_list())
 
 
+_FILE_DIGESTS: dict[tuple[str, int, int], bytes] = {}
+_HEADS: dict[Path, str] = {}
+
+
+def _file_digest(path: Path) -> bytes:
+    """sha256 of a file, memoised per (path, mtime, size) within one process."""
+    info = path.stat()
+    key = (str(path), info.st_mtime_ns, info.st_size)
+    if key not in _FILE_DIGESTS:
+        _FILE_DIGESTS[key] = hashlib.sha256(path.read_bytes()).digest()
+    return _FILE_DIGESTS[key]
+
+
 def gate_inputs_digest(gate: Gate, run_dir: Path) -> str:
     """Digest of everything the gate reads: evidence files, branch head, package source."""
     digest = hashlib.sha256()
@@ -66,16 +79,38 @@ def gate_inputs_digest(gate: Gate, run_dir: Path) -> str:
         for path in sorted(run_dir.glob(pattern)):
             if path.is_file():
                 digest.update(path.relative_to(run_dir).as_posix().encode() + b"\0")
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
+                digest.update(_file_digest(path))
         digest.update(b"|")
     if gate.uses_repo:
-        digest.update(GateContext(run_dir).branch_head_fingerprint().encode())
+        if run_dir not in _HEADS:
+            _HEADS[run_dir] = GateContext(run_dir).branch_head_fingerprint()
+        digest.update(_HEADS[run_dir].encode())
     if gate.uses_package:
         from gates.static import package_files
 
         for path in package_files():
-            digest.update(str(path).encode() + hashlib.sha256(path.read_bytes()).digest())
+            digest.update(str(path).encode() + _file_digest(path))
     return digest.hexdigest()
+
+
+class InputsUnchanged:
+    """doit `uptodate`: like config_changed, but the digest is computed only when doit
+    checks this task (a plain `doit run` never pays for hashing the evidence)."""
+
+    def __init__(self, compute: Callable[[], object]) -> None:
+        self.compute = compute
+        self._value: str | None = None
+
+    def value(self) -> str:
+        if self._value is None:
+            self._value = json.dumps(self.compute(), sort_keys=True)
+        return self._value
+
+    def configure_task(self, task: Any) -> None:
+        task.value_savers.append(lambda: {"_agentos_inputs": self.value()})
+
+    def __call__(self, task: Any, values: dict[str, Any]) -> bool:
+        return bool(values.get("_agentos_inputs") == self.value())
 
 
 def partial_path(run_dir: Path, gate_id: str) -> Path:
