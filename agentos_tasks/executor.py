@@ -33,6 +33,7 @@ from agentos_tasks.fsutil import (
     write_json,
 )
 from agentos_tasks.git import Git, find_branch_worktree
+from agentos_tasks.proc import ProcError
 from agentos_tasks.model import Change, Request, Step
 from agentos_tasks.runctx import RunContext
 from agentos_tasks.tape import Tape
@@ -326,8 +327,10 @@ def run_step(ctx: RunContext, step: Step) -> None:
         # that did complete. Their manifests (written last, atomically) are the truth.
         print(f"{step.id}: reusing its manifest from an interrupted invocation")
         return
-    for later in ctx.steps[step.index:]:
-        ctx.paths.manifest(later.id).unlink(missing_ok=True)
+    if ctx.paths.manifest(step.id).exists():
+        # re-executing: whatever came after this step is no longer valid
+        for later in ctx.steps[step.index:]:
+            ctx.paths.manifest(later.id).unlink(missing_ok=True)
     prepare_worktree(ctx, git, parent)
     dotgit = (ctx.paths.worktree / ".git").read_bytes()
     t = tape(ctx)
@@ -338,7 +341,11 @@ def run_step(ctx: RunContext, step: Step) -> None:
         outcome = execute_op(ctx, git, step)
         if (ctx.paths.worktree / ".git").read_bytes() != dotgit:
             raise PolicyViolation("paths.git", "the step rewrote the worktree's .git file")
-        changes = git.status_changes()
+        # write/delete: the executor itself is the only actor, its change is known exactly;
+        # anything else (run, tool, patch) is judged on git's view of the whole worktree
+        changes = outcome.pop("own_changes", None)
+        if changes is None:
+            changes = git.status_changes()
         from agentos_tasks.policy import check_changes
 
         decision = check_changes(policy, ctx.paths.worktree, changes, step=step)
@@ -403,7 +410,7 @@ def reusable_manifest(ctx: RunContext, git: Git, step: Step, parent: str, spec_s
 
 def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
     """Perform the step's operation in the worktree; returns facts for the manifest."""
-    from agentos_tasks.policy import safe_target
+    from agentos_tasks.policy import normalize_path, safe_target
 
     wt = ctx.paths.worktree
     if step.op == "write":
@@ -415,9 +422,14 @@ def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
             raise PolicyViolation("limits.max_file_bytes",
                                   f"{step.path} would be {len(step.content)} bytes")
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not (target.exists() and target.read_bytes() == step.content):
-            target.write_bytes(step.content)
-        return {"exit_code": None}
+        existed = target.exists()
+        old_mode = _git_mode(target) if existed else None
+        if existed and target.read_bytes() == step.content:
+            return {"exit_code": None, "own_changes": []}
+        target.write_bytes(step.content)
+        change = Change(path=normalize_path(step.path), status="M" if existed else "A",
+                        old_mode=old_mode, new_mode=_git_mode(target))
+        return {"exit_code": None, "own_changes": [change]}
     if step.op == "delete":
         assert step.path is not None
         target = safe_target(wt, step.path)
@@ -427,8 +439,10 @@ def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
         if target.is_dir() and not target.is_symlink():
             raise AgentosError(f"step {step.id}: {step.path} is a directory; delete files "
                                "one by one", code=EXIT_STEP)
+        old_mode = _git_mode(target)
         target.unlink()
-        return {"exit_code": None}
+        return {"exit_code": None, "own_changes": [
+            Change(path=normalize_path(step.path), status="D", old_mode=old_mode)]}
     if step.op == "patch":
         assert step.patch_file is not None
         patch = str(step.patch_file)
@@ -458,6 +472,13 @@ def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
 
         return dict(run_tool_step(ctx, step))
     raise AgentosError(f"unknown operation {step.op}")
+
+
+def _git_mode(path: Path) -> str:
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        return "120000"
+    return "100755" if info.st_mode & stat.S_IXUSR else "100644"
 
 
 def confined_spec(ctx: RunContext, *, network: bool,
@@ -529,16 +550,28 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
     patch_sha: str | None = None
     if landing:
         if step.op in ("write", "delete"):
-            git.run("add", "-A", "--", *{c.path for c in landing})
+            added = git.run("add", "-A", "--", *{c.path for c in landing}, check=False)
+            if added.returncode != 0:
+                detail = added.stderr.decode("utf-8", "replace").strip()
+                raise AgentosError(
+                    f"step {step.id}: git refuses to stage {step.path}: {detail[:200]}",
+                    code=EXIT_STEP, where=f"{ctx.need_request().source}:{step.line}",
+                    hint="a path the repository's .gitignore ignores can never land")
         else:
             git.run("add", "-A", "--", ".")
-        git.run("commit", "-q", "--no-verify", "--cleanup=verbatim", "-F", "-",
-                input=step.message.encode("utf-8"))
-        commit = read_detached_head(wt) or git.rev_parse("HEAD")
-        patch = git.commit_patch(commit)
-        atomic_write(patch_path, patch)
-        patch_sha = sha256_bytes(patch)
-    else:
+        result = git.run("commit", "-q", "--no-verify", "--cleanup=verbatim", "-F", "-",
+                         input=step.message.encode("utf-8"), check=False)
+        if result.returncode == 0:
+            commit = read_detached_head(wt) or git.rev_parse("HEAD")
+            patch = git.commit_patch(commit)
+            atomic_write(patch_path, patch)
+            patch_sha = sha256_bytes(patch)
+        elif b"nothing " in result.stdout + result.stderr:
+            # e.g. a write that git's attributes normalise back to HEAD's blob
+            files = []
+        else:
+            raise ProcError(result)
+    if commit is None:
         patch_path.unlink(missing_ok=True)
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "run": ctx.run_id, "step": step.id,

@@ -415,3 +415,28 @@ def test_write_through_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
     proc = doit(tmp_path, "run", "request=req.yaml")
     assert proc.returncode != 0 and "paths.symlink" in proc.stderr
     assert list(outside.iterdir()) == []
+
+
+def test_writing_a_gitignored_path_is_a_clear_error(tmp_path: Path) -> None:
+    write_request(tmp_path, [{"id": "ignore", "write": {"path": ".gitignore",
+                                                         "content": "build/\n"}},
+                             {"id": "b", "write": {"path": "build/out.txt", "content": "x"}}])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0
+    assert "step b: git refuses to stage" in proc.stderr and ".gitignore" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_rewriting_a_file_with_identical_content_is_unchanged(tmp_path: Path) -> None:
+    write_request(tmp_path, [SIX[0], {"id": "same", "write": {
+        "path": "docs/f1.md", "content": "content 1\n"}}, {"id": "rm", "delete": {
+            "path": "docs/f1.md"}}])
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    run_dir = tmp_path / "out" / "r1"
+    statuses = [json.loads((run_dir / f"steps/{s}.json").read_text())["status"]
+                for s in ("step_01", "same", "rm")]
+    assert statuses == ["changed", "unchanged", "changed"]
+    rm = json.loads((run_dir / "steps/rm.json").read_text())
+    assert rm["files"] == [{"path": "docs/f1.md", "status": "D", "old_path": None,
+                            "old_mode": "100644", "new_mode": None, "sha256": None}]
+    assert git(tmp_path / "repo", "rev-list", "--count", "main") == "3"
