@@ -33,8 +33,8 @@ from agentos_tasks.fsutil import (
     write_json,
 )
 from agentos_tasks.git import Git, find_branch_worktree
-from agentos_tasks.proc import ProcError
 from agentos_tasks.model import Change, Request, Step
+from agentos_tasks.proc import ProcError
 from agentos_tasks.runctx import RunContext
 from agentos_tasks.tape import Tape
 
