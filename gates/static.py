@@ -10,6 +10,7 @@ getattr(os, ...)) with a forbidden or non-literal name.
 from __future__ import annotations
 
 import ast
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,14 +112,23 @@ def _dynamic(node: ast.Call, filename: str, os_aliases: set[str]) -> list[str]:
     return []
 
 
+_SCANNED: dict[tuple[str, str], list[str]] = {}
+
+
 def scan_package(files: list[Path] | None = None) -> tuple[int, list[str]]:
+    """Violations over `files` (default: the installed package); memoised per file content
+    so the two gates that need it (static.no_subprocess, EX-B) parse each file once."""
     files = files if files is not None else package_files()
     violations: list[str] = []
     for path in files:
         rel = _relname(path)
         if rel == ALLOWED_FILE:
             continue
-        violations += scan_source(path.read_text(encoding="utf-8"), rel)
+        source = path.read_text(encoding="utf-8")
+        key = (rel, hashlib.sha256(source.encode()).hexdigest())
+        if key not in _SCANNED:
+            _SCANNED[key] = scan_source(source, rel)
+        violations += _SCANNED[key]
     return len(files), violations
 
 
