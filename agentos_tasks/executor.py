@@ -916,7 +916,9 @@ def write_result(ctx: RunContext, status: str, failure: dict[str, Any] | None = 
         "request": {"path": str(req.source), "sha256": req.sha256},
         "policy": {"path": str(policy.source), "sha256": policy.sha256, "id": policy.id,
                    "isolation": policy.isolation},
-        "sandbox": {"backends": backends},
+        # "unused": no run or tool step, so no program ran (write/delete/patch are ours)
+        "sandbox": {"backend": "+".join(backends) if backends else "unused",
+                    "backends": backends},
         "repo": str(req.repo), "branch": base.get("branch", req.branch),
         "base": base.get("base"),
         "pre_apply_head": applied.get("pre_apply_head"),

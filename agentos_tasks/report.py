@@ -159,9 +159,13 @@ def _section_steps(result: _Json) -> list[str]:
     if not isinstance(steps, list):
         return [*lines, f"Steps: {MISSING} (execution_result.json has no steps list)", ""]
     lines += [
-        "| id | op | status | files changed | commit | patch sha256 | exit |",
-        "|---|---|---|---|---|---|---|",
+        "| id | op | status | files changed | worktree commit | landed as | patch sha256 "
+        "| exit |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    # git am re-creates each changed step's commit on the branch, in order
+    applied = _field(result.data, "commits_applied")
+    landed = iter(applied if isinstance(applied, list) else [])
     for step in steps:
         step_data = step if isinstance(step, dict) else {}
         status = _field(step_data, "status")
@@ -170,14 +174,15 @@ def _section_steps(result: _Json) -> list[str]:
         commit = _field(step_data, "commit") or no_output
         patch_sha = _field(step_data, "patch_sha256") or no_output
         exit_code = _field(step_data, "exit_code")
+        landed_as = next(landed, "not applied") if status == "changed" else "-"
         lines.append(
             f"| {_cell(_field(step_data, 'id'))} | {_cell(_field(step_data, 'op'))} "
             f"| {_cell(status)} | {_files_cell(_field(step_data, 'files'))} "
-            f"| {_cell(commit)} | {_cell(patch_sha)} "
+            f"| {_cell(commit)} | {_cell(landed_as)} | {_cell(patch_sha)} "
             f"| {'-' if exit_code is None else _cell(exit_code)} |"
         )
     if not steps:
-        lines.append("| (no steps) | | | | | | |")
+        lines.append("| (no steps) | | | | | | | |")
     return [*lines, ""]
 
 

@@ -47,14 +47,15 @@ def test_report_lists_request_policy_sandbox_and_heads(tmp_path: Path) -> None:
 def test_report_steps_table(tmp_path: Path) -> None:
     run_dir = make_run_dir(tmp_path)
     report = render_report(run_dir)
-    assert "| id | op | status | files changed | commit | patch sha256 | exit |" in report
+    assert ("| id | op | status | files changed | worktree commit | landed as | patch sha256 "
+            "| exit |") in report
     step_01 = _row(report, "step_01")
     assert "| write | changed |" in step_01
     assert "1: docs/a.md (A)" in step_01
     assert "1" * 40 in step_01
     assert _sha(run_dir / "patches/step_01.patch") in step_01
     step_03 = _row(report, "step_03")
-    assert "| run | unchanged | 0 | none | none | 0 |" in step_03
+    assert "| run | unchanged | 0 | none | - | none | 0 |" in step_03
 
 
 def test_report_gates_table(tmp_path: Path) -> None:
