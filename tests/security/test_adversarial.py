@@ -1,0 +1,254 @@
+"""Adversarial review: attacks a hostile user, repository or step would try, end to end.
+
+Every test drives the real executor (`doit run` through tests/runutil.py) with inputs an
+attacker controls: the request and its input files, the policy, the target repository's
+contents and config, the files a `run:` or `tool:` step leaves behind, the environment.
+Each asserts the SECURE outcome. Tests named in tests/security/adversarial_notes.md as
+HOLE fail until the product is fixed; the others document a defence that holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runutil import DODO, doit, git, tape_events, write_policy, write_request
+
+from .conftest import requires_bwrap
+
+pytestmark = [pytest.mark.security, requires_bwrap]
+
+CLEAN_GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+                 "GIT_AUTHOR_NAME": "o", "GIT_AUTHOR_EMAIL": "o@x",
+                 "GIT_COMMITTER_NAME": "o", "GIT_COMMITTER_EMAIL": "o@x"}
+WRITE_DOC = {"id": "s1", "write": {"path": "docs/a.md", "content": "a\n"}}
+
+
+def host_git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], env=CLEAN_GIT_ENV, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def make_repo(repo: Path, files: dict[str, str | bytes]) -> Path:
+    """A target repository with one commit holding `files` (clean working tree)."""
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True,
+                   env=CLEAN_GIT_ENV)
+    for rel, content in files.items():
+        target = repo / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+    host_git(repo, "add", "-A")
+    host_git(repo, "commit", "-q", "-m", "init")
+    return repo
+
+
+def marker_script(markers: Path) -> Path:
+    """A host program that leaves a file in `markers` whenever anything runs it."""
+    markers.mkdir(exist_ok=True)
+    evil = markers.parent / "evil.sh"
+    evil.write_text(f"#!/bin/sh\ntouch {markers}/ran-$$\ncat\n")
+    evil.chmod(0o755)
+    return evil
+
+
+def doit_bounded(tmp: Path, *args: str, env: dict[str, str] | None = None,
+                 seconds: float = 20) -> subprocess.CompletedProcess[str] | None:
+    """Like runutil.doit, but a hang is killed (process group) and returned as None."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(DODO), *args,
+                             "outputs=out"], cwd=tmp, env=full_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def py(code: str) -> list[str]:
+    return ["python3", "-c", code]
+
+
+# --------------------------------------------------------------------------- hostile repo config
+
+
+def test_filter_driver_whose_name_contains_equals_executes_nothing(tmp_path: Path) -> None:
+    """HOLE. git.Git blanks command keys with `-c filter.<name>.smudge=`, but `git -c`
+    splits at the FIRST '=': for a driver named `a=b` that sets `filter.a` instead, so the
+    repository's smudge/clean programs run on the host (worktree reset, git add)."""
+    markers = tmp_path / "markers"
+    evil = marker_script(markers)
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n", ".gitattributes": "* filter=a=b\n"})
+    for kind in ("smudge", "clean"):
+        host_git(repo, "config", f"filter.a=b.{kind}", str(evil))
+    write_request(tmp_path, [WRITE_DOC], init_repo=False)
+    doit(tmp_path, "run", "request=req.yaml")
+    assert sorted(p.name for p in markers.iterdir()) == [], "the repository's filter ran"
+    # control: plain git does run this filter, so the assertion above can fail
+    (repo / "README.md").unlink()
+    host_git(repo, "checkout", "--", "README.md")
+    assert list(markers.iterdir())
+
+
+@pytest.mark.parametrize("section", ["diff.x=y.textconv", "merge.x=y.driver"])
+def test_other_command_drivers_with_equals_in_their_name_are_not_used(
+        tmp_path: Path, section: str) -> None:
+    """Defence holds today only because these drivers are never consulted (format-patch
+    --no-textconv, am --no-3way); recorded so a future git call that consults them fails."""
+    markers = tmp_path / "markers"
+    evil = marker_script(markers)
+    attr = "diff=x=y" if section.startswith("diff") else "merge=x=y"
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n", ".gitattributes": f"* {attr}\n"})
+    host_git(repo, "config", section, str(evil))
+    write_request(tmp_path, [WRITE_DOC, {"id": "s2", "write": {"path": "README.md",
+                                                                 "content": "changed\n"}}],
+                  init_repo=False)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    doit(tmp_path, "gates", "request=req.yaml")
+    assert list(markers.iterdir()) == []
+
+
+def test_conditional_include_for_linked_worktrees_executes_nothing(tmp_path: Path) -> None:
+    """Blocked: an `includeIf "gitdir:**/worktrees/**"` that only applies inside our
+    worktree, adding fsmonitor, a filter, core.worktree and hooksPath, changes nothing."""
+    markers = tmp_path / "markers"
+    evil = marker_script(markers)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep\n")
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n", ".gitattributes": "* filter=w\n"})
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    for hook in ("post-checkout", "pre-commit", "post-commit", "post-applypatch"):
+        (hooks / hook).write_text(f"#!/bin/sh\ntouch {markers}/hook-{hook}\n")
+        (hooks / hook).chmod(0o755)
+    (repo / ".git" / "wt.cfg").write_text(
+        f"[core]\n\tfsmonitor = {evil}\n\tworktree = {victim}\n\thooksPath = {hooks}\n"
+        f"[filter \"w\"]\n\tsmudge = {evil}\n\tclean = {evil}\n\tprocess = {evil}\n"
+        "\trequired = true\n")
+    with open(repo / ".git" / "config", "a") as config:
+        config.write('[includeIf "gitdir:**/worktrees/**"]\n\tpath = wt.cfg\n')
+    write_request(tmp_path, [WRITE_DOC], init_repo=False)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    doit(tmp_path, "gates", "request=req.yaml", check=0)
+    assert list(markers.iterdir()) == []
+    assert [p.name for p in victim.iterdir()] == ["precious.txt"]
+    assert host_git(repo, "show", "main:docs/a.md") == "a"
+
+
+# --------------------------------------------------------------------------- step ids as paths
+
+
+@pytest.mark.parametrize("step_id", ["..", "."])
+def test_tool_step_id_cannot_delete_evidence_outside_its_tool_dir(tmp_path: Path,
+                                                                    step_id: str) -> None:
+    """HOLE. Step ids match [A-Za-z0-9_.-]+, so `..` and `.` are accepted; a tool step's
+    evidence dir is `tools/<id>` and dispatch.run_tool_step rmtree()s it before running:
+    `tools/..` is the whole run directory (tape, audit, lock, worktree), `tools/.` every
+    other tool step's packs."""
+    keep = tmp_path / "out" / "r1" / "KEEP"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("evidence from before\n")
+    (keep.parent / "tools" / "t0").mkdir(parents=True)
+    (keep.parent / "tools" / "t0" / "KEEP").write_text("another step's pack\n")
+    tool = {"adapter": "command", "prompt": "p", "paths": ["docs/**"],
+            "argv": py("open('docs/t.md', 'w').write('t')")}
+    write_request(tmp_path, [WRITE_DOC, {"id": step_id, "tool": tool}])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert keep.read_text() == "evidence from before\n"
+    assert (keep.parent / "tools" / "t0" / "KEEP").is_file()
+    tape = keep.parent / "audit" / "run_tape.jsonl"
+    if proc.returncode == 0 or tape.exists():
+        assert tape_events(keep.parent)[0]["event"] == "run_start"
+
+
+# --------------------------------------------------------------------------- what steps leave behind
+
+
+def _special_bits(root: Path) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode) and info.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            found.append(f"{path.relative_to(root)} {oct(info.st_mode)}")
+    return found
+
+
+def test_setuid_file_made_by_a_step_does_not_survive_on_the_host(tmp_path: Path) -> None:
+    """HOLE. The sandbox mounts the worktree nosuid, but the bit is on disk: a step can
+    chmod 4755 a copy of a binary, owned by the (root) uid running agentos. check_changes
+    never looks at the mode, git records only 755, so the step passes and a setuid-root
+    file stays in outputs/<run>/worktree (tracked or gitignored) for any local user."""
+    code = ("import os, shutil\n"
+            "for p in ('tool', 'build/tool'):\n"
+            "    os.makedirs(os.path.dirname(p) or '.', exist_ok=True)\n"
+            "    shutil.copy('/bin/true', p)\n"
+            "    os.chmod(p, 0o6755)\n"
+            "print(oct(os.stat('tool').st_mode))\n")
+    write_request(tmp_path, [{"id": "ign", "write": {"path": ".gitignore",
+                                                      "content": "build/\n"}},
+                             {"id": "suid", "run": py(code)}])
+    doit(tmp_path, "run", "request=req.yaml")
+    log = tmp_path / "out" / "r1" / "logs" / "suid.out"
+    assert log.exists() and "0o106755" in log.read_text(), "control: the step set the bits"
+    assert _special_bits(tmp_path) == []
+
+
+def test_fifo_left_by_a_run_step_cannot_hang_the_host(tmp_path: Path) -> None:
+    """HOLE. A gitignored FIFO made by a run step is allowed (only deny/ask judge ignored
+    files) and survives into the next step (the worktree is not cleaned between passing
+    steps); a `write` step to that path then blocks forever in the host executor
+    (`target.read_bytes()` in execute_op): no step_seconds applies to host work."""
+    write_request(tmp_path, [
+        {"id": "ign", "write": {"path": ".gitignore", "content": "*.log\n"}},
+        {"id": "fifo", "run": py("import os; os.makedirs('docs'); os.mkfifo('docs/x.log')")},
+        {"id": "w", "write": {"path": "docs/x.log", "content": "hello\n"}},
+    ])
+    done = doit_bounded(tmp_path, "run", "request=req.yaml", seconds=8)
+    assert done is not None, "the host executor hung on a FIFO a step left behind"
+
+
+def test_each_step_starts_without_the_previous_steps_ignored_files(tmp_path: Path) -> None:
+    """HOLE. README: 'Every step starts from a clean checkout of its parent commit, so a
+    re-executed step sees exactly what it saw before.' prepare_worktree skips the reset and
+    `git clean -ffdx` when the previous step passed, so gitignored files (caches, FIFOs,
+    planted tools) leak into the next step; a re-run from that step would not see them."""
+    write_request(tmp_path, [
+        {"id": "ign", "write": {"path": ".gitignore", "content": "cache/\n"}},
+        {"id": "plant", "run": py("import os; os.makedirs('cache'); "
+                                  "open('cache/planted', 'w').write('x')")},
+        {"id": "look", "run": py("import os, sys; sys.exit(7 if os.path.exists("
+                                 "'cache/planted') else 0)")},
+    ])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode == 0, proc.stderr[-800:]
+
+
+def test_relative_path_entry_does_not_run_a_planted_git_on_the_host(tmp_path: Path) -> None:
+    """HOLE. Host git is started by name with the user's PATH (git_env passes PATH) and
+    cwd = the worktree. An empty or relative PATH entry (`PATH=:$PATH`, a common slip)
+    makes Python's exec search the cwd: a run step plants an executable `git` in the
+    worktree and the executor's next `git status` runs it on the host, unsandboxed."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    real_git = subprocess.run(["sh", "-c", "command -v git"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    fake = f"#!/bin/sh\ntouch {markers}/host-ran-planted-git\nexec {real_git} \"$@\"\n"
+    code = f"import os; open('git', 'w').write({fake!r}); os.chmod('git', 0o755)"
+    write_request(tmp_path, [{"id": "ign", "write": {"path": ".gitignore", "content": "git\n"}},
+                             {"id": "plant", "run": py(code)}, WRITE_DOC])
+    doit(tmp_path, "run", "request=req.yaml", env={"PATH": ":" + os.environ["PATH"]})
+    assert list(markers.iterdir()) == []
