@@ -252,3 +252,213 @@ def test_relative_path_entry_does_not_run_a_planted_git_on_the_host(tmp_path: Pa
                              {"id": "plant", "run": py(code)}, WRITE_DOC])
     doit(tmp_path, "run", "request=req.yaml", env={"PATH": ":" + os.environ["PATH"]})
     assert list(markers.iterdir()) == []
+
+
+def test_shebang_in_the_repository_cannot_bind_a_private_host_directory(tmp_path: Path) -> None:
+    """HOLE. For a program inside the worktree, sandbox.plan_program follows its shebang
+    and binds the interpreter's directory (or install prefix) read-only. The shebang is
+    written by the untrusted repository, so it picks ANY host directory holding an
+    executable (~/.local/bin, ~/bin, a tool dir next to credentials) and reads what lies
+    beside it, although that directory is on no PATH the policy allows."""
+    private = tmp_path / "home" / ".local" / "bin"
+    private.mkdir(parents=True)
+    (private / ".token").write_text("TOKEN-4f2a9c\n")
+    helper = private / "helper"
+    helper.write_text(f"#!/bin/sh\ncat {private}/.token\n")
+    helper.chmod(0o755)
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n",
+                                         "check.sh": f"#!{helper}\n"})
+    (repo / "check.sh").chmod(0o755)
+    host_git(repo, "add", "check.sh")
+    host_git(repo, "commit", "-q", "-m", "exec bit")
+    write_policy(tmp_path / "policy.yaml", commands=[{"argv": ["./check.sh"]}])
+    write_request(tmp_path, [{"id": "check", "run": ["./check.sh"], "expect_exit": 0}],
+                  init_repo=False)
+    doit(tmp_path, "run", "request=req.yaml")
+    log = tmp_path / "out" / "r1" / "logs" / "check.out"
+    assert log.exists(), "control: the step ran"
+    assert "TOKEN-4f2a9c" not in log.read_text()
+
+
+def test_input_file_symlinked_by_the_repository_to_a_host_secret_is_refused(
+        tmp_path: Path) -> None:
+    """HOLE (decision, see adversarial_notes.md). An explicit absolute content_file is the
+    operator's choice; but a content_file inside the untrusted target repository that the
+    repository made a symlink to ~/.ssh/id_rsa is read on the host and lands in the repo,
+    the patches and the signed report, bypassing the sandbox that hides $HOME."""
+    secret = tmp_path / "home" / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY----- SECRET-77\n")
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    (repo / "templates").mkdir()
+    (repo / "templates" / "header.txt").symlink_to(secret)
+    host_git(repo, "add", "-A")
+    host_git(repo, "commit", "-q", "-m", "templates")
+    write_request(tmp_path, [{"id": "h", "write": {
+        "path": "docs/header.txt", "content_file": "repo/templates/header.txt"}}],
+                  init_repo=False)
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0
+    assert "SECRET-77" not in host_git(repo, "log", "-p", "main")
+    for artifact in (tmp_path / "out").rglob("*.patch"):
+        assert b"SECRET-77" not in artifact.read_bytes()
+
+
+# --------------------------------------------------------------------------- patches (defences)
+
+SYMLINK_THEN_WRITE = """\
+diff --git a/m b/m
+new file mode 120000
+--- /dev/null
++++ b/m
+@@ -0,0 +1 @@
++../../../outside
+\\ No newline at end of file
+diff --git a/m/pwn b/m/pwn
+new file mode 100644
+--- /dev/null
++++ b/m/pwn
+@@ -0,0 +1 @@
++pwned
+"""
+LINK_TO_SECRETS = """\
+diff --git a/docs/s b/docs/s
+new file mode 120000
+--- /dev/null
++++ b/docs/s
+@@ -0,0 +1 @@
++../secrets
+\\ No newline at end of file
+"""
+WRITE_THROUGH_LINK = """\
+diff --git a/docs/s/token b/docs/s/token
+new file mode 100644
+--- /dev/null
++++ b/docs/s/token
+@@ -0,0 +1 @@
++stolen
+"""
+
+
+def test_patch_cannot_write_through_a_symlink_it_creates(tmp_path: Path) -> None:
+    """Blocked (git apply: 'beyond a symbolic link'): one patch adds `m -> ../../../outside`
+    and `m/pwn`; nothing is written outside the worktree and nothing lands."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "p.diff").write_text(SYMLINK_THEN_WRITE)
+    write_request(tmp_path, [{"id": "p", "patch": "p.diff"}])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0
+    assert list(outside.iterdir()) == []
+    assert not any(p.name == "pwn" for p in tmp_path.rglob("pwn"))
+
+
+def test_deny_cannot_be_dodged_through_a_committed_symlink(tmp_path: Path) -> None:
+    """Blocked: step 1 lands `docs/s -> ../secrets` (a relative link inside the tree is
+    allowed); a later patch or run step writing `docs/s/token` never lands secrets/."""
+    (tmp_path / "link.diff").write_text(LINK_TO_SECRETS)
+    (tmp_path / "through.diff").write_text(WRITE_THROUGH_LINK)
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n", "secrets/keep": "k\n"})
+    for second in ({"id": "through", "patch": "through.diff"},
+                   {"id": "through", "run": py("open('docs/s/token', 'w').write('x')")}):
+        write_request(tmp_path, [{"id": "link", "patch": "link.diff"}, second],
+                      init_repo=False, run_id=f"r-{'patch' if 'patch' in second else 'run'}")
+        proc = doit(tmp_path, "run", "request=req.yaml")
+        assert proc.returncode != 0
+        assert "secrets/token" not in host_git(repo, "ls-tree", "-r", "--name-only", "main")
+        assert sorted(p.name for p in (repo / "secrets").iterdir()) == ["keep"]
+
+
+@pytest.mark.parametrize(("diff", "rule"), [
+    ("diff --git a/.GIT/hooks/post-commit b/.GIT/hooks/post-commit\nnew file mode 100755\n"
+     "--- /dev/null\n+++ b/.GIT/hooks/post-commit\n@@ -0,0 +1 @@\n+touch /tmp/x\n", "paths.git"),
+    ("diff --git a/sub/.git/config b/sub/.git/config\nnew file mode 100644\n--- /dev/null\n"
+     "+++ b/sub/.git/config\n@@ -0,0 +1 @@\n+[core]\n", "paths.git"),
+    ("diff --git a/README.md b/../escape.md\nsimilarity index 100%\nrename from README.md\n"
+     "rename to ../escape.md\n", "paths.parent"),
+    ("diff --git a/git~1/config b/git~1/config\nnew file mode 100644\n--- /dev/null\n"
+     "+++ b/git~1/config\n@@ -0,0 +1 @@\n+[core]\n", "paths.git"),
+])
+def test_patch_into_git_dirs_or_out_of_the_tree_is_denied_before_running(
+        tmp_path: Path, diff: str, rule: str) -> None:
+    (tmp_path / "p.diff").write_text(diff)
+    write_request(tmp_path, [WRITE_DOC, {"id": "p", "patch": "p.diff"}])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0 and f"policy violation: {rule}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "escape.md").exists()
+    assert not any(e["event"] == "step_start" for e in tape_events(tmp_path / "out" / "r1"))
+
+
+def test_gitlink_in_a_patch_never_lands(tmp_path: Path) -> None:
+    """Blocked: a `new file mode 160000` (gitlink) entry never reaches the branch."""
+    (tmp_path / "p.diff").write_text(
+        "diff --git a/sub b/sub\nnew file mode 160000\nindex 0000000..1111111\n"
+        "--- /dev/null\n+++ b/sub\n@@ -0,0 +1 @@\n"
+        "+Subproject commit 1111111111111111111111111111111111111111\n")
+    write_request(tmp_path, [WRITE_DOC, {"id": "p", "patch": "p.diff"}])
+    doit(tmp_path, "run", "request=req.yaml")
+    tree = host_git(tmp_path / "repo", "ls-tree", "-r", "main")
+    assert "160000" not in tree and "\tsub" not in tree
+
+
+# --------------------------------------------------------------------------- run steps (defences)
+
+
+@pytest.mark.parametrize(("code", "rule"), [
+    ("import os; os.makedirs('build'); open('build/.env', 'w').write('K=1')", "**/.env"),
+    ("import os; os.makedirs('docs'); open('docs/a\\nb.md', 'w').write('x')", "paths.invalid"),
+    ("import os; os.makedirs('docs'); os.symlink('../.git', 'docs/g')", "paths.symlink"),
+    ("import os; os.makedirs('docs'); open('docs/a', 'w').write('x'); "
+     "os.link('docs/a', 'docs/b')", "paths.hardlink"),
+    ("import os, subprocess; subprocess.run(['git', 'init', '-q', 'sub'], check=True); "
+     "open('sub/f', 'w').write('x')", "paths.git"),
+])
+def test_what_a_run_step_leaves_is_judged_ignored_files_included(
+        tmp_path: Path, code: str, rule: str) -> None:
+    """Blocked: an ignored .env, a newline in a file name, a link into .git, a hard link
+    and a nested repository each fail the step; nothing lands."""
+    write_request(tmp_path, [{"id": "ign", "write": {"path": ".gitignore",
+                                                      "content": "build/\n"}},
+                             {"id": "bad", "run": py(code)}])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0 and rule in proc.stderr, proc.stderr
+    assert host_git(tmp_path / "repo", "rev-list", "--count", "main") == "1"
+
+
+# --------------------------------------------------------------------------- environment, layout
+
+
+def test_callers_git_environment_does_not_reach_host_git(tmp_path: Path) -> None:
+    """Blocked: GIT_DIR / GIT_WORK_TREE / GIT_INDEX_FILE / GIT_CONFIG_* in the user's
+    environment neither redirect host git to a decoy repository nor inject config."""
+    markers = tmp_path / "markers"
+    evil = marker_script(markers)
+    decoy = make_repo(tmp_path / "decoy", {"README.md": "decoy\n"})
+    before = host_git(decoy, "rev-parse", "HEAD")
+    write_request(tmp_path, [WRITE_DOC])
+    env = {"GIT_DIR": str(decoy / ".git"), "GIT_WORK_TREE": str(decoy),
+           "GIT_INDEX_FILE": str(tmp_path / "idx"), "GIT_CONFIG_COUNT": "1",
+           "GIT_CONFIG_KEY_0": "core.pager", "GIT_CONFIG_VALUE_0": str(evil),
+           "GIT_CONFIG_PARAMETERS": f"'alias.status'='!{evil}'",
+           "GIT_EXEC_PATH": str(markers), "GIT_SSH_COMMAND": str(evil),
+           "GIT_EXTERNAL_DIFF": str(evil)}
+    doit(tmp_path, "run", "request=req.yaml", env=env, check=0)
+    assert host_git(decoy, "rev-parse", "HEAD") == before
+    assert list(markers.iterdir()) == []
+    assert host_git(tmp_path / "repo", "show", "main:docs/a.md") == "a"
+
+
+def test_outputs_or_repo_symlinked_into_each_other_is_refused(tmp_path: Path) -> None:
+    """Blocked: outputs= through a symlink into the target repo, and a repo: that is a
+    symlink to the outputs dir, are both seen through (run dir inside the repository)."""
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    (tmp_path / "outlink").symlink_to(repo / "sub", target_is_directory=True)
+    write_request(tmp_path, [WRITE_DOC], init_repo=False)
+    proc = doit(tmp_path, "run", "request=req.yaml", "outputs=outlink")
+    assert proc.returncode != 0 and "inside the target repository" in proc.stderr
+    (tmp_path / "out").mkdir()
+    host_git(tmp_path, "init", "-q", "-b", "main", "out")
+    (tmp_path / "repolink").symlink_to(tmp_path / "out")
+    write_request(tmp_path, [WRITE_DOC], repo="./repolink", init_repo=False)
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0 and "inside the target repository" in proc.stderr
