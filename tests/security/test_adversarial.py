@@ -9,17 +9,15 @@ HOLE fail until the product is fixed; the others document a defence that holds.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from runutil import DODO, doit, git, tape_events, write_policy, write_request
+from runutil import DODO, doit, tape_events, write_policy, write_request
 
 from .conftest import requires_bwrap
 
@@ -203,8 +201,11 @@ def test_setuid_file_made_by_a_step_does_not_survive_on_the_host(tmp_path: Path)
                              {"id": "suid", "run": py(code)}])
     doit(tmp_path, "run", "request=req.yaml")
     log = tmp_path / "out" / "r1" / "logs" / "suid.out"
+    left = _special_bits(tmp_path)
+    for entry in left:  # do not leave setuid copies in /tmp, whatever the outcome
+        (tmp_path / entry.split(" ")[0]).chmod(0o755)
     assert log.exists() and "0o106755" in log.read_text(), "control: the step set the bits"
-    assert _special_bits(tmp_path) == []
+    assert left == []
 
 
 def test_fifo_left_by_a_run_step_cannot_hang_the_host(tmp_path: Path) -> None:
@@ -217,7 +218,7 @@ def test_fifo_left_by_a_run_step_cannot_hang_the_host(tmp_path: Path) -> None:
         {"id": "fifo", "run": py("import os; os.makedirs('docs'); os.mkfifo('docs/x.log')")},
         {"id": "w", "write": {"path": "docs/x.log", "content": "hello\n"}},
     ])
-    done = doit_bounded(tmp_path, "run", "request=req.yaml", seconds=8)
+    done = doit_bounded(tmp_path, "run", "request=req.yaml", seconds=6)
     assert done is not None, "the host executor hung on a FIFO a step left behind"
 
 
@@ -462,3 +463,73 @@ def test_outputs_or_repo_symlinked_into_each_other_is_refused(tmp_path: Path) ->
     write_request(tmp_path, [WRITE_DOC], repo="./repolink", init_repo=False)
     proc = doit(tmp_path, "run", "request=req.yaml")
     assert proc.returncode != 0 and "inside the target repository" in proc.stderr
+
+
+# --------------------------------------------------------------------------- more hostile repos
+
+
+def test_fifo_in_the_repositorys_hooks_dir_cannot_hang_a_tool_step(tmp_path: Path) -> None:
+    """HOLE. dispatch.snapshot_git_dirs reads every file under the git dir's hooks/ and
+    info/ (git itself never runs them here: hooksPath=/dev/null) with read_bytes(); a FIFO
+    planted there by the repository blocks the host executor forever before the tool runs."""
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    os.mkfifo(repo / ".git" / "hooks" / "pre-commit")
+    tool = {"adapter": "command", "prompt": "p", "paths": ["docs/**"],
+            "argv": py("import os; os.makedirs('docs'); open('docs/t.md', 'w').write('t')")}
+    write_request(tmp_path, [{"id": "t", "tool": tool}], init_repo=False)
+    done = doit_bounded(tmp_path, "run", "request=req.yaml", seconds=6)
+    assert done is not None, "the host executor hung reading a FIFO in .git/hooks"
+
+
+def test_credentials_in_the_repositorys_git_config_are_not_readable_by_a_step(
+        tmp_path: Path) -> None:
+    """HOLE. The repository's whole git dir is bound read-only into the sandbox, config
+    included. actions/checkout stores the CI token there (http.<url>.extraheader), remotes
+    often carry https://user:token@ URLs: a step (or a tool with network) reads them, while
+    $HOME, /etc/shadow and the environment are hidden."""
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    host_git(repo, "config", "http.https://github.com/.extraheader",
+             "AUTHORIZATION: basic Q0ktVE9LRU4tOTk=")
+    host_git(repo, "remote", "add", "origin", "https://bot:CI-TOKEN-99@github.com/o/r.git")
+    code = ("import pathlib\n"
+            "gitdir = pathlib.Path(open('.git').read().split(': ', 1)[1].strip())\n"
+            "common = (gitdir / open(gitdir / 'commondir').read().strip()).resolve()\n"
+            "print(open(common / 'config').read())\n")
+    write_request(tmp_path, [{"id": "peek", "run": py(code)}], init_repo=False)
+    doit(tmp_path, "run", "request=req.yaml")
+    log = (tmp_path / "out" / "r1" / "logs" / "peek.out").read_text()
+    assert "[core]" in log, "control: the step ran and read the config"
+    assert "CI-TOKEN-99" not in log and "Q0ktVE9LRU4tOTk=" not in log
+
+
+def test_commit_message_with_an_embedded_diff_cannot_smuggle_a_change(tmp_path: Path) -> None:
+    """Blocked: `git am` (mailinfo) treats a diff inside the commit message as part of the
+    patch, so a step message can carry a change the policy never judged; the applied tree
+    differs from the tested one and the apply is rolled back (rollback_proof.json)."""
+    smuggled = ("ok\n\ndiff --git a/secrets/token b/secrets/token\nnew file mode 100644\n"
+                "--- /dev/null\n+++ b/secrets/token\n@@ -0,0 +1 @@\n+smuggled\n")
+    write_request(tmp_path, [{**WRITE_DOC, "message": smuggled}])
+    doit(tmp_path, "run", "request=req.yaml")
+    assert "secrets/token" not in host_git(tmp_path / "repo", "ls-tree", "-r", "--name-only",
+                                            "main")
+    assert not (tmp_path / "repo" / "secrets").exists()
+
+
+@pytest.mark.parametrize("run_name", ["..", "../x", ".hidden", "a/b"])
+def test_run_name_cannot_leave_the_outputs_dir(tmp_path: Path, run_name: str) -> None:
+    write_request(tmp_path, [WRITE_DOC])
+    proc = doit(tmp_path, "run", "request=req.yaml", f"run={run_name}")
+    assert proc.returncode != 0 and "invalid run name" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.yaml", "req.yaml"]
+
+
+def test_non_utf8_file_name_from_a_step_fails_cleanly(tmp_path: Path) -> None:
+    """HOLE (robustness). A run step creates `docs/\\xff.md`; git reports it, the path is
+    decoded with surrogateescape, the commit is made, and canonical_json(ensure_ascii=False)
+    .encode() raises UnicodeEncodeError: a bare traceback instead of a clear refusal."""
+    code = "import os; os.makedirs('docs'); open(b'docs/\\xff.md', 'w').write('x')"
+    write_request(tmp_path, [{"id": "u", "run": py(code)}])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-600:]
+    assert host_git(tmp_path / "repo", "rev-list", "--count", "main") == "1"
