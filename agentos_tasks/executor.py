@@ -341,6 +341,12 @@ def run_step(ctx: RunContext, step: Step) -> None:
         outcome = execute_op(ctx, git, step)
         if (ctx.paths.worktree / ".git").read_bytes() != dotgit:
             raise PolicyViolation("paths.git", "the step rewrote the worktree's .git file")
+        if step.op in ("run", "tool"):
+            special = defuse_special_files(ctx.paths.worktree)
+            if special:
+                rel, rule, what = special[0]
+                raise PolicyViolation(rule, f"step {step.id} left {what} {rel} (defused; "
+                                      f"{len(special)} such file(s))")
         # write/delete: the executor itself is the only actor, its change is known exactly;
         # anything else (run, tool, patch) is judged on git's view of the whole worktree
         changes = outcome.pop("own_changes", None)
@@ -370,7 +376,8 @@ def run_step(ctx: RunContext, step: Step) -> None:
     except Exception as err:  # an executor bug must still leave an honest tape
         fail_step(ctx, step, AgentosError(f"internal error: {err!r}", code=EXIT_STEP))
         raise
-    ctx.clean_at = manifest["head"]
+    # a program may leave gitignored files behind: the next step must not see them
+    ctx.clean_at = manifest["head"] if step.op in ("write", "delete", "patch") else None
     t.append("step_end", step.id, status=manifest["status"], exit_code=manifest["exit_code"],
              files=[{k: f[k] for k in ("path", "status", "sha256")} for f in manifest["files"]],
              patch_sha256=manifest["patch_sha256"], commit=manifest["commit"],
@@ -408,6 +415,32 @@ def reusable_manifest(ctx: RunContext, git: Git, step: Step, parent: str, spec_s
     return True
 
 
+def defuse_special_files(worktree: Path) -> list[tuple[str, str, str]]:
+    """Find what a program left that must never stay on the host: setuid/setgid files
+    (a sandboxed root can chmod 6755 a copy of a binary) and FIFOs, sockets and device
+    nodes (a FIFO hangs whoever opens it). Strip the bits / remove the entry; report each.
+    """
+    found: list[tuple[str, str, str]] = []
+    for root, dirs, files in os.walk(worktree):  # never follows symlinks
+        base = Path(root)
+        for name in (*dirs, *files):
+            path = base / name
+            if base == worktree and name == ".git":
+                continue
+            info = path.lstat()
+            rel = path.relative_to(worktree).as_posix()
+            if stat.S_ISLNK(info.st_mode) or stat.S_ISDIR(info.st_mode):
+                continue
+            if stat.S_ISREG(info.st_mode):
+                if info.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                    os.chmod(path, stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+                    found.append((rel, "paths.setuid", "a setuid/setgid file"))
+                continue
+            path.unlink()
+            found.append((rel, "paths.special", "a FIFO, socket or device node"))
+    return found
+
+
 def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
     """Perform the step's operation in the worktree; returns facts for the manifest."""
     from agentos_tasks.policy import normalize_path, safe_target
@@ -422,6 +455,9 @@ def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
             raise PolicyViolation("limits.max_file_bytes",
                                   f"{step.path} would be {len(step.content)} bytes")
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise PolicyViolation("paths.special", f"{step.path} exists and is not a regular "
+                                  "file; a write step replaces only regular files")
         existed = target.exists()
         old_mode = _git_mode(target) if existed else None
         if existed and target.read_bytes() == step.content:

@@ -32,7 +32,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def canonical_json(obj: Any) -> bytes:
     """Stable JSON bytes (sorted keys, 2-space indent, trailing newline) for artifacts."""
-    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace")  # non-UTF-8 names: JSON \udcXX escapes
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,13 +70,42 @@ _COMMAND_KEYS = re.compile(
     r"|uploadpack\.packObjectsHook|sequence\.editor|pager\..+|alias\..+)$", re.IGNORECASE)
 _FILTER_KEY = re.compile(r"^filter\.(.+)\.(clean|smudge|process)$", re.IGNORECASE)
 
-ENV_PASSTHROUGH = ("PATH",)
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 
-def git_env(author: Author, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The whole environment git runs with: nothing from the user's git setup leaks in."""
-    env = {k: os.environ[k] for k in ENV_PASSTHROUGH if k in os.environ}
+def safe_search_path(raw: str | None) -> str:
+    """PATH without empty or relative entries: those resolve against the cwd, and the cwd
+    of a git call is a worktree an untrusted step just wrote (a planted `git`)."""
+    entries = (raw if raw is not None else os.defpath).split(os.pathsep)
+    return os.pathsep.join(dict.fromkeys(e for e in entries if e and os.path.isabs(e)))
+
+
+_GIT_BINARY: list[str] = []
+
+
+def git_binary() -> str:
+    """Absolute path of the host's git, resolved once from the sanitised PATH."""
+    if not _GIT_BINARY:
+        found = shutil.which("git", path=safe_search_path(os.environ.get("PATH")))
+        if found is None:
+            raise AgentosError("git not found on PATH", hint="install git (>= 2.31)")
+        _GIT_BINARY.append(str(Path(found).resolve()))
+    return _GIT_BINARY[0]
+
+
+def git_env(author: Author, extra: Mapping[str, str] | None = None,
+            config: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """The whole environment git runs with: nothing from the user's git setup leaks in.
+
+    `config` pairs travel as GIT_CONFIG_COUNT/KEY_n/VALUE_n (command-line precedence),
+    never as `-c key=value`: git splits `-c` at the first `=`, so a repository filter named
+    `a=b` could not be blanked that way.
+    """
+    env = {"PATH": safe_search_path(os.environ.get("PATH"))}
+    env["GIT_CONFIG_COUNT"] = str(len(config))
+    for index, (key, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
     env.update({
         "LANG": "C", "LC_ALL": "C", "TZ": "UTC",
         "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent",
@@ -95,32 +125,31 @@ class Git:
 
     cwd: Path
     author: Author = field(default_factory=Author)
-    _overrides: tuple[str, ...] | None = None
+    _overrides: tuple[tuple[str, str], ...] | None = None
 
-    def _config_overrides(self) -> tuple[str, ...]:
+    def _config_overrides(self) -> tuple[tuple[str, str], ...]:
         """Blank every command-running key the repository (or its includes) defines."""
         if self._overrides is None:
             listed = self._raw(["config", "--list", "-z"], (), check=False)
-            overrides: list[str] = []
+            overrides: list[tuple[str, str]] = []
             for entry in listed.stdout.split(b"\0"):
-                key = entry.split(b"\n", 1)[0].decode("utf-8", "replace")
+                key = entry.split(b"\n", 1)[0].decode("utf-8", "surrogateescape")
                 if not key or not _COMMAND_KEYS.match(key):
                     continue
-                overrides.append(f"{key}=")
+                overrides.append((key, ""))
                 match = _FILTER_KEY.match(key)
                 if match:
-                    overrides.append(f"filter.{match.group(1)}.required=false")
+                    overrides.append((f"filter.{match.group(1)}.required", "false"))
             self._overrides = tuple(dict.fromkeys(overrides))
         return self._overrides
 
-    def _raw(self, args: Sequence[str], overrides: Sequence[str], *, input: bytes | None = None,
-             check: bool = True, env: Mapping[str, str] | None = None) -> proc.ProcResult:
-        argv = ["git"]
-        for item in (*HARDENING, *overrides):
-            argv += ["-c", item]
-        argv += list(args)
-        return proc.run(argv, cwd=self.cwd, env=git_env(self.author, env), input=input,
-                        check=check)
+    def _raw(self, args: Sequence[str], overrides: Sequence[tuple[str, str]], *,
+             input: bytes | None = None, check: bool = True,
+             env: Mapping[str, str] | None = None) -> proc.ProcResult:
+        config = [(key, value) for key, _, value in (i.partition("=") for i in HARDENING)]
+        return proc.run([git_binary(), *args], cwd=self.cwd,
+                        env=git_env(self.author, env, [*config, *overrides]),
+                        input=input, check=check)
 
     def run(self, *args: str, input: bytes | None = None, check: bool = True,
             env: Mapping[str, str] | None = None) -> proc.ProcResult:

@@ -344,6 +344,10 @@ def normalize_path(raw: str) -> str:
         raise PolicyViolation("paths.invalid", f"empty or non-text path {raw!r}")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in raw):
         raise PolicyViolation("paths.invalid", f"control character in path {raw!r}")
+    if any(0xDC80 <= ord(char) <= 0xDCFF for char in raw):
+        # bytes that are not UTF-8 (decoded with surrogateescape): refuse, they cannot be
+        # recorded faithfully in JSON evidence or SHA256SUMS
+        raise PolicyViolation("paths.invalid", f"path is not valid UTF-8: {raw!r}")
     if "\\" in raw:
         # Legal in a Linux file name, but a separator elsewhere ('..\\x'); never ambiguous here.
         raise PolicyViolation("paths.invalid", f"backslash in path {raw!r}",
@@ -482,8 +486,16 @@ def needs_approval(policy: Policy, step: Step) -> bool:
 
 
 def step_env(policy: Policy, host_env: Mapping[str, str]) -> dict[str, str]:
-    """The whole environment a step gets: the allowlisted names present on the host."""
-    return {name: host_env[name] for name in policy.env if name in host_env}
+    """The whole environment a step gets: the allowlisted names present on the host.
+
+    PATH loses empty and relative entries: inside the sandbox they resolve against the
+    worktree, where a repository file named `python3` would win over the real one.
+    """
+    env = {name: host_env[name] for name in policy.env if name in host_env}
+    if "PATH" in env:
+        entries = [e for e in env["PATH"].split(os.pathsep) if e and os.path.isabs(e)]
+        env["PATH"] = os.pathsep.join(dict.fromkeys(entries))
+    return env
 
 
 # --------------------------------------------------------------------------- request / changes

@@ -8,6 +8,7 @@ belongs, duplicate or malformed step ids, missing content/patch files, a bad ver
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ import voluptuous as vol
 from agentos_tasks.model import OPS, Author, Question, Request, Step, ToolSpec
 from agentos_tasks.yamlsrc import MarkedDoc, load_with_marks, validate
 
-ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+# no leading dot: ids name files and directories (steps/<id>.json, tools/<id>/), so
+# `.`, `..` and hidden names are refused
+ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 ADAPTERS = ("claude", "codex", "opencode", "command")
 
-_ident = vol.All(str, vol.Match(ID_PATTERN, msg="must match [A-Za-z0-9_.-]+"),
+_ident = vol.All(str, vol.Match(ID_PATTERN, msg="must match [A-Za-z0-9_-][A-Za-z0-9_.-]*"),
                  vol.Length(min=1, max=100))
 _nonempty = vol.All(str, vol.Length(min=1))
 
@@ -144,10 +147,16 @@ def _precheck(doc: MarkedDoc) -> None:
 
 def _input_file(doc: MarkedDoc, where: tuple[Any, ...], base_dir: Path, rel: str,
                 what: str) -> Path:
-    target = (base_dir / rel).resolve()
+    named = Path(os.path.abspath(base_dir / rel))
+    target = named.resolve()
     if not target.is_file():
         raise doc.error(f"{what} not found: {rel} (resolved to {target})", where,
                         hint="paths inside a request are relative to the request file")
+    if target != named:
+        # a symlink someone else controls (e.g. inside the target repository) must not
+        # point an input at a host secret such as ~/.ssh/id_rsa
+        raise doc.error(f"{what} {rel} is reached through a symlink (to {target})", where,
+                        hint="name the real file; inputs are never read through symlinks")
     return target
 
 

@@ -149,6 +149,8 @@ class RunContext:
         if self._lock is not None:
             return
         self.paths.state.mkdir(parents=True, exist_ok=True)
+        # the worktree inside holds whatever steps wrote: no other local user may enter
+        os.chmod(self.paths.root, 0o700)
         handle = open(self.paths.state / "lock", "a+b")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -43,8 +43,9 @@ def encode_event(seq: int, event: str, prev: str, fields: dict[str, Any]) -> byt
     }
     record.update(fields)
     record["prev"] = prev
+    # a file name that is not UTF-8 (surrogate-escaped) becomes a JSON \udcXX escape
     return json.dumps(record, sort_keys=False, ensure_ascii=False,
-                      separators=(",", ":")).encode("utf-8")
+                      separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 
 def iter_lines(path: Path) -> Iterator[bytes]:
