@@ -111,6 +111,9 @@ def git_env(author: Author, extra: Mapping[str, str] | None = None,
         "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent",
         "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "GIT_PAGER": "cat",
+        # refs/replace/* and grafts would let a repository show git a different history
+        # than the objects really hold (a replaced commit hides what the branch carries)
+        "GIT_NO_REPLACE_OBJECTS": "1", "GIT_GRAFT_FILE": os.devnull,
         "GIT_AUTHOR_NAME": author.name, "GIT_AUTHOR_EMAIL": author.email,
         "GIT_COMMITTER_NAME": author.name, "GIT_COMMITTER_EMAIL": author.email,
     })

@@ -188,6 +188,11 @@ def sign_action(ctx: RunContext) -> None:
     if ctx.key_path is None:
         raise AgentosError("sign needs key=PATH", hint="agentos keygen, then "
                            "doit sign request=... key=agentos.key")
+    # never trust a cached gate result: recompute every gate from the evidence now,
+    # write the reports from exactly those results, then sign (refused on any FAIL)
+    from gates import run_all, write_reports
+
+    write_reports(ctx.paths.root, run_all(ctx.paths.root))
     envelope = sign_run(ctx.paths.root, ctx.key_path)
     print(f"signed: {envelope}")
 

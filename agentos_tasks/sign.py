@@ -68,6 +68,7 @@ SUBJECT_GLOBS: tuple[str, ...] = (
     "audit/rollback_proof.json",
     "execution_result.json",
     "reports/gates.json",
+    "reports/gates.xml",
     "reports/report.md",
     "audit/request.yaml",
     "audit/request.json",

@@ -8,7 +8,10 @@ pass; a gate that crashes on malformed evidence is a FAIL naming the crash.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
+import secrets
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -76,10 +79,17 @@ def gate_inputs_digest(gate: Gate, run_dir: Path) -> str:
     """Digest of everything the gate reads: evidence files, branch head, package source."""
     digest = hashlib.sha256()
     for pattern in gate.inputs:
-        for path in sorted(run_dir.glob(pattern)):
-            if path.is_file():
-                digest.update(path.relative_to(run_dir).as_posix().encode() + b"\0")
-                digest.update(_file_digest(path))
+        # a pattern names its top-level entry; everything below it counts, at any depth
+        # (a file added at logs/sub/x must make the gate run again)
+        top = pattern.split("/", 1)[0]
+        candidates = [run_dir / top] if "*" not in top else list(run_dir.glob(top))
+        for entry in sorted(candidates):
+            files = sorted(p for p in entry.rglob("*")) if entry.is_dir() else [entry]
+            for path in files:
+                if path.is_file() or path.is_symlink():
+                    digest.update(path.relative_to(run_dir).as_posix().encode() + b"\0")
+                    digest.update(_file_digest(path) if path.is_file() else
+                                  os.readlink(path).encode())
         digest.update(b"|")
     if gate.uses_repo:
         if run_dir not in _HEADS:
@@ -100,6 +110,7 @@ class InputsUnchanged:
     def __init__(self, compute: Callable[[], object]) -> None:
         self.compute = compute
         self._value: str | None = None
+        self._task = ""
 
     def value(self) -> str:
         if self._value is None:
@@ -107,10 +118,54 @@ class InputsUnchanged:
         return self._value
 
     def configure_task(self, task: Any) -> None:
-        task.value_savers.append(lambda: {"_agentos_inputs": self.value()})
+        self._task = task.name
+        task.value_savers.append(lambda: {
+            "_agentos_inputs": self.value(),
+            "_agentos_mac": mac("uptodate", self._task, self.value())})
 
     def __call__(self, task: Any, values: dict[str, Any]) -> bool:
-        return bool(values.get("_agentos_inputs") == self.value())
+        # doit's DB lives in the run dir: a stored value counts only with our MAC
+        return bool(values.get("_agentos_inputs") == self.value() and mac_ok(
+            values.get("_agentos_mac"), "uptodate", task.name, self.value()))
+
+
+_KEY: list[bytes | None] = []
+
+
+def cache_key() -> bytes | None:
+    """The key that authenticates cached gate results, kept OUTSIDE the run directory
+    (~/.cache/agentos-tasks/gate-cache.key, 0600): whoever can rewrite outputs/<run>,
+    doit's DB included, still cannot make `doit gates` reuse a PASS. No usable home =
+    no cache: every gate is recomputed."""
+    if not _KEY:
+        try:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+            key_file = base / "agentos-tasks" / "gate-cache.key"
+            key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(secrets.token_bytes(32))
+            except FileExistsError:
+                pass
+            key = key_file.read_bytes()
+            _KEY.append(key if len(key) == 32 else None)
+        except OSError:
+            _KEY.append(None)
+    return _KEY[0]
+
+
+def mac(*parts: str) -> str | None:
+    key = cache_key()
+    if key is None:
+        return None
+    return hmac.new(key, "\0".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def mac_ok(expected: object, *parts: str) -> bool:
+    actual = mac(*parts)
+    return actual is not None and isinstance(expected, str) and \
+        hmac.compare_digest(actual, expected)
 
 
 def partial_path(run_dir: Path, gate_id: str) -> Path:
@@ -120,8 +175,11 @@ def partial_path(run_dir: Path, gate_id: str) -> Path:
 def run_gate(gate: Gate, run_dir: Path) -> None:
     """doit action for gates:<ID>: evaluate and keep the result with its input digest."""
     result = evaluate(gate, run_dir)
+    inputs = gate_inputs_digest(gate, run_dir)
+    body = json.dumps(result.as_dict(), sort_keys=True)
     write_json(partial_path(run_dir, gate.id),
-               {"inputs": gate_inputs_digest(gate, run_dir), "result": result.as_dict()})
+               {"inputs": inputs, "result": result.as_dict(),
+                "mac": mac("partial", str(run_dir), gate.id, inputs, body)})
     print(f"{result.status:<15} {gate.id}: {result.reason}")
 
 
@@ -135,8 +193,11 @@ def collect(run_dir: Path) -> list[GateResult]:
     for gate in REGISTRY:
         try:
             stored = read_json(partial_path(run_dir, gate.id))
-            if stored["inputs"] != gate_inputs_digest(gate, run_dir):
-                raise ValueError("stale")
+            inputs = gate_inputs_digest(gate, run_dir)
+            body = json.dumps(stored["result"], sort_keys=True)
+            if stored["inputs"] != inputs or not mac_ok(
+                    stored.get("mac"), "partial", str(run_dir), gate.id, inputs, body):
+                raise ValueError("stale or not ours")
             results.append(GateResult(**stored["result"]))
         except (OSError, ValueError, KeyError, TypeError):
             results.append(evaluate(gate, run_dir))

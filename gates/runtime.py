@@ -121,6 +121,11 @@ def r2_worktree(ctx: GateContext) -> Verdict:
         return FAIL, "execution_result post_apply_head has no matching patches_applied event"
     if head != post:
         return FAIL, f"branch head {str(head)[:12]} != recorded post-apply head {str(post)[:12]}"
+    rewritten = ctx.git.run("for-each-ref", "--format=%(refname)", "refs/replace/").text
+    grafts = ctx.git.git_dir() / "info" / "grafts"
+    if rewritten.strip() or grafts.exists():
+        return FAIL, "the repository rewrites history for git (refs/replace or info/grafts): " \
+                     "plain git would show other content than the commits hold"
     commits = ctx.git.commits_between(pre, post)
     changed = [s for s in ctx.step_ids() if ctx.manifest(s).get("status") == "changed"]
     patches = b"".join(ctx.read_bytes(f"patches/{step_id}.patch") for step_id in changed)
