@@ -173,6 +173,12 @@ def policy_task(ctx: RunContext) -> None:
         raise AgentosError(f"policy file {policy.source} changed while loading; re-run")
     atomic_write(audit / "policy.yaml", policy_bytes)
     write_json(audit / "request.json", request_record(req))
+    for step in req.steps:  # the bytes every content_file / patch step used, by sha256
+        for path in step.input_files:
+            data = path.read_bytes()
+            target = audit / "inputs" / sha256_bytes(data)
+            if not target.exists():
+                atomic_write(target, data)
     t.append("policy_loaded", policy_id=policy.id, policy_sha256=policy.sha256,
              policy_path=str(policy.source), request_sha256=req.sha256,
              isolation=policy.isolation, network=policy.network)
@@ -850,7 +856,7 @@ def rollback_task(ctx: RunContext) -> None:
 # ---------------------------------------------------------------- checksums + result
 
 
-ARTIFACT_DIRS = ("patches", "steps", "logs", "tools")
+ARTIFACT_DIRS = ("patches", "steps", "logs", "tools", "audit/inputs")
 ARTIFACT_FILES = ("audit/request.yaml", "audit/policy.yaml", "audit/request.json",
                   "audit/answers.yaml", "audit/rollback_proof.json")
 

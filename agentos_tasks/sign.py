@@ -72,6 +72,7 @@ SUBJECT_GLOBS: tuple[str, ...] = (
     "reports/report.md",
     "audit/request.yaml",
     "audit/request.json",
+    "audit/inputs/*",
     "audit/policy.yaml",
     "audit/answers.yaml",
     "steps/*.json",

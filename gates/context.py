@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,83 @@ from agentos_tasks.tape import ChainReport, verify_chain
 
 class Missing(Exception):
     """An artifact a gate needs does not exist (or does not parse)."""
+
+
+def _arg_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def record_disagreement(record: dict[str, Any], raw_yaml: bytes, inputs: Path) -> str | None:
+    """First field where the normalised request record differs from the request file."""
+    import yaml
+
+    from agentos_tasks.fsutil import sha256_bytes
+    from agentos_tasks.model import OPS
+    from agentos_tasks.request import patch_paths
+
+    if sha256_bytes(raw_yaml) != record.get("sha256"):
+        return "sha256 of request.yaml"
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        doc = yaml.load(raw_yaml, Loader=loader)  # noqa: S506 - safe loader
+    except yaml.YAMLError:
+        return "request.yaml does not parse"
+    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
+        return "request.yaml has no steps"
+    source_dir = Path(str(record.get("source", ""))).parent
+    repo = str(doc.get("repo", ""))
+    candidates = {str((source_dir / repo).resolve()), os.path.normpath(source_dir / repo)}
+    if str(record.get("repo")) not in candidates:
+        return "repo"
+    author = doc.get("author") or {"name": "agentos", "email": "agentos@localhost"}
+    top = {"id": doc.get("id"), "branch": doc.get("branch"), "base": doc.get("base"),
+           "init_repo": bool(doc.get("init_repo", False)), "author": author,
+           "questions": [{"id": q.get("id"), "text": q.get("text")}
+                         for q in doc.get("questions") or [] if isinstance(q, dict)]}
+    for key, value in top.items():
+        if record.get(key) != value:
+            return key
+    steps = record.get("steps")
+    if not isinstance(steps, list) or len(steps) != len(doc["steps"]):
+        return "number of steps"
+    for index, (raw, rec) in enumerate(zip(doc["steps"], steps, strict=True)):
+        if not isinstance(raw, dict) or not isinstance(rec, dict):
+            return f"steps[{index}]"
+        ops = [op for op in OPS if op in raw]
+        expected: dict[str, Any] = {"id": raw.get("id"), "index": index,
+                                    "op": ops[0] if len(ops) == 1 else None,
+                                    "message": raw.get("message", raw.get("id"))}
+        op = expected["op"]
+        if op in ("write", "delete"):
+            expected["path"] = (raw[op] or {}).get("path")
+        if op == "write" and "content" in (raw["write"] or {}):
+            expected["content_sha256"] = sha256_bytes(str(raw["write"]["content"]).encode())
+        if op == "run":
+            expected["argv"] = [_arg_text(a) for a in raw["run"] or []]
+        if op in ("run", "tool"):
+            expected["expect_exit"] = raw.get("expect_exit", 0)
+        if op == "tool":
+            tool = raw["tool"] or {}
+            expected["tool"] = {"adapter": tool.get("adapter"), "prompt": tool.get("prompt"),
+                                "paths": list(tool.get("paths") or []),
+                                "argv": [_arg_text(a) for a in tool.get("argv") or []],
+                                "model": tool.get("model")}
+        for key, value in expected.items():
+            if rec.get(key) != value:
+                return f"steps[{index}].{key}"
+        if op == "write" and "content_file" in (raw["write"] or {}):
+            if not (inputs / str(rec.get("content_sha256"))).is_file():
+                return f"steps[{index}]: recorded input audit/inputs/{rec.get('content_sha256')}"
+        if op == "patch":
+            recorded = inputs / str(rec.get("patch_sha256"))
+            if not recorded.is_file() or sha256_bytes(recorded.read_bytes()) != \
+                    rec.get("patch_sha256"):
+                return f"steps[{index}]: recorded patch input is missing or differs"
+            if list(patch_paths(recorded.read_bytes())) != rec.get("patch_paths"):
+                return f"steps[{index}].patch_paths"
+    return None
 
 
 class GateContext:
@@ -81,9 +159,16 @@ class GateContext:
 
     @cached_property
     def request_record(self) -> dict[str, Any]:
+        """audit/request.json, which every gate re-decides from — accepted only when it
+        says exactly what the recorded request file (audit/request.yaml) and the recorded
+        inputs (audit/inputs/) say, so it cannot be rewritten to fit a policy."""
         data = self.json("audit/request.json")
         if not isinstance(data, dict):
             raise Missing("audit/request.json is not an object")
+        problem = record_disagreement(data, self.read_bytes("audit/request.yaml"),
+                                      self.run_dir / "audit" / "inputs")
+        if problem:
+            raise Missing(f"audit/request.json disagrees with audit/request.yaml: {problem}")
         return data
 
     def manifest(self, step_id: str) -> dict[str, Any]:
@@ -97,17 +182,44 @@ class GateContext:
 
     # ---- git (the repos named by the recorded evidence)
     def repo_path(self) -> Path:
+        """The target repository as the recorded request names it; execution_result and
+        the tape must agree (gates never follow a decoy repository)."""
+        repo = Path(self.request_record["repo"])
         try:
-            return Path(self.result["repo"])
+            named = self.result.get("repo")
         except Missing:
-            return Path(self.request_record["repo"])
+            named = None
+        if named is not None and Path(named) != repo:
+            raise Missing(f"execution_result.json names repo {named}, the recorded request "
+                          f"{repo}")
+        for event in self.events_named("worktree_created"):
+            if Path(event.get("repo", "")) != repo:
+                raise Missing(f"the tape's worktree_created names repo {event.get('repo')}, "
+                              f"the recorded request {repo}")
+        return repo
 
     @cached_property
     def git(self) -> Git:
         return Git(self.repo_path())
 
     def branch(self) -> str:
-        return str(self.result.get("branch") or self.request_record.get("branch"))
+        """The target branch: the request's, or the one the worktree task recorded; every
+        record of it must agree."""
+        wanted = self.request_record.get("branch")
+        named = {str(e.get("branch")) for e in self.events_named("worktree_created")}
+        named |= {str(e.get("branch")) for e in self.events_named("patches_applied")}
+        try:
+            if self.result.get("branch") is not None:
+                named.add(str(self.result["branch"]))
+        except Missing:
+            pass
+        if wanted is not None:
+            named.add(str(wanted))
+        if len(named) > 1:
+            raise Missing(f"the run's records name different branches: {sorted(named)}")
+        if not named:
+            raise Missing("no branch is recorded for this run")
+        return named.pop()
 
     def branch_head(self) -> str | None:
         return self.git.try_rev_parse(f"refs/heads/{self.branch()}")
