@@ -75,12 +75,17 @@ def r1_policy(ctx: GateContext) -> Verdict:
         return FAIL, f"denied request, yet {len(started)} step(s) started"
     if ctx.events_named("patches_applied") or result.get("commits_applied"):
         return FAIL, "denied request, yet patches were applied"
-    recorded_head = denied[-1].get("branch_head")
-    if recorded_head is not None:
-        head = ctx.git.try_rev_parse(f"refs/heads/{denied[-1].get('branch')}")
-        if head != recorded_head:
-            return FAIL, f"branch moved from {recorded_head[:12]} to {str(head)[:12]} " \
-                         "after a denied request"
+    last = denied[-1]
+    if "branch_head" not in last or "branch" not in last:
+        return FAIL, "policy_denied does not record the branch and its head at decision time"
+    recorded_head = last["branch_head"]
+    branch = last["branch"] or ctx.request_record.get("branch")
+    head = ctx.git.try_rev_parse(f"refs/heads/{branch}") \
+        if branch and Path(ctx.request_record["repo"]).exists() else None
+    if head != recorded_head:
+        # None recorded = no repository/branch yet; a denied run must not create one either
+        return FAIL, f"branch moved: {branch} is at {str(head)[:12]}, recorded " \
+                     f"{str(recorded_head)[:12]} when the request was denied"
     return PASS, f"denied by {decision.rule_id}: no step started, branch unchanged"
 
 
