@@ -572,9 +572,10 @@ def run_confined(argv: Sequence[str], spec: ConfinedSpec, output_path: Path) -> 
         if backend.name == "bwrap":
             assert backend.probe is not None
             data_fds = {}
-            for inner_path, content in sandbox.synthesized_etc(os.getuid(), os.getgid()).items():
+            synthesized = sandbox.synthesized_files(spec, os.getuid(), os.getgid())
+            for inner_path, content in synthesized.items():
                 data_read, data_write = os.pipe()
-                os.write(data_write, content)  # tiny: fits the pipe buffer
+                os.write(data_write, content)  # tiny (passwd, group, a git config): fits the pipe
                 os.close(data_write)
                 data_fds[inner_path] = data_read
                 pass_fds.append(data_read)

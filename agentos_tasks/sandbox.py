@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,11 +162,23 @@ def _prefix_binds(program: Path, guarded: Sequence[str]) -> list[Path]:
 
 
 def _read_head(path: Path, size: int = 1024) -> bytes:
+    """The first bytes of a regular file; b"" for anything else.
+
+    Opened non-blocking and checked after opening: a FIFO or device the worktree holds in
+    place of a script must not hang the host while the mount plan is made.
+    """
     try:
-        with open(path, "rb") as handle:
-            return handle.read(size)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return os.read(fd, size)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def read_shebang(path: Path) -> tuple[str, list[str]] | None:
@@ -249,40 +262,91 @@ def plan_program(argv0: str, env: Mapping[str, str], cwd: Path,
 
     `guarded` are host paths that must never be exposed by binding a parent directory
     (the worktree: its siblings may be private). Shebang interpreters are followed
-    (`#!/usr/bin/env python3` included) so a script's interpreter is runnable too.
+    (`#!/usr/bin/env python3` included) so a script's interpreter is runnable too, but a
+    file the repository wrote (anything in the worktree) or one not found through PATH
+    only ever leads to interpreters in the system dirs or on the step's PATH: a shebang or
+    symlink in the repository must not pick which host directory becomes visible.
     """
-    return _plan(argv0, env, cwd, (str(cwd), *guarded), 0)
+    path_dirs = _path_dirs(env.get("PATH", os.defpath))
+    return _plan(argv0, env, cwd, (str(cwd), *guarded), 0, _Trust.OPERATOR, path_dirs)
 
 
-def _plan(argv0: str, env: Mapping[str, str], cwd: Path, guarded: Sequence[str],
-          depth: int) -> ProgramPlan:
+class _Trust:
+    """Who named a program: decides whether naming it may make a host directory visible."""
+
+    OPERATOR = "operator"  # argv[0] of the request/policy: its explicit choice
+    TRUSTED = "trusted"  # the shebang of a program found on PATH (installed, not the repo's)
+    UNTRUSTED = "untrusted"  # the shebang of a worktree file or of a file not found on PATH
+
+
+def _path_dirs(path_env: str) -> frozenset[str]:
+    """The absolute PATH entries, normalised (relative ones depend on the cwd: never)."""
+    return frozenset(os.path.normpath(entry) for entry in path_env.split(os.pathsep)
+                     if entry and os.path.isabs(entry))
+
+
+def _lexically_system(path: str) -> bool:
+    """True when the path as written (normalised, links not followed) is in a system dir."""
+    normal = os.path.normpath(path)
+    return any(_within(normal, system_dir) for system_dir in SYSTEM_DIRS)
+
+
+def _on_trusted_path(path: str, path_dirs: frozenset[str]) -> bool:
+    """A system file or one in a directory on the step's (absolute) PATH."""
+    return (_lexically_system(path)
+            or os.path.normpath(os.path.dirname(os.path.abspath(path))) in path_dirs)
+
+
+def _plan(argv0: str, env: Mapping[str, str], cwd: Path, guarded: Sequence[str],  # noqa: PLR0917
+          depth: int, named_by: str, path_dirs: frozenset[str]) -> ProgramPlan:
     program: Path | None
-    if "/" in argv0:
+    found_on_path = "/" not in argv0
+    if found_on_path:
+        program = resolve_on_path(argv0, env.get("PATH", os.defpath))
+    else:
         program = Path(argv0) if os.path.isabs(argv0) else cwd / argv0
         if not program.exists():
             program = None
-    else:
-        program = resolve_on_path(argv0, env.get("PATH", os.defpath))
     if program is None:
         return ProgramPlan(argv0, None)
+    worktree = os.path.realpath(cwd)
+    lexical = os.path.normpath(os.path.abspath(program))
+    in_worktree = _within(lexical, os.path.normpath(os.path.abspath(cwd))) or \
+        _within(lexical, worktree)
+    # A file whose content we may follow: installed where PATH or the system put it.
+    trusted_file = not in_worktree and (found_on_path or _on_trusted_path(lexical, path_dirs))
     path_prefix: list[str] = []
-    pyenv_root = _pyenv_root_of_shim(program)
+    pyenv_root = _pyenv_root_of_shim(program) if trusted_file else None
     if pyenv_root is not None:
         real = _pyenv_resolve(program.name, pyenv_root, env, cwd)
         if real is None:
             return ProgramPlan(argv0, None)
         program = real
         path_prefix.append(str(real.parent))
-    binds = [] if _within(os.path.realpath(program), os.path.realpath(cwd)) else \
-        _prefix_binds(program, guarded)
+        path_dirs = path_dirs | {os.path.normpath(real.parent)}
+    binds: list[Path] = []
+    target = os.path.realpath(program)
+    if in_worktree:
+        # The repository may have made it a symlink: follow only to where PATH could lead.
+        if not _within(target, worktree) and _on_trusted_path(target, path_dirs):
+            binds = _prefix_binds(Path(target), guarded)
+    elif trusted_file or named_by != _Trust.UNTRUSTED:
+        binds = _prefix_binds(program, guarded)
+    else:
+        # Named by an untrusted shebang, not on PATH: nothing of it becomes visible, and
+        # its own shebang is not followed (inside the sandbox the exec simply fails).
+        return ProgramPlan(argv0, program)
     shebang = read_shebang(program) if depth < _MAX_SHEBANG_DEPTH else None
     if shebang is not None:
         interpreter, args = shebang
-        if os.path.basename(interpreter) == "env":
+        inner_trust = _Trust.TRUSTED if trusted_file else _Trust.UNTRUSTED
+        if os.path.basename(interpreter) == "env" and _on_trusted_path(interpreter, path_dirs):
             names = [a for a in args if not a.startswith("-") and "=" not in a]
-            interpreter = names[0] if names else ""
+            interpreter = names[0] if names else ""  # env: a PATH lookup (or a path)
+        elif interpreter and "/" not in interpreter:
+            interpreter = str(cwd / interpreter)  # the kernel reads it relative to the cwd
         if interpreter:
-            inner = _plan(interpreter, env, cwd, guarded, depth + 1)
+            inner = _plan(interpreter, env, cwd, guarded, depth + 1, inner_trust, path_dirs)
             binds.extend(inner.binds)
             path_prefix.extend(inner.path_prefix)
     return ProgramPlan(argv0, program, tuple(_dedupe_binds(binds)),
@@ -303,6 +367,189 @@ def program_binds(argv0: str, path_env: str, cwd: Path | None = None) -> list[Pa
     """Host paths (outside system dirs) bound read-only so `argv0` runs in the sandbox."""
     where = cwd or Path.cwd()
     return list(plan_program(argv0, {"PATH": path_env}, where).binds)
+
+
+# --- the repository's git dir, as a step may see it --------------------------------------
+
+# What git needs to read a repository from a linked worktree (status, log, diff). Never
+# `config` (credential helpers, http.<url>.extraheader, https://user:token@ remotes), nor
+# hooks/, logs/, FETCH_HEAD (remote URLs), modules/ or worktrees of other runs.
+GIT_COMMON_ENTRIES: tuple[str, ...] = ("HEAD", "objects", "refs", "packed-refs", "reftable",
+                                       "info", "shallow")
+# Of the worktree's own dir (`<common>/worktrees/<name>`): no config.worktree, no logs/.
+GIT_WORKTREE_ENTRIES: tuple[str, ...] = ("HEAD", "commondir", "gitdir", "index", "refs",
+                                         "info")
+# core.* keys copied from the real config: they change how the worktree is compared
+# (never a command, a path or a URL, and only values that look like a word).
+GIT_CORE_KEYS: tuple[str, ...] = ("repositoryformatversion", "filemode", "symlinks",
+                                  "ignorecase", "precomposeunicode", "checkstat", "trustctime",
+                                  "autocrlf", "eol")
+# extensions.* are copied (objectformat, refstorage, ...) except this one, which would make
+# git read config.worktree: that file is not shown either.
+GIT_EXTENSIONS_DROPPED: tuple[str, ...] = ("worktreeconfig",)
+_GIT_POINTER_MAX = 4096
+_CONFIG_MAX_BYTES = 1 << 20
+_CONFIG_SECTION = re.compile(r'\s*\[\s*([A-Za-z0-9.-]+)\s*("(?:[^"\\]|\\.)*")?\s*\](.*)')
+_CONFIG_ENTRY = re.compile(r"\s*([A-Za-z][A-Za-z0-9-]*)\s*(?:=(.*))?")
+_CONFIG_SAFE_VALUE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class GitDirView:
+    """The part of a repository's git dir that is bound into the sandbox.
+
+    Inside, `gitdir` is a read-only tmpfs holding only `binds` (host files and dirs bound
+    at the same path, never through a symlink), `symlinks` (recreated as they are, so they
+    resolve inside the sandbox) and a synthesized `config` (see `git_view_config`).
+    """
+
+    gitdir: str
+    binds: tuple[str, ...]
+    symlinks: tuple[tuple[str, str], ...]  # (link target, path)
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.gitdir, "config")
+
+
+def is_git_dir(path: str) -> bool:
+    """A repository's (common) git dir: a real directory holding HEAD and objects."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    return all(os.path.lexists(os.path.join(path, name)) for name in ("HEAD", "objects"))
+
+
+def _git_pointer(path: str) -> str | None:
+    """The dir a `.git` file points to (`gitdir: <dir>`), normalised; None otherwise."""
+    head = _read_head(Path(path), _GIT_POINTER_MAX)
+    if not head.startswith(b"gitdir: "):
+        return None
+    target = head[len(b"gitdir: "):].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    if not target or "\x00" in target:
+        return None
+    return os.path.normpath(os.path.join(os.path.dirname(path), target))
+
+
+def _entries_of(directory: str, names: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Which of `names` in `directory` to bind (real files and dirs) or recreate (links)."""
+    binds: list[str] = []
+    links: list[tuple[str, str]] = []
+    for name in names:
+        entry = os.path.join(directory, name)
+        try:
+            mode = os.lstat(entry).st_mode
+        except OSError:
+            continue
+        if stat.S_ISLNK(mode):
+            links.append((os.readlink(entry), entry))  # resolved inside the sandbox only
+        elif stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+            binds.append(entry)  # FIFOs, sockets, devices: never
+    return binds, links
+
+
+def git_dir_view(gitdir: str, pointers: Iterable[str] = ()) -> GitDirView:
+    """The view of `gitdir` for a step: what git needs, plus the worktree dirs that the
+    worktree `.git` files in `pointers` name (`<gitdir>/worktrees/<name>`), nothing else."""
+    gitdir = os.path.normpath(gitdir)
+    binds, links = _entries_of(gitdir, GIT_COMMON_ENTRIES)
+    worktrees = os.path.join(gitdir, "worktrees")
+    for pointer in pointers:
+        name = os.path.basename(pointer)
+        if os.path.dirname(pointer) != worktrees or name in ("", ".", ".."):
+            continue
+        try:
+            if not stat.S_ISDIR(os.lstat(worktrees).st_mode) or \
+                    not stat.S_ISDIR(os.lstat(pointer).st_mode):
+                continue  # a symlinked worktrees/ or worktrees/<name> would lead elsewhere
+        except OSError:
+            continue
+        more_binds, more_links = _entries_of(pointer, GIT_WORKTREE_ENTRIES)
+        binds += more_binds
+        links += more_links
+    return GitDirView(gitdir, tuple(binds), tuple(links))
+
+
+def _config_value(raw: str) -> str | None:
+    value = re.split(r"[#;]", raw, maxsplit=1)[0].strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value if _CONFIG_SAFE_VALUE.fullmatch(value) else None
+
+
+def read_repository_format(config_path: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(core.* keys of GIT_CORE_KEYS, extensions.*) of a git config file, lower-cased keys.
+
+    A small reader, no process: `[section]` / `[section "sub"]` headers, `key = value`
+    lines, comments; includes are not followed (git does not follow them for
+    repositoryformatversion and extensions either). Only word-like values are kept.
+    """
+    core: dict[str, str] = {}
+    extensions: dict[str, str] = {}
+    head = _read_head(Path(config_path), _CONFIG_MAX_BYTES)
+    section: dict[str, str] | None = None
+    for line in head.decode("utf-8", "replace").splitlines():
+        rest = line
+        header = _CONFIG_SECTION.match(line)
+        if header is not None:
+            name = header.group(1).lower()
+            section = None if header.group(2) is not None else \
+                {"core": core, "extensions": extensions}.get(name)
+            rest = header.group(3)
+        entry = _CONFIG_ENTRY.fullmatch(rest.rstrip())
+        if section is None or entry is None:
+            continue
+        key = entry.group(1).lower()
+        value = _config_value(entry.group(2)) if entry.group(2) is not None else "true"
+        if value is not None and (section is extensions or key in GIT_CORE_KEYS):
+            section[key] = value
+    return core, extensions
+
+
+def git_view_config(gitdir: str) -> bytes:
+    """The `config` a step sees in place of the real one: the repository format only.
+
+    git needs repositoryformatversion and the extensions (sha256 objects, reftable) to
+    read the repository; everything else in the real config (remotes, credentials,
+    extraheaders, aliases, filters) is left out.
+    """
+    core, extensions = read_repository_format(os.path.join(gitdir, "config"))
+    lines = ["[core]", f"\trepositoryformatversion = {core.pop('repositoryformatversion', '0')}"]
+    lines += [f"\t{key} = {value}" for key, value in sorted(core.items())]
+    lines.append("\tbare = false")
+    kept = {k: v for k, v in extensions.items() if k not in GIT_EXTENSIONS_DROPPED}
+    if kept:
+        lines.append("[extensions]")
+        lines += [f"\t{key} = {value}" for key, value in sorted(kept.items())]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def readonly_mounts(readonly_paths: Iterable[Path | str]) -> list[str | GitDirView]:
+    """How each read-only path is shown, parents before children: a path (bound as is)
+    or a GitDirView (a repository's git dir, shown without its config and hooks)."""
+    paths = sorted(dict.fromkeys(os.path.abspath(p) for p in readonly_paths), key=len)
+    pointers = [target for p in paths
+                if os.path.basename(p) == ".git" and os.path.isfile(p)
+                and (target := _git_pointer(p)) is not None]
+    mounts: list[str | GitDirView] = []
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        mounts.append(git_dir_view(path, pointers) if is_git_dir(path) else path)
+    return mounts
+
+
+def synthesized_files(spec: ConfinedSpec, uid: int, gid: int) -> dict[str, bytes]:
+    """Every file the sandbox gets as data (`--ro-bind-data`): /etc/passwd and /etc/group,
+    and the synthesized config of each git dir in `spec.readonly_paths`."""
+    files = synthesized_etc(uid, gid)
+    for mount in readonly_mounts(spec.readonly_paths):
+        if isinstance(mount, GitDirView):
+            files[mount.config_path] = git_view_config(mount.gitdir)
+    return files
+
 
 
 def synthesized_etc(uid: int, gid: int) -> dict[str, bytes]:
@@ -384,8 +631,11 @@ def build_bwrap_argv(
         etc_path = os.path.join("/etc", name)
         if os.path.exists(etc_path):
             args += ["--ro-bind", etc_path, etc_path]
+    mounts = readonly_mounts(spec.readonly_paths)
+    in_git_views = {m.config_path for m in mounts if isinstance(m, GitDirView)}
     for inner_path, fd in (data_fds or {}).items():
-        args += ["--perms", "0644", "--ro-bind-data", str(fd), inner_path]
+        if inner_path not in in_git_views:
+            args += ["--perms", "0644", "--ro-bind-data", str(fd), inner_path]
     args += ["--proc", "/proc", "--dev", "/dev",
              "--size", tmp_bytes, "--tmpfs", SANDBOX_SHM,
              "--size", tmp_bytes, "--tmpfs", SANDBOX_TMP]
@@ -399,11 +649,26 @@ def build_bwrap_argv(
         if not _within(str(bind), worktree):
             args += ["--ro-bind", str(bind), str(bind)]
     args += ["--bind", worktree, worktree]
-    for readonly in spec.readonly_paths:
-        readonly_path = os.path.abspath(readonly)
-        if os.path.lexists(readonly_path):  # after the worktree bind: read-only wins
-            args += ["--ro-bind", readonly_path, readonly_path]
+    for mount in mounts:  # after the worktree bind: read-only wins
+        if isinstance(mount, GitDirView):
+            args += _git_view_args(mount, (data_fds or {}).get(mount.config_path))
+        else:
+            args += ["--ro-bind", mount, mount]
     args += ["--remount-ro", "/", "--chdir", worktree]
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
     return [*args, "--", *argv]
+
+
+def _git_view_args(view: GitDirView, config_fd: int | None) -> list[str]:
+    """bwrap options that show `view`: an empty tmpfs over the git dir (so nothing of the
+    real one shows through, even where the worktree bind holds it), the allowed entries,
+    the synthesized config, then the tmpfs made read-only."""
+    args = ["--perms", "0755", "--tmpfs", view.gitdir]
+    for bind in view.binds:
+        args += ["--ro-bind", bind, bind]
+    for target, link in view.symlinks:
+        args += ["--symlink", target, link]
+    if config_fd is not None:  # without it (a dry argv for a test) git sees no config
+        args += ["--perms", "0644", "--ro-bind-data", str(config_fd), view.config_path]
+    return [*args, "--remount-ro", view.gitdir]
