@@ -23,9 +23,12 @@ computed from the worktree, and the policy decision is the executor's own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
+import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +53,7 @@ GIT_COMMON_WATCH_DIRS: tuple[str, ...] = ("hooks", "info")
 GIT_WORKTREE_WATCH: tuple[str, ...] = ("HEAD", "config", "config.worktree", "commondir",
                                        "gitdir")
 _WATCH_MAX_FILES = 2000
+_WATCH_MAX_BYTES = 1 << 20  # larger files are compared by size and times, not read
 
 
 def tool_dir(ctx: RunContext, step: Step) -> Path:
@@ -85,66 +89,225 @@ def resolve_executable(name: str, env: dict[str, str], worktree: Path) -> Path |
 # ---------------------------------------------------------------- git dir watch
 
 
+def _read_regular(path: Path, limit: int) -> bytes | None:
+    """Up to `limit` bytes of a regular file, never following a symlink and never waiting:
+    a FIFO or device planted in place of a git file must not hang the host. None when the
+    path is not a regular file (or is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit and (chunk := os.read(fd, min(1 << 16, limit - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _git_dirs(ctx: RunContext) -> tuple[Path | None, Path | None]:
     """(the worktree's own git dir, the repository's common git dir), read without git."""
     worktree_gitdir: Path | None = None
-    try:
-        pointer = (ctx.paths.worktree / ".git").read_text().strip()
-        if pointer.startswith("gitdir: "):
-            worktree_gitdir = Path(pointer.removeprefix("gitdir: "))
-    except OSError:
-        pass
+    head = _read_regular(ctx.paths.worktree / ".git", 4096) or b""
+    pointer = head.decode("utf-8", "replace").strip()
+    if pointer.startswith("gitdir: "):
+        worktree_gitdir = Path(pointer.removeprefix("gitdir: "))
     base = ctx.base() or {}
     common = base.get("git_common_dir")
     return worktree_gitdir, Path(common) if common else None
 
 
-def _watched_files(ctx: RunContext) -> list[Path]:
-    worktree_gitdir, common = _git_dirs(ctx)
+@dataclasses.dataclass(frozen=True)
+class GitEntryState:
+    """One watched git-dir entry as `lstat` saw it: its type, its permission bits and,
+    for a regular file of at most _WATCH_MAX_BYTES, its bytes (so it can be put back);
+    a larger file is compared by size, times and inode only. Nothing else is ever opened."""
+
+    kind: str  # "file" | "dir" | "symlink" | "fifo" | "socket" | "device" | "other"
+    mode: int  # permission bits (stat.S_IMODE)
+    data: bytes | None = None  # a small regular file's bytes, a symlink's target
+    stamp: tuple[int, ...] = ()  # (size, mtime_ns, ctime_ns, inode) of a large file
+
+
+@dataclasses.dataclass(frozen=True)
+class GitSnapshot:
+    """The watched entries of the worktree's git dir and the repository's common git dir,
+    as found before the tool ran."""
+
+    worktree_gitdir: Path | None
+    common: Path | None
+    entries: dict[Path, GitEntryState | None]  # None = absent
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
+                       (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device")):
+        if test(mode):
+            return kind
+    return "other"
+
+
+def _entry_state(path: Path) -> GitEntryState | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    kind, mode = _kind(info.st_mode), stat.S_IMODE(info.st_mode)
+    if kind == "symlink":
+        try:
+            return GitEntryState(kind, mode, os.readlink(os.fsencode(path)))
+        except OSError:
+            return GitEntryState(kind, mode)
+    if kind != "file":
+        return GitEntryState(kind, mode)  # type and mode only: never opened
+    if info.st_size > _WATCH_MAX_BYTES:
+        return GitEntryState(kind, mode, None, (info.st_size, info.st_mtime_ns,
+                                                info.st_ctime_ns, info.st_ino))
+    data = _read_regular(path, _WATCH_MAX_BYTES + 1)
+    if data is None:  # replaced between lstat and open: differs from anything recorded
+        return GitEntryState("other", mode)
+    if len(data) > _WATCH_MAX_BYTES:  # grew since lstat
+        return GitEntryState(kind, mode, None, (len(data), info.st_mtime_ns,
+                                                info.st_ctime_ns, info.st_ino))
+    return GitEntryState(kind, mode, data)
+
+
+def _walk(directory: Path, found: list[Path]) -> None:
+    """Every entry below `directory` (dirs included), descending only into real dirs."""
+    try:
+        with os.scandir(directory) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if len(found) >= _WATCH_MAX_FILES:
+            return
+        found.append(Path(entry.path))
+        if entry.is_dir(follow_symlinks=False):
+            _walk(Path(entry.path), found)
+
+
+def _watched_files(worktree_gitdir: Path | None, common: Path | None) -> list[Path]:
     files: list[Path] = []
     if common is not None:
         files += [common / name for name in GIT_COMMON_WATCH]
         for sub in GIT_COMMON_WATCH_DIRS:
-            directory = common / sub
-            if directory.is_dir():
-                files += sorted(p for p in directory.rglob("*") if not p.is_dir())
+            files.append(common / sub)
+            state = _entry_state(common / sub)
+            if state is not None and state.kind == "dir":
+                _walk(common / sub, files)
     if worktree_gitdir is not None:
         files += [worktree_gitdir / name for name in GIT_WORKTREE_WATCH]
     return files[:_WATCH_MAX_FILES]
 
 
-def snapshot_git_dirs(ctx: RunContext) -> dict[Path, bytes | None]:
-    """Bytes of every watched git-dir file (None = absent): hooks, config, HEAD ...
+def _snapshot(worktree_gitdir: Path | None, common: Path | None,
+              also: Iterable[Path] = ()) -> dict[Path, GitEntryState | None]:
+    paths = dict.fromkeys((*_watched_files(worktree_gitdir, common), *also))
+    return {path: _entry_state(path) for path in paths}
+
+
+def snapshot_git_dirs(ctx: RunContext) -> GitSnapshot:
+    """Every watched git-dir entry (hooks, config, HEAD ...), read with lstat first.
 
     Under bwrap these are read-only to the tool anyway; under the best-effort backend
     `none` this is what catches (and undoes) a tool that plants a hook or moves HEAD.
+    The repository itself may have planted FIFOs, sockets or symlinks there: only regular
+    files are read, and those without following a link or waiting on a writer.
     """
-    snap: dict[Path, bytes | None] = {}
-    for path in _watched_files(ctx):
-        try:
-            snap[path] = path.read_bytes() if not path.is_symlink() else \
-                b"symlink:" + os.readlink(path).encode()
-        except OSError:
-            snap[path] = None
-    return snap
+    worktree_gitdir, common = _git_dirs(ctx)
+    return GitSnapshot(worktree_gitdir, common, _snapshot(worktree_gitdir, common))
 
 
-def restore_git_dirs(ctx: RunContext, before: dict[Path, bytes | None]) -> list[str]:
-    """Put watched files back as they were; return the ones that had changed."""
-    after = snapshot_git_dirs(ctx)
-    changed = sorted(str(p) for p in before.keys() | after.keys()
-                     if before.get(p) != after.get(p))
-    for name in changed:
-        path = Path(name)
-        original = before.get(path)
-        if path.is_symlink() or path.exists():
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        if original is not None and not original.startswith(b"symlink:"):
-            atomic_write(path, original)
-    return changed
+def _real_dirs_between(root: Path, path: Path) -> bool:
+    """True when every directory from `root` down to `path`'s parent is a real directory,
+    so writing `path` cannot land anywhere else through a symlink the tool planted."""
+    try:
+        relative = path.parent.relative_to(root)
+    except ValueError:
+        return False
+    directories = [root]
+    for part in relative.parts:
+        directories.append(directories[-1] / part)
+    try:
+        return all(stat.S_ISDIR(os.lstat(d).st_mode) for d in directories)
+    except OSError:
+        return False
+
+
+def _write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` with `data` via a fresh temp file (O_EXCL|O_NOFOLLOW) and a rename."""
+    temp = path.with_name(f".{path.name}.agentos-restore.{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+
+
+def _remove_entry(path: Path) -> None:
+    current = _entry_state(path)
+    if current is None:
+        return
+    if current.kind == "dir":
+        shutil.rmtree(path, ignore_errors=True)  # never follows symlinks
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _put_back(path: Path, original: GitEntryState | None) -> None:
+    """Make `path` what it was: removed, or recreated (a file's bytes, a link, a dir, a
+    FIFO). A large file or a socket/device cannot be recreated: it is only reported."""
+    current = _entry_state(path)
+    if original is not None and original.kind == "dir" and current is not None \
+            and current.kind == "dir":
+        os.chmod(path, original.mode)  # lstat just saw a real dir
+        return
+    if original is not None and (original.kind in ("socket", "device", "other")
+                                 or (original.kind == "file" and original.data is None)):
+        return
+    _remove_entry(path)
+    if original is None:
+        return
+    if original.kind == "file" and original.data is not None:
+        _write_new_file(path, original.data, original.mode)
+    elif original.kind == "symlink" and original.data is not None:
+        os.symlink(original.data, os.fsencode(path))
+    elif original.kind == "dir":
+        path.mkdir(mode=original.mode)
+    elif original.kind == "fifo":
+        os.mkfifo(path, original.mode)
+
+
+def restore_git_dirs(ctx: RunContext, before: GitSnapshot) -> list[str]:
+    """Put watched entries back as they were; return the ones that had changed.
+
+    Only the git dirs found before the tool ran are looked at (a tool that rewrote the
+    worktree's `.git` pointer cannot steer this to other host files), parents first, and
+    nothing is written through a directory that is no longer a real one.
+    """
+    after = _snapshot(before.worktree_gitdir, before.common, before.entries)
+    changed = sorted((p for p in before.entries.keys() | after.keys()
+                      if before.entries.get(p) != after.get(p)), key=str)
+    roots = [r for r in (before.common, before.worktree_gitdir) if r is not None]
+    for path in changed:
+        root = next((r for r in roots if path.is_relative_to(r)), None)
+        if root is None or not _real_dirs_between(root, path):
+            continue
+        with contextlib.suppress(OSError):
+            _put_back(path, before.entries.get(path))
+    return [str(p) for p in changed]
 
 
 # ---------------------------------------------------------------- the step
