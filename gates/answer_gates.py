@@ -1,8 +1,10 @@
 """A1, A2, A3: a request's questions stopped the run until they were answered, with evidence.
 
-The questions come from audit/request.json; the answers from audit/answers.yaml,
-re-validated here with the executor's own schema; the order of events from the tape.
-A request without questions has nothing to check (NOT_APPLICABLE).
+The questions come from audit/request.json, which must ask what audit/request.yaml asks;
+the answers from audit/answers.yaml, re-validated here with the executor's own schema;
+the order of events from the tape. NOT_APPLICABLE only when there is nothing to check:
+no question in either request record, no questions_blocked/resume_applied on the tape
+and no audit/answers.yaml.
 """
 
 from __future__ import annotations
@@ -20,9 +22,30 @@ PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
 Verdict = tuple[str, str]
 
 
+def request_yaml_questions(ctx: GateContext) -> list[str]:
+    """Question ids as the recorded request file itself (audit/request.yaml) asks them."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
+    try:
+        data = yaml.load(ctx.read_bytes("audit/request.yaml"), Loader=loader)  # noqa: S506
+    except yaml.YAMLError:
+        raise Fail("audit/request.yaml does not parse") from None
+    raw = data.get("questions") if isinstance(data, dict) else None
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(q, dict) for q in raw):
+        raise Fail("audit/request.yaml: questions is not a list of {id, text}")
+    return [str(q.get("id")) for q in raw]
+
+
 def questions(ctx: GateContext) -> list[str]:
+    """The questions the request asks: audit/request.json's, which must be request.yaml's
+    (a forger who empties one of them must not turn A1-A3 into NOT_APPLICABLE)."""
     raw = ctx.request_record.get("questions") or []
-    return [str(q["id"]) for q in raw]
+    recorded = [str(q["id"]) for q in raw]
+    asked = request_yaml_questions(ctx)
+    if recorded != asked:
+        raise Fail(f"audit/request.yaml asks {asked}, audit/request.json records {recorded}")
+    return recorded
 
 
 def recorded_answers(ctx: GateContext) -> dict[str, dict[str, Any]] | None:
@@ -44,7 +67,29 @@ def positions(ctx: GateContext, name: str) -> list[int]:
 
 
 def nothing_asked(ctx: GateContext) -> bool:
-    return not questions(ctx)
+    """True only when nothing about questions exists to check: no question in request.yaml
+    or request.json, no questions_blocked/resume_applied on the tape, no answers file."""
+    return not questions(ctx) and not positions(ctx, "questions_blocked") and \
+        not positions(ctx, "resume_applied") and not ctx.exists("audit/answers.yaml")
+
+
+def no_questions(ctx: GateContext) -> Verdict | None:
+    """The verdict for a request without questions that still left question evidence
+    (an answers file holding approvals only is normal; anything else contradicts it)."""
+    if questions(ctx):
+        return None
+    require_chain(ctx)
+    for name in ("questions_blocked", "resume_applied"):
+        if positions(ctx, name):
+            raise Fail(f"the request asks no questions, yet the tape has {name}")
+    if status_of(ctx) == "blocked":
+        raise Fail("the request asks no questions, yet execution_result says blocked")
+    answers = recorded_answers(ctx)
+    if answers:
+        raise Fail(f"the request asks no questions, yet audit/answers.yaml answers "
+                   f"{sorted(answers)}")
+    return PASS, "the request asks no questions; audit/answers.yaml holds approvals only " \
+                 "(EX-G/TL-F check them)"
 
 
 # ------------------------------------------------------------------ A1
@@ -57,6 +102,9 @@ def a1_blocked(ctx: GateContext) -> Verdict:
     step_start before the next resume_applied, and a blocked run started no step."""
     if nothing_asked(ctx):
         return NA, "the request asks no questions"
+    settled = no_questions(ctx)
+    if settled is not None:
+        return settled
     require_chain(ctx)
     asked = questions(ctx)
     starts = positions(ctx, "step_start")
@@ -110,6 +158,9 @@ def a2_resumed(ctx: GateContext) -> Verdict:
     and then executed: steps started only after it."""
     if nothing_asked(ctx):
         return NA, "the request asks no questions"
+    settled = no_questions(ctx)
+    if settled is not None:
+        return settled
     require_chain(ctx)
     status = status_of(ctx)
     resumes = positions(ctx, "resume_applied")
@@ -148,6 +199,9 @@ def a3_evidence(ctx: GateContext) -> Verdict:
     what (text), equal to the answers the last resume_applied recorded."""
     if nothing_asked(ctx):
         return NA, "the request asks no questions"
+    settled = no_questions(ctx)
+    if settled is not None:
+        return settled
     require_chain(ctx)
     asked = questions(ctx)
     status = status_of(ctx)
