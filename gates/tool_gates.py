@@ -619,15 +619,76 @@ def started_tool_steps(ctx: GateContext) -> tuple[list[str], int]:
     return [s for s in tools if s in started], len(tools)
 
 
+def request_yaml_tool_steps(ctx: GateContext) -> list[str]:
+    """Ids of the tool steps as the recorded request file itself (audit/request.yaml)
+    declares them (a step is a tool step when it has a `tool:` key)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
+    try:
+        data = yaml.load(ctx.read_bytes("audit/request.yaml"), Loader=loader)  # noqa: S506
+    except yaml.YAMLError:
+        raise Fail("audit/request.yaml does not parse") from None
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if not isinstance(steps, list):
+        raise Fail("audit/request.yaml has no steps list")
+    return [str(s.get("id")) for s in steps if isinstance(s, dict) and "tool" in s]
+
+
+def tool_traces(ctx: GateContext) -> tuple[list[str], list[str]]:
+    """(entries under tools/, steps whose manifest carries a tool record)."""
+    root = ctx.run_dir / "tools"
+    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    marked = []
+    for path in sorted((ctx.run_dir / "steps").glob("*.json")):
+        manifest = ctx.json(f"steps/{path.name}")
+        if isinstance(manifest, dict) and ("tool" in manifest
+                                           or "tool_result_pack_sha256" in manifest):
+            marked.append(str(manifest.get("step", path.stem)))
+    return entries, marked
+
+
+def tool_scope(ctx: GateContext) -> tuple[list[str], Verdict | None]:
+    """(tool steps the tape started, a verdict when there is nothing to check per step).
+
+    NOT_APPLICABLE only when nothing about tools exists: no tool step in request.yaml or
+    request.json, nothing under tools/, no manifest with a tool record; or when the
+    declared tool steps provably never started (no step_start, no tools/<step>/, no
+    manifest). Any trace of a tool that the records do not account for is a FAIL.
+    """
+    steps, declared = started_tool_steps(ctx)
+    recorded = [str(s["id"]) for s in ctx.request_record["steps"] if s.get("op") == "tool"]
+    declared_yaml = request_yaml_tool_steps(ctx)
+    entries, marked = tool_traces(ctx)
+    if not (declared or declared_yaml or entries or marked):
+        return steps, (NA, "the run has no tool steps (request.yaml, request.json, tools/ "
+                           "and manifests agree)")
+    if declared_yaml != recorded:
+        raise Fail(f"audit/request.yaml declares tool step(s) {declared_yaml}, "
+                   f"audit/request.json {recorded}")
+    for name in entries:
+        if name not in recorded:
+            raise Fail(f"tools/{name}/ exists, but {name!r} is not a tool step of the request")
+        if name not in steps:
+            raise Fail(f"tools/{name}/ exists, but the tape never started step {name}")
+    for name in marked:
+        if name not in steps:
+            raise Fail(f"steps/{name}.json carries a tool record, but {name!r} is not a "
+                       "tool step the tape started")
+    if not steps:
+        return steps, (NA, f"none of the {declared} tool step(s) ran: no step_start, no "
+                           "tools/ entry, no tool manifest")
+    return steps, None
+
+
 def _run_gate(gate_id: str) -> Callable[[GateContext], Verdict]:
     def check(ctx: GateContext) -> Verdict:
         if not ctx.chain.ok:
             return FAIL, f"tape does not verify: {ctx.chain.reason}"
-        steps, declared = started_tool_steps(ctx)
-        if not declared:
-            return NA, "the run has no tool steps"
-        if not steps:
-            return NA, f"none of the {declared} tool step(s) ran"
+        try:
+            steps, settled = tool_scope(ctx)
+        except Fail as finding:
+            return FAIL, str(finding)
+        if settled is not None:
+            return settled
         verdicts = [(s, check_tool_step(ctx, gate_id, s)) for s in steps]
         failed = [(s, v) for s, v in verdicts if v[0] == FAIL]
         if failed:
@@ -645,7 +706,7 @@ def _run_gate(gate_id: str) -> Callable[[GateContext], Verdict]:
     return check
 
 
-INPUTS: tuple[str, ...] = ("tools/*/*", "steps/*.json", "patches/*.patch", "audit/*")
+INPUTS: tuple[str, ...] = ("tools/*", "steps/*.json", "patches/*.patch", "audit/*")
 GATES: list[Gate] = [
     Gate(gate_id, TOOL_GATE_TITLES[gate_id], _run_gate(gate_id), INPUTS,
          uses_repo=gate_id in ("TL-B", "TL-C"))
