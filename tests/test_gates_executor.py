@@ -461,3 +461,196 @@ def test_a_second_apply_without_a_rollback_between_fails(good_run: Built) -> Non
     events.insert(len(events) - 1, dict(applied))
     rechain(good_run.run_dir, events)
     assert_fail(good_run.run_dir, "EX-C", "patches_applied comes after patches_applied")
+
+
+# ------------------------------------------------------------------ forgery fixes (EX-A/C/D/F/H)
+
+
+def _events_with(run: Built, step: str, **changes: Any) -> list[dict[str, Any]]:
+    events = read_events(run.run_dir)
+    for event in events:
+        if event.get("step") == step and event["event"] == "step_end":
+            event.update(changes)
+    return events
+
+
+def test_format_patch_of_the_range_is_the_executor_patches_joined(good_run: Built) -> None:
+    """EX-D regenerates every patch in one format-patch call with FORMAT_PATCH_OPTIONS;
+    this fails when those options drift from Git.commit_patch (which wrote the files)."""
+    from agentos_tasks.git import Git
+    from gates.executor_gates import FORMAT_PATCH_OPTIONS
+
+    result = read_json(good_run.run_dir / "execution_result.json")
+    commits = [s["commit"] for s in result["steps"] if s["status"] == "changed"]
+    g = Git(good_run.repo)
+    joined = b"\n".join(g.commit_patch(c) for c in commits)
+    out = g.run("format-patch", "--stdout", *FORMAT_PATCH_OPTIONS,
+                f"{result['base']}..{commits[-1]}").stdout
+    assert out == joined
+    files = b"\n".join((good_run.run_dir / "patches" / f"{s['id']}.patch").read_bytes()
+                       for s in result["steps"] if s["status"] == "changed")
+    assert out == files
+
+
+def test_ex_d_fails_when_a_patch_differs_from_its_commit_in_whitespace_only(
+        good_run: Built) -> None:
+    patch = good_run.run_dir / "patches" / "s2.patch"
+    patch.write_bytes(patch.read_bytes().replace(b"\n+X = 1\n", b"\n+X  =  1\n"))
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-D", "patches/s2.patch", "byte compare")
+
+
+def test_ex_d_fails_when_a_manifest_parent_skips_a_step(good_run: Built) -> None:
+    s1 = read_json(manifest_path(good_run, "s1"))
+    edit_manifest(good_run, "s3", parent=s1["head"])
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-D", "step s3", "parent", "s2's head")
+
+
+def test_ex_d_fails_when_a_manifest_head_is_not_its_commit(good_run: Built) -> None:
+    edit_manifest(good_run, "s7", head="0" * 40)
+    reseal(good_run.run_dir, _events_with(good_run, "s7", head="0" * 40))
+    assert_fail(good_run.run_dir, "EX-D", "s7", "is not its commit")
+
+
+def test_ex_d_fails_when_a_manifest_names_an_unknown_commit(good_run: Built) -> None:
+    """An unknown commit is a FAIL, never a skipped check."""
+    edit_manifest(good_run, "s7", head="0" * 40, commit="0" * 40)
+    reseal(good_run.run_dir, _events_with(good_run, "s7", head="0" * 40, commit="0" * 40))
+    assert_fail(good_run.run_dir, "EX-D", "git cannot list")
+
+
+def test_ex_d_fails_when_a_recorded_digest_differs_from_the_commit(good_run: Built) -> None:
+    """s7 is a run step (no content in the request): only git can say what it wrote."""
+    manifest = read_json(manifest_path(good_run, "s7"))
+    manifest["files"][0]["sha256"] = sha256(b"something else")
+    write_json(manifest_path(good_run, "s7"), manifest)
+    reseal(good_run.run_dir)
+    assert_pass(good_run.run_dir, "EX-A")
+    assert_fail(good_run.run_dir, "EX-D", "steps/s7.json files differ from the diff")
+
+
+def test_ex_d_fails_when_the_tape_lists_other_files_than_the_commit(good_run: Built) -> None:
+    events = _events_with(good_run, "s2", files=[])
+    rechain(good_run.run_dir, events)
+    assert_fail(good_run.run_dir, "EX-D", "step_end of s2")
+
+
+def test_ex_d_fails_when_a_branch_commit_has_another_committer(good_run: Built) -> None:
+    """Same tree, message and author: only the committer (mallory) differs."""
+    git(good_run.repo, "commit", "-q", "--amend", "--no-edit")
+    head = git(good_run.repo, "rev-parse", "HEAD")
+    result = read_json(good_run.run_dir / "execution_result.json")
+    commits = [*result["commits_applied"][:-1], head]
+    edit_result(good_run, commits_applied=commits, post_apply_head=head)
+    assert_fail(good_run.run_dir, "EX-D", "not the request's author")
+
+
+def test_ex_d_fails_when_a_branch_commit_has_another_tree(good_run: Built) -> None:
+    (good_run.repo / "gen.txt").write_text("other")
+    git(good_run.repo, "commit", "-q", "-a", "--amend", "--no-edit")
+    assert_fail(good_run.run_dir, "EX-D", "s7", "has tree")
+
+
+def test_ex_a_fails_when_a_run_step_records_another_exit_code(good_run: Built) -> None:
+    edit_manifest(good_run, "s7", exit_code=3)
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-A", "exit code 3", "expects 0")
+
+
+def test_ex_a_fails_when_a_write_step_records_a_program(good_run: Built) -> None:
+    sandbox = read_json(manifest_path(good_run, "s7"))["sandbox"]
+    edit_manifest(good_run, "s1", sandbox=sandbox)
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-A", "s1", "runs no program")
+
+
+def test_ex_a_fails_when_a_delete_step_deletes_another_path(good_run: Built) -> None:
+    manifest = read_json(manifest_path(good_run, "s5"))
+    manifest["files"][0]["path"] = "README.md"
+    write_json(manifest_path(good_run, "s5"), manifest)
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-A", "delete step s5 may only delete notes.txt")
+
+
+def test_ex_a_fails_on_a_tools_entry_of_a_non_tool_step(good_run: Built) -> None:
+    (good_run.run_dir / "tools" / "s7").mkdir(parents=True)
+    (good_run.run_dir / "tools" / "s7" / "transcript.jsonl").write_text("{}\n")
+    assert_fail(good_run.run_dir, "EX-A", "tools/s7/", "not a tool step")
+
+
+def _unsandboxed_s7(run: Built) -> None:
+    """s7 as it is recorded when bwrap is unavailable under best-effort (backend none)."""
+    manifest = read_json(manifest_path(run, "s7"))
+    argv = manifest["sandbox"]["wrapper_argv"]
+    inner = argv[len(argv) - 3:]
+    manifest["sandbox"] = {"backend": "none", "network": False,
+                           "wrapper_argv": ["/usr/bin/python3", "-I", "-S", "-c", "reaper",
+                                            "{}", "--", *inner]}
+    write_json(manifest_path(run, "s7"), manifest)
+    edit_result(run, sandbox={"backend": "none", "backends": ["none"]})
+    reseal(run.run_dir)
+
+
+def test_ex_c_names_unsandboxed_steps_under_best_effort(good_run: Built) -> None:
+    _unsandboxed_s7(good_run)
+    result = assert_pass(good_run.run_dir, "EX-C")
+    assert "unsandboxed steps: s7" in result.reason
+
+
+def test_ex_c_fails_on_an_unsandboxed_step_under_isolation_required(good_run: Built) -> None:
+    _unsandboxed_s7(good_run)
+    _adopt_policy(good_run, PERMISSIVE_POLICY.replace("isolation: best-effort",
+                                                      "isolation: required"))
+    edit_result(good_run, policy={**read_json(good_run.run_dir / "execution_result.json")
+                                  ["policy"], "isolation": "required"})
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-C", "s7", "backend none under isolation: required")
+
+
+def test_ex_c_fails_when_the_network_flag_contradicts_the_policy(good_run: Built) -> None:
+    manifest = read_json(manifest_path(good_run, "s7"))
+    if manifest["sandbox"]["backend"] != "bwrap":
+        pytest.skip("bwrap does not work here")
+    manifest["sandbox"]["network"] = True
+    write_json(manifest_path(good_run, "s7"), manifest)
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-C", "s7", "network True", "grants False")
+
+
+def test_ex_c_fails_when_a_bwrap_argv_keeps_the_network(good_run: Built) -> None:
+    manifest = read_json(manifest_path(good_run, "s7"))
+    if manifest["sandbox"]["backend"] != "bwrap":
+        pytest.skip("bwrap does not work here")
+    argv = manifest["sandbox"]["wrapper_argv"]
+    manifest["sandbox"]["wrapper_argv"] = [argv[0], "--unshare-all", "--share-net", *argv[2:]]
+    write_json(manifest_path(good_run, "s7"), manifest)
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-C", "keeps the network")
+
+
+def test_ex_c_fails_when_execution_result_names_other_backends(good_run: Built) -> None:
+    edit_result(good_run, sandbox={"backend": "unused", "backends": []})
+    reseal(good_run.run_dir)
+    assert_fail(good_run.run_dir, "EX-C", "execution_result sandbox", "manifests say")
+
+
+def test_ex_f_fails_when_before_head_is_not_a_commit(good_run: Built) -> None:
+    _fake_rollback(good_run, before={"head": "0" * 40, "tree": "1" * 40})
+    assert_fail(good_run.run_dir, "EX-F", "before.head", "is not a commit")
+
+
+def test_ex_h_fails_on_a_failed_status_without_a_failure(good_run: Built) -> None:
+    edit_result(good_run, status="failed", commits_applied=[], failure=None)
+    assert_fail(good_run.run_dir, "EX-H", "records no failure")
+
+
+def test_ex_h_fails_on_a_failed_status_without_a_failure_event(good_run: Built) -> None:
+    edit_result(good_run, status="failed", commits_applied=[],
+                failure={"step": None, "reason": "made up"})
+    assert_fail(good_run.run_dir, "EX-H", "no step_failed or apply_failed")
+
+
+def test_ex_h_fails_on_a_rolled_back_status_without_a_rollback(good_run: Built) -> None:
+    edit_result(good_run, status="rolled_back", commits_applied=[])
+    assert_fail(good_run.run_dir, "EX-H", "no rollback event")
