@@ -147,3 +147,35 @@ def test_a3_fails_when_answers_differ_from_the_tape(answered_run: Built) -> None
 def test_a3_fails_when_the_answers_file_is_deleted(answered_run: Built) -> None:
     _answers(answered_run).unlink()
     assert_fail(answered_run.run_dir, "A3", "answers.yaml is missing")
+
+
+# ------------------------------------------------------------------ NOT_APPLICABLE only with nothing to check
+
+
+APPROVALS_ONLY = """\
+approvals:
+  s7: {by: carol@example.com, at: "2026-11-25T11:00:00Z", text: "ok", patch_sha256: "%s"}
+"""
+
+
+@pytest.mark.parametrize("gate_id", ["A1", "A2", "A3"])
+def test_an_approvals_only_answers_file_passes_without_questions(good_run: Built,
+                                                                 gate_id: str) -> None:
+    _answers(good_run).write_text(APPROVALS_ONLY % ("a" * 64))
+    result = assert_pass(good_run.run_dir, gate_id)
+    assert "approvals only" in result.reason
+
+
+@pytest.mark.parametrize("gate_id", ["A1", "A2", "A3"])
+def test_answers_to_questions_never_asked_fail(good_run: Built, gate_id: str) -> None:
+    _answers(good_run).write_text(
+        'answers:\n  q9: {by: eve@example.com, at: "2026-11-25T10:00:00Z", text: "yes"}\n')
+    assert_fail(good_run.run_dir, gate_id, "asks no questions", "q9")
+
+
+@pytest.mark.parametrize("name", ["questions_blocked", "resume_applied"])
+def test_question_events_in_a_run_without_questions_fail(good_run: Built, name: str) -> None:
+    events = read_events(good_run.run_dir)
+    events.insert(2, {"event": name, "missing": ["q1"], "answered": ["q1"]})
+    rechain(good_run.run_dir, events)
+    assert_fail(good_run.run_dir, "A1", "asks no questions", name)
