@@ -346,3 +346,46 @@ def test_refused_step_that_landed_a_patch_fails_the_gates(_refused_build: Built)
     built = _refused_build.restore()
     (built.run_dir / "patches" / "t1.patch").write_text("forged\n")
     assert_fail(built.run_dir, "TL-C", "t1.patch exists")
+
+
+# ------------------------------------------------------------------ NOT_APPLICABLE only with nothing to check
+
+
+def test_a_stray_tools_entry_makes_the_tool_gates_fail_not_na(good_run: Built) -> None:
+    (good_run.run_dir / "tools" / "s7").mkdir(parents=True)
+    (good_run.run_dir / "tools" / "s7" / "transcript.jsonl").write_text("{}\n")
+    for gate_id in TL:
+        assert_fail(good_run.run_dir, gate_id, "tools/s7/", "not a tool step")
+
+
+def test_a_tool_step_relabelled_in_both_request_records_still_fails(tool_run: Built) -> None:
+    """The forger rewrites request.yaml AND request.json consistently (t1 becomes a write
+    step): tools/t1/ and the manifest's tool record still show the agent."""
+    audit = tool_run.run_dir / "audit"
+    request = yaml.safe_load((audit / "request.yaml").read_text())
+    content = "print(1)\n"
+    del request["steps"][1]["tool"]
+    request["steps"][1]["write"] = {"path": "src/app.py", "content": content}
+    (audit / "request.yaml").write_text(yaml.safe_dump(request, sort_keys=False))
+    record = load(audit / "request.json")
+    step = record["steps"][1]
+    del step["tool"], step["expect_exit"]
+    step.update(op="write", path="src/app.py", content_sha256=sha256(content.encode()))
+    record["sha256"] = sha256((audit / "request.yaml").read_bytes())
+    (audit / "request.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    events = read_events(tool_run.run_dir)
+    for event in events:
+        if event["event"] == "step_start" and event["step"] == "t1":
+            event["op"] = "write"
+    reseal(tool_run.run_dir, events)
+    assert_fail(tool_run.run_dir, "TL-A", "tools/t1/", "not a tool step")
+    assert_fail(tool_run.run_dir, "EX-A", "steps/t1.json", "op 'tool'")
+
+
+def test_a_tool_sandbox_claiming_network_fails_ex_c(tool_run: Built) -> None:
+    path = tool_run.run_dir / "steps" / "t1.json"
+    manifest = load(path)
+    manifest["sandbox"]["network"] = True
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    reseal(tool_run.run_dir)
+    assert_fail(tool_run.run_dir, "EX-C", "t1", "grants False")
