@@ -14,6 +14,7 @@ A missing piece of evidence is a FAIL, never a skipped check.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -74,13 +75,23 @@ def last_step_end(ctx: GateContext) -> dict[str, dict[str, Any]]:
     return ends
 
 
+_MANIFESTS: weakref.WeakKeyDictionary[GateContext, list[tuple[str, dict[str, Any]]]] = \
+    weakref.WeakKeyDictionary()
+
+
 def executed_manifests(ctx: GateContext) -> list[tuple[str, dict[str, Any]]]:
     """(step id, manifest) for every step that must have one, in request order.
 
     A step must have a manifest when execution_result says it changed or stayed
     unchanged, when the tape ends it, or when a manifest file exists; any of those
-    without the file is a FAIL (Missing), never a skip.
+    without the file is a FAIL (Missing), never a skip. Read once per gate evaluation.
     """
+    if ctx not in _MANIFESTS:
+        _MANIFESTS[ctx] = _read_manifests(ctx)
+    return list(_MANIFESTS[ctx])
+
+
+def _read_manifests(ctx: GateContext) -> list[tuple[str, dict[str, Any]]]:
     listed = {str(s.get("id")): s.get("status") for s in ctx.result.get("steps", [])
               if isinstance(s, dict)}
     ends = last_step_end(ctx)
