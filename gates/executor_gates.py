@@ -562,6 +562,8 @@ def ex_c_untouched(ctx: GateContext) -> Verdict:
     if any(Path(str(e.get("path"))) != worktree for e in created):
         raise Fail("worktree_created events name different worktrees")
     base = result.get("base")
+    if started and base is None:
+        raise Fail("steps ran, yet execution_result records no base")
     if created[-1].get("base") != base:
         raise Fail(f"worktree_created base {str(created[-1].get('base'))[:12]} != "
                    f"execution_result base {str(base)[:12]}")

@@ -654,3 +654,10 @@ def test_ex_h_fails_on_a_failed_status_without_a_failure_event(good_run: Built) 
 def test_ex_h_fails_on_a_rolled_back_status_without_a_rollback(good_run: Built) -> None:
     edit_result(good_run, status="rolled_back", commits_applied=[])
     assert_fail(good_run.run_dir, "EX-H", "no rollback event")
+
+
+def test_ex_c_and_ex_d_fail_when_the_base_is_erased(good_run: Built) -> None:
+    """A missing base is a FAIL, never a reason to skip the branch checks."""
+    edit_result(good_run, base=None)
+    assert_fail(good_run.run_dir, "EX-C", "records no base")
+    assert_fail(good_run.run_dir, "EX-D", "records no base")
