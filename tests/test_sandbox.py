@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -361,3 +363,246 @@ def test_none_backend_normal_exit_reaps_daemons_limits_and_signals(tmp_path: Pat
     result, out = run(tmp_path, ["head", "-c", "100000", "/dev/zero"],
                       isolation="best-effort", output_limit=10)
     assert (result.output_bytes, result.output_truncated) == (10, True)
+
+
+# --- what the repository can make visible: shebangs and symlinks ------------------------
+
+
+def private_helper(tmp_path: Path) -> Path:
+    """An executable in a private host dir (on no PATH) with a secret beside it."""
+    private = tmp_path / "home" / ".local" / "bin"
+    private.mkdir(parents=True)
+    (private / ".token").write_text("TOKEN-private\n")
+    helper = private / "helper"
+    helper.write_text("#!/bin/sh\necho helper\n")
+    helper.chmod(0o755)
+    return helper
+
+
+@pytest.mark.parametrize("shebang", ["#!{helper}", "#!/usr/bin/env {helper}",
+                                     "#!/usr/bin/env -S {helper} -x"])
+def test_worktree_script_shebang_never_binds_a_private_dir(tmp_path: Path,
+                                                           shebang: str) -> None:
+    helper = private_helper(tmp_path)
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    script = worktree / "check.sh"
+    script.write_text(shebang.format(helper=helper) + "\n")
+    script.chmod(0o755)
+    plan = sandbox.plan_program("./check.sh", {"PATH": "/usr/bin:/bin"}, worktree)
+    assert plan.program == script
+    assert plan.binds == ()
+    # control: the same interpreter on the step's PATH is bound by the normal rules
+    plan = sandbox.plan_program("./check.sh", {"PATH": f"{helper.parent}:/usr/bin"}, worktree)
+    assert plan.binds == (helper.parent,)
+
+
+def test_worktree_symlink_to_a_private_program_binds_nothing(tmp_path: Path) -> None:
+    helper = private_helper(tmp_path)
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    (worktree / "tool").symlink_to(helper)
+    plan = sandbox.plan_program("./tool", {"PATH": "/usr/bin:/bin"}, worktree)
+    assert plan.binds == ()
+    # a link to a system program is fine: nothing to bind, it is visible anyway
+    (worktree / "sh").symlink_to("/bin/sh")
+    assert sandbox.plan_program("./sh", {"PATH": "/usr/bin"}, worktree).binds == ()
+
+
+def test_untrusted_interpreter_chain_is_not_followed(tmp_path: Path) -> None:
+    """A script outside PATH names an interpreter elsewhere: neither is shown because of
+    what the other says (only the operator's explicit program file itself is bound)."""
+    helper = private_helper(tmp_path)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    script = tools / "run.sh"
+    script.write_text(f"#!{helper}\n")
+    script.chmod(0o755)
+    plan = sandbox.plan_program(str(script), {"PATH": "/usr/bin:/bin"}, tmp_path / "wt")
+    assert plan.binds == (tools,)
+    assert helper.parent not in plan.binds
+
+
+def test_cli_found_on_path_still_gets_its_interpreter(tmp_path: Path) -> None:
+    cli_dir, venv_bin = tmp_path / "cli", tmp_path / "venv" / "bin"
+    cli_dir.mkdir()
+    venv_bin.mkdir(parents=True)
+    interpreter = venv_bin / "python-ish"
+    interpreter.write_text("#!/bin/sh\n")
+    interpreter.chmod(0o755)
+    cli = cli_dir / "agent"
+    cli.write_text(f"#!{interpreter}\n")
+    cli.chmod(0o755)
+    plan = sandbox.plan_program("agent", {"PATH": f"{cli_dir}:/usr/bin"}, tmp_path / "wt")
+    assert set(plan.binds) == {cli_dir, venv_bin}  # installed, not written by the repo
+
+
+def test_fifo_in_place_of_a_script_does_not_hang_the_plan(tmp_path: Path) -> None:
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    os.mkfifo(worktree / "check.sh")
+    done: list[sandbox.ProgramPlan] = []
+    thread = threading.Thread(target=lambda: done.append(sandbox.plan_program(
+        "./check.sh", {"PATH": "/usr/bin"}, worktree)), daemon=True)
+    thread.start()
+    thread.join(5)
+    if not done:  # unblock the reader so the thread ends
+        os.close(os.open(worktree / "check.sh", os.O_WRONLY | os.O_NONBLOCK))
+    assert done and done[0].binds == ()
+
+
+@requires_bwrap
+def test_repository_shebang_cannot_read_beside_a_private_interpreter(tmp_path: Path) -> None:
+    helper = private_helper(tmp_path)
+    helper.write_text(f"#!/bin/sh\ncat {helper.parent}/.token\n")
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    (worktree / "check.sh").write_text(f"#!{helper}\n")
+    (worktree / "check.sh").chmod(0o755)
+    result, out = run(tmp_path, ["./check.sh"])
+    assert "TOKEN-private" not in out
+    assert result.exit_code != 0  # the interpreter does not exist inside the sandbox
+
+
+# --- the repository's git dir inside the sandbox ----------------------------------------
+
+GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@x", "GIT_COMMITTER_NAME": "a",
+           "GIT_COMMITTER_EMAIL": "a@x"}
+
+
+def host_git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], env=GIT_ENV, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def repo_with_worktree(tmp_path: Path, *init: str) -> tuple[Path, Path]:
+    """A repository holding credentials in its config, and a linked worktree `wt` as the
+    executor makes it; returns (common git dir, worktree)."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", *init, str(repo)], env=GIT_ENV,
+                   check=True)
+    (repo / "README.md").write_text("hi\n")
+    host_git(repo, "add", "-A")
+    host_git(repo, "commit", "-q", "-m", "init")
+    host_git(repo, "config", "http.https://github.com/.extraheader", "AUTHORIZATION: SECRET-A")
+    host_git(repo, "remote", "add", "origin", "https://bot:SECRET-B@github.com/o/r.git")
+    host_git(repo, "config", "credential.helper", "store --file /root/SECRET-C")
+    (repo / ".git" / "FETCH_HEAD").write_text("abc\t\tbranch 'main' of https://SECRET-D@x\n")
+    (repo / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\necho SECRET-E\n")
+    worktree = tmp_path / "wt"
+    host_git(repo, "worktree", "add", "-q", "--detach", str(worktree), "HEAD")
+    return repo / ".git", worktree
+
+
+def git_spec(common: Path, worktree: Path) -> dict[str, object]:
+    return {"readonly_paths": (common, worktree / ".git"),
+            "env": {"PATH": HOST_PATH, "LANG": "C.UTF-8", "HOME": str(worktree.parent / "h")}}
+
+
+@requires_bwrap
+def test_git_works_in_the_worktree_without_the_real_config(tmp_path: Path) -> None:
+    common, worktree = repo_with_worktree(tmp_path)
+    script = ("echo more >> README.md; git status --porcelain; git log -1 --format=%s; "
+              "git diff --stat; echo ---; cat \"$(git rev-parse --git-common-dir)/config\"; "
+              "cat .git/../../repo/.git/worktrees/wt/../../config; "
+              f"ls -a {common} {common}/worktrees; echo ---; "
+              f"cat {common}/FETCH_HEAD {common}/hooks/pre-commit {common}/logs/HEAD; "
+              f"touch {common}/x {common}/worktrees/wt/x; echo end")
+    result, out = run(tmp_path, ["sh", "-c", script], **git_spec(common, worktree))
+    status, config, rest = out.split("---\n")
+    assert " M README.md" in status and "init" in status and "1 insertion" in status, out
+    assert "[core]" in config and "repositoryformatversion = 0" in config
+    assert "SECRET" not in out
+    assert set(config.split()) >= {"HEAD", "objects", "refs", "config", "worktrees", "wt"}
+    assert not {"hooks", "logs", "FETCH_HEAD", "description"} & set(config.split())
+    assert rest.count("No such file or directory") == 3
+    assert rest.count("Read-only file system") == 2 and rest.endswith("end\n")
+    assert result.exit_code == 0
+    assert not (common / "x").exists() and "more" not in host_git(common.parent, "diff")
+
+
+@requires_bwrap
+def test_sha256_repository_format_is_carried_into_the_sandbox(tmp_path: Path) -> None:
+    common, worktree = repo_with_worktree(tmp_path, "--object-format=sha256")
+    result, out = run(tmp_path, ["sh", "-c", "git rev-parse HEAD; git status --porcelain"],
+                      **git_spec(common, worktree))
+    assert result.exit_code == 0, out
+    assert out.split() == [host_git(worktree, "rev-parse", "HEAD")]
+    assert len(out.split()[0]) == 64
+
+
+def test_git_view_binds_no_symlinked_entry_on_the_host(tmp_path: Path) -> None:
+    """The repository may replace objects/ or worktrees/<name> by links to host dirs: a
+    bind would resolve them on the host, so they are recreated as links instead."""
+    common, worktree = repo_with_worktree(tmp_path)
+    private = tmp_path / "private"
+    private.mkdir()
+    (common / "info").rename(tmp_path / "info-moved")
+    (common / "info").symlink_to(private)
+    argv = sandbox.build_bwrap_argv(["true"], make_spec(worktree, **git_spec(common, worktree)),
+                                    Path("/x/bwrap"), data_fds={str(common / "config"): 7})
+    assert str(private) not in [argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
+    link = argv.index(str(common / "info"))
+    assert argv[link - 2: link] == ["--symlink", str(private)]
+    assert [str(common), str(common / "config")] == [
+        argv[i + 1] for i, a in enumerate(argv) if a == "--tmpfs" and str(common) in argv[i + 1]
+    ] + [argv[i + 2] for i, a in enumerate(argv) if a == "--ro-bind-data" and argv[i + 1] == "7"]
+    assert argv.index("--remount-ro") > link  # populated, then read-only
+    assert str(common / "hooks") not in argv and str(common / "config") not in [
+        argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
+
+
+def test_repository_format_reader_keeps_only_word_values(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text(
+        "[core]\n\trepositoryformatversion = 1 ; comment\n\tFileMode = \"false\"\n"
+        "\tsshCommand = ssh -i /root/key\n\tfsmonitor = /bin/evil\n"
+        "[core \"sub\"]\n\tfilemode = true\n"
+        "[Extensions] objectFormat = sha256\n\tworktreeConfig\n\tpartialclone = a b\n"
+        "[remote \"origin\"]\n\turl = https://u:SECRET@x\n[include]\n\tpath = other\n")
+    core, extensions = sandbox.read_repository_format(str(config))
+    assert core == {"repositoryformatversion": "1", "filemode": "false"}
+    assert extensions == {"objectformat": "sha256", "worktreeconfig": "true"}
+    text = sandbox.git_view_config(str(tmp_path)).decode()
+    assert text == ("[core]\n\trepositoryformatversion = 1\n\tfilemode = false\n"
+                    "\tbare = false\n[extensions]\n\tobjectformat = sha256\n")
+
+
+@requires_bwrap
+def test_git_dir_inside_the_worktree_is_still_filtered(tmp_path: Path) -> None:
+    """A plain checkout (git dir inside the bound worktree): the tmpfs covers it."""
+    common, _linked = repo_with_worktree(tmp_path)
+    repo = common.parent
+    log = tmp_path / "plain.out"
+    run_confined(["sh", "-c", "git status --porcelain; cat .git/config; ls .git/hooks"],
+                 make_spec(repo, readonly_paths=(common,)), log)
+    out = log.read_text()
+    assert "[core]" in out and "SECRET" not in out
+    assert "No such file or directory" in out
+
+
+@requires_bwrap
+def test_run_step_uses_git_in_its_worktree_but_not_the_real_config(tmp_path: Path) -> None:
+    """End to end (doit run): a run step sees its worktree's status and history, and a
+    config holding the repository format only."""
+    from runutil import doit, write_request
+
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], env=GIT_ENV, check=True)
+    (repo / "README.md").write_text("hi\n")
+    host_git(repo, "add", "-A")
+    host_git(repo, "commit", "-q", "-m", "init")
+    host_git(repo, "remote", "add", "origin", "https://bot:SECRET-F@x/r.git")
+    write_request(tmp_path, init_repo=False, steps=[
+        {"id": "w", "write": {"path": "docs/a.md", "content": "a\n"}, "message": "w"},
+        {"id": "g", "run": ["sh", "-c", "echo x > new.txt; git status --porcelain; "
+                            "git log -1 --format=%s; git config --list --show-origin; "
+                            "git remote -v; git config --get remote.origin.url; true"],
+         "message": "g"},
+    ])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    out = (tmp_path / "out" / "r1" / "logs" / "g.out").read_text()
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert out.startswith("?? new.txt\nw\n"), out
+    assert "core.repositoryformatversion=0" in out and "SECRET" not in out

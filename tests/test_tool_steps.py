@@ -10,16 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
+import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from runutil import PROJECT, doit, git, tape_events, write_policy, write_request
 
+from agentos_tasks.tools import dispatch
 from agentos_tasks.tools.packs import load_result_pack, load_task_pack
 
 FAKES = PROJECT / "tests" / "fakes"
@@ -320,3 +325,90 @@ def test_command_adapter_gets_prompt_paths_and_task_pack(tmp_path: Path) -> None
     result = pack(tmp_path)
     assert result["tool"]["name"] == "python3" and result["tool"]["version"].startswith("Python")
     assert result["claims"] == {"adapter": "command", "output_bytes": 0}
+
+
+# ------------------------------------------------------------------ the git-dir watch
+
+
+def watch_ctx(tmp: Path) -> tuple[Any, Path, Path]:
+    """A repository with a linked worktree and the two things dispatch reads of a run
+    context (the worktree path, the base record); returns (ctx, common dir, worktree)."""
+    repo = tmp / "repo"
+    git_env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@x",
+               "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@x"}
+    for argv in (["init", "-q", "-b", "main", str(repo)],
+                 ["-C", str(repo), "commit", "-q", "--allow-empty", "-m", "init"],
+                 ["-C", str(repo), "worktree", "add", "-q", "--detach", str(tmp / "wt")]):
+        subprocess.run(["git", *argv], env=git_env, check=True)
+    ctx = SimpleNamespace(paths=SimpleNamespace(worktree=tmp / "wt"),
+                          base=lambda: {"git_common_dir": str(repo / ".git")})
+    return ctx, repo / ".git", tmp / "wt"
+
+
+def in_thread(action: Any, seconds: float = 5.0) -> list[Any]:
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(action()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return done
+
+
+def test_git_dir_watch_never_opens_fifos_sockets_or_links(tmp_path: Path) -> None:
+    ctx, common, _wt = watch_ctx(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_text("SECRET-G\n")
+    hooks = common / "hooks"
+    os.mkfifo(hooks / "pre-commit")
+    os.mkfifo(common / "info" / "exclude-fifo")
+    (hooks / "post-commit").symlink_to(secret)
+    (hooks / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(hooks / "sock"))
+    try:
+        done = in_thread(lambda: dispatch.snapshot_git_dirs(ctx))
+    finally:
+        server.close()
+        for fifo in (hooks / "pre-commit", common / "info" / "exclude-fifo"):
+            if not done:  # unblock a reader so the thread ends
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert done, "the snapshot hung on a FIFO"
+    entries = done[0].entries
+    assert entries[hooks / "pre-commit"].kind == "fifo"
+    assert entries[hooks / "sock"].kind == "socket"
+    assert entries[hooks / "post-commit"] == dispatch.GitEntryState(
+        "symlink", entries[hooks / "post-commit"].mode, os.fsencode(secret))
+    assert b"SECRET-G" not in repr(entries).encode()
+    assert not any(p.is_relative_to(tmp_path / "secret") or p.parent == tmp_path
+                   for p in entries)  # the linked dir was not walked
+    assert entries[common / "config"] is not None and entries[common / "config"].data
+
+
+def test_git_dir_restore_puts_back_and_never_writes_through_a_link(tmp_path: Path) -> None:
+    ctx, common, wt = watch_ctx(tmp_path)
+    hooks = common / "hooks"
+    (hooks / "pre-push").write_text("#!/bin/sh\nexit 0\n")
+    (hooks / "pre-push").chmod(0o755)
+    os.mkfifo(hooks / "fifo")
+    config_before = (common / "config").read_bytes()
+    before = dispatch.snapshot_git_dirs(ctx)
+    # what an unsandboxed tool might do
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(hooks)
+    hooks.symlink_to(outside, target_is_directory=True)
+    (common / "config").write_text("[core]\n\thooksPath = /tmp/evil\n")
+    (common / "info" / "new").write_text("x")
+    (wt / ".git").write_text(f"gitdir: {tmp_path}\n")  # steer the watch to other files
+    (tmp_path / "HEAD").write_text("not a git file\n")
+    changed = dispatch.restore_git_dirs(ctx, before)
+    assert str(common / "config") in changed and str(hooks) in changed
+    assert (common / "config").read_bytes() == config_before
+    assert hooks.is_dir() and not hooks.is_symlink()
+    assert (hooks / "pre-push").read_text() == "#!/bin/sh\nexit 0\n"
+    assert (hooks / "pre-push").stat().st_mode & 0o777 == 0o755
+    assert stat.S_ISFIFO((hooks / "fifo").lstat().st_mode)
+    assert list(outside.iterdir()) == []  # nothing written through the planted link
+    assert not (common / "info" / "new").exists()
+    assert (tmp_path / "HEAD").read_text() == "not a git file\n"  # outside the watched dirs
+    assert dispatch.restore_git_dirs(ctx, before) == []  # all of it is as it was

@@ -284,10 +284,9 @@ def _put_back(path: Path, original: GitEntryState | None) -> None:
         _write_new_file(path, original.data, original.mode)
     elif original.kind == "symlink" and original.data is not None:
         os.symlink(original.data, os.fsencode(path))
-    elif original.kind == "dir":
-        path.mkdir(mode=original.mode)
-    elif original.kind == "fifo":
-        os.mkfifo(path, original.mode)
+    elif original.kind in ("dir", "fifo"):
+        (os.mkdir if original.kind == "dir" else os.mkfifo)(path, 0o700)
+        os.chmod(path, original.mode)  # exactly as before, whatever the umask
 
 
 def restore_git_dirs(ctx: RunContext, before: GitSnapshot) -> list[str]:
