@@ -723,6 +723,12 @@ def check_history(ctx: GateContext, base: str) -> tuple[int, dict[str, LoggedCom
             raise Fail(f"steps/{step_id}.json files differ from the diff of commit "
                        f"{commit.commit[:12]} ({[t[0] for t in truth][:4]})")
         modes = {path: (old, new) for _, path, old, new, _ in commit.changes}
+        if step.get("op") == "write":
+            # the executor writes a new file 0644 and keeps an existing file's mode
+            for status, path, old, new, _ in commit.changes:
+                if new != ("100644" if status == "A" else old):
+                    raise Fail(f"write step {step_id}: commit {commit.commit[:12]} gives "
+                               f"{path} mode {new} (was {old})")
         for entry in manifest["files"]:
             old, new = modes[entry["path"]]
             if entry.get("old_mode") not in (None, old) or entry.get("new_mode") not in \

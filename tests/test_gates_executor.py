@@ -661,3 +661,13 @@ def test_ex_c_and_ex_d_fail_when_the_base_is_erased(good_run: Built) -> None:
     edit_result(good_run, base=None)
     assert_fail(good_run.run_dir, "EX-C", "records no base")
     assert_fail(good_run.run_dir, "EX-D", "records no base")
+
+
+def test_ex_d_fails_when_a_write_step_lands_an_executable(good_run: Built) -> None:
+    """Forged history (same content as requested, every record consistent): s1's file is
+    committed 100755. A write step creates files 0644 and keeps an existing file's mode."""
+    from test_forgery import forge_history
+
+    forge_history(good_run, {"s1": lambda wt: (wt / "docs" / "a.md").chmod(0o755)})
+    assert_pass(good_run.run_dir, "EX-A")
+    assert_fail(good_run.run_dir, "EX-D", "write step s1", "mode 100755")
