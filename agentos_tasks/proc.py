@@ -305,7 +305,7 @@ class _Cgroup:
     def kill_all(self) -> None:
         """SIGKILL every task still in the cgroup until it is empty (bounded)."""
         kill_file = self.path / "cgroup.kill"
-        for _ in range(200):
+        for attempt in range(200):
             remaining = self.pids()
             if not remaining:
                 return
@@ -315,7 +315,9 @@ class _Cgroup:
             for pid in remaining:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.005)
+            # After a normal exit the tasks are usually gone within a fraction of a
+            # millisecond: poll fast first (a flat 5 ms cost every step ~4 ms).
+            time.sleep(min(0.0002 * 2 ** attempt, 0.005))
 
     def remove(self) -> None:
         """rmdir the cgroup; the kernel may need a moment to release exited tasks."""
