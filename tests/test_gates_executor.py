@@ -671,3 +671,19 @@ def test_ex_d_fails_when_a_write_step_lands_an_executable(good_run: Built) -> No
     forge_history(good_run, {"s1": lambda wt: (wt / "docs" / "a.md").chmod(0o755)})
     assert_pass(good_run.run_dir, "EX-A")
     assert_fail(good_run.run_dir, "EX-D", "write step s1", "mode 100755")
+
+
+def test_ex_a_fails_when_a_run_argv_is_rewritten_in_both_request_records(
+        good_run: Built) -> None:
+    """The forger rewrites s7's argv consistently in request.yaml and request.json (so the
+    records agree): the manifest's sandbox argv still shows what really ran."""
+    audit = good_run.run_dir / "audit"
+    text = (audit / "request.yaml").read_text()
+    assert "open('gen.txt', 'w').write('g')" in text
+    (audit / "request.yaml").write_text(text.replace("open('gen.txt', 'w').write('g')",
+                                                     "print(1)"))
+    record = read_json(audit / "request.json")
+    record["steps"][6]["argv"] = ["python", "-c", "print(1)"]
+    record["sha256"] = sha256((audit / "request.yaml").read_bytes())
+    write_json(audit / "request.json", record)
+    assert_fail(good_run.run_dir, "EX-A", "steps/s7.json", "other than the request's argv")
