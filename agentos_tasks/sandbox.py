@@ -9,11 +9,15 @@ The shape of the sandbox (see DESIGN.md "Sandbox"):
   no nested user namespaces, a new session (no TIOCSTI into the caller's terminal);
 - system dirs read-only, of /etc only what dynamic linking, TLS and name lookup need plus a
   synthesized passwd/group (never /etc/shadow), private /proc, /dev, /tmp and $HOME;
-- the worktree read-write (the cwd), the repository's git dir and the worktree's `.git`
-  file read-only on top of it;
+- the worktree read-write (the cwd), the worktree's `.git` file read-only on top of it,
+  and of the repository's git dir only what git needs to read it (objects, refs, HEAD,
+  info, this worktree's own dir) with a synthesized `config` holding the repository
+  format: the real config (credentials, extraheaders, remote URLs), hooks, logs and
+  FETCH_HEAD stay on the host;
 - a program outside the system dirs (a pyenv Python, a CLI under a user prefix, a test's
   fake CLI) gets its installation prefix bound read-only, found the way the host would
-  find it on PATH, pyenv shims resolved to the real interpreter. Never $HOME as a whole.
+  find it on PATH, pyenv shims resolved to the real interpreter. Never $HOME as a whole,
+  and never a directory that only a file of the repository names (a shebang, a symlink).
 """
 
 from __future__ import annotations
@@ -649,12 +653,14 @@ def build_bwrap_argv(
         if not _within(str(bind), worktree):
             args += ["--ro-bind", str(bind), str(bind)]
     args += ["--bind", worktree, worktree]
+    remounts: list[str] = []
     for mount in mounts:  # after the worktree bind: read-only wins
         if isinstance(mount, GitDirView):
             args += _git_view_args(mount, (data_fds or {}).get(mount.config_path))
+            remounts += ["--remount-ro", mount.gitdir]  # once every mount below it is made
         else:
             args += ["--ro-bind", mount, mount]
-    args += ["--remount-ro", "/", "--chdir", worktree]
+    args += [*remounts, "--remount-ro", "/", "--chdir", worktree]
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
     return [*args, "--", *argv]
@@ -662,8 +668,8 @@ def build_bwrap_argv(
 
 def _git_view_args(view: GitDirView, config_fd: int | None) -> list[str]:
     """bwrap options that show `view`: an empty tmpfs over the git dir (so nothing of the
-    real one shows through, even where the worktree bind holds it), the allowed entries,
-    the synthesized config, then the tmpfs made read-only."""
+    real one shows through, even where the worktree bind holds it), the allowed entries
+    and the synthesized config. The caller remounts the tmpfs read-only afterwards."""
     args = ["--perms", "0755", "--tmpfs", view.gitdir]
     for bind in view.binds:
         args += ["--ro-bind", bind, bind]
@@ -671,4 +677,4 @@ def _git_view_args(view: GitDirView, config_fd: int | None) -> list[str]:
         args += ["--symlink", target, link]
     if config_fd is not None:  # without it (a dry argv for a test) git sees no config
         args += ["--perms", "0644", "--ro-bind-data", str(config_fd), view.config_path]
-    return [*args, "--remount-ro", view.gitdir]
+    return args

@@ -548,7 +548,8 @@ def test_git_view_binds_no_symlinked_entry_on_the_host(tmp_path: Path) -> None:
     assert [str(common), str(common / "config")] == [
         argv[i + 1] for i, a in enumerate(argv) if a == "--tmpfs" and str(common) in argv[i + 1]
     ] + [argv[i + 2] for i, a in enumerate(argv) if a == "--ro-bind-data" and argv[i + 1] == "7"]
-    assert argv.index("--remount-ro") > link  # populated, then read-only
+    remount = argv.index("--remount-ro")
+    assert remount > link and argv[remount + 1] == str(common)  # populated, then read-only
     assert str(common / "hooks") not in argv and str(common / "config") not in [
         argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
 
