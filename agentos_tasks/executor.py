@@ -565,6 +565,25 @@ def run_confined_step(ctx: RunContext, step: Step, argv: list[str], *,
     return facts
 
 
+def attributes_may_apply(ctx: RunContext, changes: list[Change]) -> bool:
+    """Could a .gitattributes (or info/attributes) change these files on their way into a
+    blob? Checked on the file system only, so the common case costs no git call."""
+    base = ctx.base() or {}
+    common = Path(str(base.get("git_common_dir", "")))
+    if (common / "info" / "attributes").exists():
+        return True
+    wt = ctx.paths.worktree
+    for change in changes:
+        parent = (wt / change.path).parent
+        while True:
+            if (parent / ".gitattributes").exists():
+                return True
+            if parent == wt or wt not in parent.parents:
+                break
+            parent = parent.parent
+    return False
+
+
 def file_entry(wt: Path, change: Change) -> dict[str, Any]:
     target = wt / change.path
     digest: str | None = None
@@ -605,6 +624,16 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
                          input=step.message.encode("utf-8"), check=False)
         if result.returncode == 0:
             commit = read_detached_head(wt) or git.rev_parse("HEAD")
+            if step.op not in ("write", "delete") or attributes_may_apply(ctx, landing):
+                # record what lands: git attributes (eol, encoding) may make the committed
+                # blob differ from the file the step left in the worktree
+                landed = tree_digests(git, commit, [f["path"] for f in files
+                                                    if f["sha256"] is not None])
+                for entry in files:
+                    if entry["sha256"] is not None and entry["path"] in landed \
+                            and landed[entry["path"]] != entry["sha256"]:
+                        entry["written_sha256"] = entry["sha256"]
+                        entry["sha256"] = landed[entry["path"]]
             patch = git.commit_patch(commit)
             atomic_write(patch_path, patch)
             patch_sha = sha256_bytes(patch)

@@ -15,6 +15,7 @@ A missing piece of evidence is a FAIL, never a skipped check.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -293,7 +294,8 @@ def wrapped_argv(wrapper: Any, argv: list[str]) -> bool:
         wrapper[len(wrapper) - len(argv) - 1:] == ["--", *argv]
 
 
-def check_step_record(step: Step, record: dict[str, Any], manifest: dict[str, Any]) -> None:
+def check_step_record(step: Step, record: dict[str, Any], manifest: dict[str, Any],
+                      has_attributes: Callable[[str], bool] | None = None) -> None:
     """What a manifest may say is fixed by its request step: op, message and index; a
     write lands exactly its path with the requested content; a delete only deletes its
     path; a patch stays within its recorded paths; a run step ran exactly its argv and
@@ -307,7 +309,13 @@ def check_step_record(step: Step, record: dict[str, Any], manifest: dict[str, An
     if step.op == "write":
         assert step.path is not None
         want_files = [(normalize_path(step.path), record.get("content_sha256"))]
-        if (changed and [(f.get("path"), f.get("sha256")) for f in files] != want_files) or \
+        written = [(f.get("path"), f.get("written_sha256", f.get("sha256"))) for f in files]
+        normalised = [f for f in files if f.get("written_sha256") not in (None, f.get("sha256"))]
+        if normalised and (has_attributes is None
+                           or not has_attributes(str(manifest.get("commit")))):
+            raise Fail(f"write step {step.id} landed other bytes than it wrote, and the tree "
+                       "has no .gitattributes that could explain it")
+        if (changed and written != want_files) or \
                 any(f.get("status") not in ("A", "M") for f in files):
             raise Fail(f"write step {step.id} must land exactly {step.path} with content "
                        f"{str(record.get('content_sha256'))[:12]}; its manifest lists "
@@ -417,8 +425,13 @@ def ex_a_policy(ctx: GateContext) -> Verdict:
                        f"audit/policy.yaml is {str(digest)[:12]}")
     # what each step did is fixed by its request step (EX-D ties manifests to the commits)
     records = {str(r.get("id")): r for r in ctx.request_record["steps"]}
+    def has_attributes(commit: str) -> bool:
+        names = ctx.git.run("ls-tree", "-r", "--name-only", "-z", "--", commit,
+                            check=False).stdout.split(b"\0")
+        return any(n == b".gitattributes" or n.endswith(b"/.gitattributes") for n in names)
+
     for step_id, manifest in manifests:
-        check_step_record(steps[step_id], records[step_id], manifest)
+        check_step_record(steps[step_id], records[step_id], manifest, has_attributes)
     listed = {str(p) for s, m in manifests if s in plain for f in m.get("files", [])
               for p in (f.get("path"), f.get("old_path")) if p}
     for path in plain_paths:

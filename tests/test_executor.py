@@ -440,3 +440,22 @@ def test_rewriting_a_file_with_identical_content_is_unchanged(tmp_path: Path) ->
     assert rm["files"] == [{"path": "docs/f1.md", "status": "D", "old_path": None,
                             "old_mode": "100644", "new_mode": None, "sha256": None}]
     assert git(tmp_path / "repo", "rev-list", "--count", "main") == "3"
+
+
+def test_gitattributes_normalisation_is_recorded_as_what_lands(tmp_path: Path) -> None:
+    """With `* text=auto eol=lf` a CRLF write lands as an LF blob: the evidence records the
+    blob, and every gate passes on the honest run."""
+    write_request(tmp_path, [
+        {"id": "attrs", "write": {"path": ".gitattributes", "content": "* text=auto eol=lf\n"}},
+        {"id": "crlf", "write": {"path": "docs/win.txt", "content": "a\r\nb\r\n"}},
+        {"id": "cmd", "run": ["sh", "-c", "printf 'x\\r\\ny\\r\\n' > docs/cmd.txt"]},
+    ])
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    repo, run_dir = tmp_path / "repo", tmp_path / "out" / "r1"
+    assert git(repo, "cat-file", "blob", "main~1:docs/win.txt") == "a\nb"
+    manifest = json.loads((run_dir / "steps/crlf.json").read_text())
+    import hashlib
+
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(b"a\nb\n").hexdigest()
+    gates = doit(tmp_path, "gates", "request=req.yaml")
+    assert gates.returncode == 0, gates.stdout[-3000:]
