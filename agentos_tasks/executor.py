@@ -798,7 +798,7 @@ def _apply(ctx: RunContext) -> None:
                        f"applied tree {git.tree_of(post)[:12]} / {len(commits)} commits differ "
                        f"from the tested worktree {expected_tree[:12]} / {len(patches)} "
                        "patches")
-    write_json(ctx.paths.applied_record, {
+    write_json(ctx.paths.applied_record, durable=True, obj={
         "branch": branch, "pre_apply_head": pre, "post_apply_head": post, "commits": commits,
         "tree": expected_tree, "request_sha256": req.sha256, "policy_sha256": ctx.policy.sha256,
         "inputs": input_digests(req),
@@ -832,7 +832,7 @@ def reset_branch(ctx: RunContext, git: Git, branch: str, target: str,
         "after": {"head": after_head, "tree": git.tree_of(after_head)},
     }
     proof["match"] = proof["after"] == {"head": target, "tree": proof["target_tree"]}
-    write_json(ctx.paths.audit / "rollback_proof.json", proof)
+    write_json(ctx.paths.audit / "rollback_proof.json", proof, durable=True)
     tape(ctx).append("rollback", branch=branch, restored=target, removed_head=before_head,
                      match=proof["match"], reason=reason,
                      proof_sha256=sha256_file(ctx.paths.audit / "rollback_proof.json"))
@@ -911,12 +911,13 @@ def checksums_task(ctx: RunContext) -> None:
         final_paths.update(f["path"] for f in manifest.get("files", []))
     tree = tree_digests(repo_git(ctx), applied["post_apply_head"], sorted(final_paths))
     artifacts = {rel: sha256_file(ctx.paths.root / rel) for rel in artifact_files(ctx.paths.root)}
-    write_json(ctx.paths.checksums, {
+    write_json(ctx.paths.checksums, durable=True, obj={
         "schema_version": SCHEMA_VERSION, "algorithm": "sha256",
         "tree_commit": applied["post_apply_head"], "final_tree": tree, "artifacts": artifacts,
     })
     atomic_write(ctx.paths.sha256sums,
-                 "".join(f"{d}  {p}\n" for p, d in sorted(artifacts.items())).encode())
+                 "".join(f"{d}  {p}\n" for p, d in sorted(artifacts.items())).encode(),
+                 durable=True)
 
 
 def tree_digests(git: Git, commit: str, paths: list[str]) -> dict[str, str]:
@@ -1006,4 +1007,4 @@ def write_result(ctx: RunContext, status: str, failure: dict[str, Any] | None = 
         },
         "failure": failure,
     }
-    write_json(ctx.paths.execution_result, result)
+    write_json(ctx.paths.execution_result, result, durable=True)

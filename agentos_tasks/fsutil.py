@@ -18,16 +18,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file + fsync + rename + directory fsync."""
+def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write `data` to `path` via a temp file + rename: readers and a crashed process see
+    the old or the new bytes, never a mix. `durable` adds fsync of the file and directory
+    (power loss); git's own objects are not fsync'd by default, so per-step artifacts use
+    the rename alone and only the final records and the tape pay for fsync."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     with open(tmp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -36,8 +41,8 @@ def canonical_json(obj: Any) -> bytes:
     return text.encode("utf-8", "backslashreplace")  # non-UTF-8 names: JSON \udcXX escapes
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, canonical_json(obj))
+def write_json(path: Path, obj: Any, *, durable: bool = False) -> None:
+    atomic_write(path, canonical_json(obj), durable=durable)
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:
