@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -62,34 +63,58 @@ def evaluate(gate: Gate, run_dir: Path) -> GateResult:
                       ctx.evidence_list())
 
 
-_FILE_DIGESTS: dict[tuple[str, int, int], bytes] = {}
+_FILE_DIGESTS: dict[tuple[str, int, int, int], bytes] = {}
 _HEADS: dict[Path, str] = {}
 
 
-def _file_digest(path: Path) -> bytes:
-    """sha256 of a file, memoised per (path, mtime, size) within one process."""
-    info = path.stat()
-    key = (str(path), info.st_mtime_ns, info.st_size)
-    if key not in _FILE_DIGESTS:
-        _FILE_DIGESTS[key] = hashlib.sha256(path.read_bytes()).digest()
-    return _FILE_DIGESTS[key]
+def _file_digest(path: str, info: os.stat_result) -> bytes:
+    """sha256 of a file, memoised per (path, inode, mtime, size) within one process."""
+    key = (path, info.st_ino, info.st_mtime_ns, info.st_size)
+    digest = _FILE_DIGESTS.get(key)
+    if digest is None:
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).digest()
+        _FILE_DIGESTS[key] = digest
+    return digest
+
+
+def _walk(path: str, rel: str, out: list[tuple[str, bytes]]) -> None:
+    """(run-relative path, content digest or link target) of every file below `path`."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        with os.scandir(path) as entries:
+            names = sorted(entry.name for entry in entries)
+        for name in names:
+            _walk(f"{path}/{name}", f"{rel}/{name}", out)
+    elif stat.S_ISLNK(info.st_mode):
+        out.append((rel, b"link:" + os.readlink(path).encode("utf-8", "surrogateescape")))
+    elif stat.S_ISREG(info.st_mode):
+        out.append((rel, _file_digest(path, info)))
 
 
 def gate_inputs_digest(gate: Gate, run_dir: Path) -> str:
-    """Digest of everything the gate reads: evidence files, branch head, package source."""
+    """Digest of everything the gate reads: evidence files, branch head, package source.
+
+    A pattern names its top-level entry; everything below it counts, at any depth (a file
+    added at logs/sub/x must make the gate run again).
+    """
     digest = hashlib.sha256()
+    root = str(run_dir)
+    tops: list[str] = []
     for pattern in gate.inputs:
-        # a pattern names its top-level entry; everything below it counts, at any depth
-        # (a file added at logs/sub/x must make the gate run again)
         top = pattern.split("/", 1)[0]
-        candidates = [run_dir / top] if "*" not in top else list(run_dir.glob(top))
-        for entry in sorted(candidates):
-            files = sorted(p for p in entry.rglob("*")) if entry.is_dir() else [entry]
-            for path in files:
-                if path.is_file() or path.is_symlink():
-                    digest.update(path.relative_to(run_dir).as_posix().encode() + b"\0")
-                    digest.update(_file_digest(path) if path.is_file() else
-                                  os.readlink(path).encode())
+        if "*" in top:
+            tops += sorted(p.name for p in run_dir.glob(top))
+        else:
+            tops.append(top)
+    for top in dict.fromkeys(tops):
+        files: list[tuple[str, bytes]] = []
+        _walk(f"{root}/{top}", top, files)
+        for rel, content in files:
+            digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + content)
         digest.update(b"|")
     if gate.uses_repo:
         if run_dir not in _HEADS:
@@ -99,7 +124,7 @@ def gate_inputs_digest(gate: Gate, run_dir: Path) -> str:
         from gates.static import package_files
 
         for path in package_files():
-            digest.update(str(path).encode() + _file_digest(path))
+            digest.update(str(path).encode() + _file_digest(str(path), path.stat()))
     return digest.hexdigest()
 
 

@@ -98,6 +98,9 @@ def record_disagreement(record: dict[str, Any], raw_yaml: bytes, inputs: Path) -
     return None
 
 
+_AGREEMENT: dict[tuple[object, ...], str | None] = {}
+
+
 class GateContext:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
@@ -165,8 +168,14 @@ class GateContext:
         data = self.json("audit/request.json")
         if not isinstance(data, dict):
             raise Missing("audit/request.json is not an object")
-        problem = record_disagreement(data, self.read_bytes("audit/request.yaml"),
-                                      self.run_dir / "audit" / "inputs")
+        raw_yaml = self.read_bytes("audit/request.yaml")
+        inputs = self.run_dir / "audit" / "inputs"
+        key = (hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
+               hashlib.sha256(raw_yaml).hexdigest(), str(inputs),
+               tuple(sorted((p.name, p.stat().st_mtime_ns) for p in inputs.glob("*"))))
+        if key not in _AGREEMENT:  # every gate asks; parse the request file once
+            _AGREEMENT[key] = record_disagreement(data, raw_yaml, inputs)
+        problem = _AGREEMENT[key]
         if problem:
             raise Missing(f"audit/request.json disagrees with audit/request.yaml: {problem}")
         return data
