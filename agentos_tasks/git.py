@@ -235,6 +235,23 @@ class Git:
         return parse_status_v2(raw)
 
 
+def parse_numstat_z(raw: bytes) -> list[str]:
+    """Every path (both names of a rename) in `git apply --numstat -z` output."""
+    fields = raw.split(b"\0")
+    paths: list[str] = []
+    i = 0
+    while i < len(fields) and fields[i]:
+        name = fields[i].split(b"\t", 2)[2]
+        if name:
+            paths.append(name.decode("utf-8", "surrogateescape"))
+            i += 1
+        else:  # a rename: "added\tdeleted\t\0old\0new\0"
+            paths += [fields[i + 1].decode("utf-8", "surrogateescape"),
+                      fields[i + 2].decode("utf-8", "surrogateescape")]
+            i += 3
+    return paths
+
+
 def parse_status_v2(raw: bytes) -> list[Change]:
     """Parse `git status --porcelain=v2 -z --no-renames` into Changes."""
     changes: list[Change] = []

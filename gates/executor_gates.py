@@ -25,7 +25,7 @@ import yaml
 from agentos_tasks.answers import ANSWERS_SCHEMA
 from agentos_tasks.errors import PolicyViolation
 from agentos_tasks.fsutil import sha256_bytes
-from agentos_tasks.git import Git
+from agentos_tasks.git import Git, parse_numstat_z
 from agentos_tasks.model import Step
 from agentos_tasks.policy import (
     check_request,
@@ -122,18 +122,7 @@ def patch_paths(ctx: GateContext, rels: list[str]) -> list[str]:
                 patch_paths(ctx, [rel])
         raise Fail(f"{', '.join(rels)} does not parse as a patch: "
                    f"{out.stderr.decode('utf-8', 'replace').strip()[:120]}")
-    fields = out.stdout.split(b"\0")
-    paths: list[str] = []
-    i = 0
-    while i < len(fields) and fields[i]:
-        name = fields[i].split(b"\t", 2)[2]
-        if name:
-            paths.append(name.decode("utf-8", "surrogateescape"))
-            i += 1
-        else:  # a rename: "added\tdeleted\t\0old\0new\0"
-            paths += [fields[i + 1].decode("utf-8", "surrogateescape"),
-                      fields[i + 2].decode("utf-8", "surrogateescape")]
-            i += 3
+    paths = parse_numstat_z(out.stdout)
     if not paths:
         raise Fail(f"{', '.join(rels)} holds no diff")
     return paths

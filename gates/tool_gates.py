@@ -41,6 +41,7 @@ import yaml
 from agentos_tasks.answers import ANSWERS_SCHEMA
 from agentos_tasks.errors import AgentosError, PolicyViolation
 from agentos_tasks.fsutil import sha256_bytes
+from agentos_tasks.git import parse_numstat_z
 from agentos_tasks.model import Step, ToolSpec
 from agentos_tasks.policy import (
     decide_path,
@@ -195,18 +196,7 @@ def committed_patch_paths(ctx: GateContext, rel: str) -> list[str]:
     if out.returncode != 0:
         raise Fail(f"{rel} does not parse as a patch: "
                    f"{out.stderr.decode('utf-8', 'replace').strip()[:120]}")
-    fields = out.stdout.split(b"\0")
-    paths: list[str] = []
-    i = 0
-    while i < len(fields) and fields[i]:
-        name = fields[i].split(b"\t", 2)[2]
-        if name:
-            paths.append(name.decode("utf-8", "surrogateescape"))
-            i += 1
-        else:  # a rename: "added\tdeleted\t\0old\0new\0"
-            paths += [fields[i + 1].decode("utf-8", "surrogateescape"),
-                      fields[i + 2].decode("utf-8", "surrogateescape")]
-            i += 3
+    paths = parse_numstat_z(out.stdout)
     if not paths:
         raise Fail(f"{rel} holds no diff")
     return paths
