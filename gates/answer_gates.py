@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 
 from agentos_tasks.answers import ANSWERS_SCHEMA
-from agentos_tasks.fsutil import sha256_bytes
 from gates import Gate
 from gates.context import GateContext, Missing
 from gates.executor_gates import Fail, require_chain, status_of, verdict
@@ -23,26 +22,16 @@ PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
 Verdict = tuple[str, str]
 
 
-_YAML_QUESTIONS: dict[str, list[str]] = {}
 
 
 def request_yaml_questions(ctx: GateContext) -> list[str]:
     """Question ids as the recorded request file itself (audit/request.yaml) asks them;
     parsed once per content digest (A1-A3 all ask)."""
-    raw_yaml = ctx.read_bytes("audit/request.yaml")
-    digest = sha256_bytes(raw_yaml)
-    if digest not in _YAML_QUESTIONS:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
-        try:
-            data = yaml.load(raw_yaml, Loader=loader)  # noqa: S506 - a safe loader
-        except yaml.YAMLError:
-            raise Fail("audit/request.yaml does not parse") from None
-        raw = data.get("questions") if isinstance(data, dict) else None
-        if raw is not None and (not isinstance(raw, list)
-                                or not all(isinstance(q, dict) for q in raw)):
-            raise Fail("audit/request.yaml: questions is not a list of {id, text}")
-        _YAML_QUESTIONS[digest] = [str(q.get("id")) for q in raw or []]
-    return list(_YAML_QUESTIONS[digest])
+    raw = ctx.request_yaml().get("questions")
+    if raw is not None and (not isinstance(raw, list)
+                            or not all(isinstance(q, dict) for q in raw)):
+        raise Fail("audit/request.yaml: questions is not a list of {id, text}")
+    return [str(q.get("id")) for q in raw or []]
 
 
 def questions(ctx: GateContext) -> list[str]:

@@ -29,18 +29,14 @@ def _arg_text(value: Any) -> str:
 
 def record_disagreement(record: dict[str, Any], raw_yaml: bytes, inputs: Path) -> str | None:
     """First field where the normalised request record differs from the request file."""
-    import yaml
-
     from agentos_tasks.fsutil import sha256_bytes
     from agentos_tasks.model import OPS
     from agentos_tasks.request import patch_paths
 
     if sha256_bytes(raw_yaml) != record.get("sha256"):
         return "sha256 of request.yaml"
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        doc = yaml.load(raw_yaml, Loader=loader)  # noqa: S506 - safe loader
-    except yaml.YAMLError:
+    doc = parse_request_yaml(raw_yaml)
+    if doc is None:
         return "request.yaml does not parse"
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
         return "request.yaml has no steps"
@@ -99,6 +95,22 @@ def record_disagreement(record: dict[str, Any], raw_yaml: bytes, inputs: Path) -
 
 
 _AGREEMENT: dict[tuple[object, ...], str | None] = {}
+_YAML_DOCS: dict[str, Any] = {}
+
+
+def parse_request_yaml(raw: bytes) -> Any:
+    """The recorded request file as plain data (libyaml when available), parsed once per
+    content digest; None when it does not parse."""
+    import yaml
+
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest not in _YAML_DOCS:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        try:
+            _YAML_DOCS[digest] = yaml.load(raw, Loader=loader)  # noqa: S506 - safe loader
+        except yaml.YAMLError:
+            _YAML_DOCS[digest] = None
+    return _YAML_DOCS[digest]
 
 
 class GateContext:
@@ -138,6 +150,15 @@ class GateContext:
     def sha256(self, rel: str) -> str | None:
         self.note(rel)
         return self._evidence.get(rel)
+
+    def request_yaml(self) -> dict[str, Any]:
+        """audit/request.yaml as plain data (the request file exactly as it was run)."""
+        doc = parse_request_yaml(self.read_bytes("audit/request.yaml"))
+        if doc is None:
+            raise Missing("audit/request.yaml does not parse")
+        if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
+            raise Missing("audit/request.yaml has no steps list")
+        return doc
 
     # ---- common artifacts
     @cached_property

@@ -130,11 +130,7 @@ def patch_paths(ctx: GateContext, rels: list[str]) -> list[str]:
 
 def request_yaml_messages(ctx: GateContext) -> list[tuple[str, str]]:
     """(id, message) of every step as the recorded request file itself says."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
-    data = yaml.load(ctx.read_bytes("audit/request.yaml"), Loader=loader)  # noqa: S506
-    steps = data.get("steps") if isinstance(data, dict) else None
-    if not isinstance(steps, list):
-        raise Fail("audit/request.yaml has no steps list")
+    steps = ctx.request_yaml()["steps"]
     return [(str(s["id"]), str(s.get("message", s["id"]))) for s in steps]
 
 

@@ -609,27 +609,11 @@ def started_tool_steps(ctx: GateContext) -> tuple[list[str], int]:
     return [s for s in tools if s in started], len(tools)
 
 
-_YAML_TOOL_STEPS: dict[str, list[str]] = {}
-
-
 def request_yaml_tool_steps(ctx: GateContext) -> list[str]:
     """Ids of the tool steps as the recorded request file itself (audit/request.yaml)
-    declares them (a step is a tool step when it has a `tool:` key); parsed once per
-    content digest, as the six TL gates all ask."""
-    raw = ctx.read_bytes("audit/request.yaml")
-    digest = sha256_bytes(raw)
-    if digest not in _YAML_TOOL_STEPS:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
-        try:
-            data = yaml.load(raw, Loader=loader)  # noqa: S506 - a safe loader
-        except yaml.YAMLError:
-            raise Fail("audit/request.yaml does not parse") from None
-        steps = data.get("steps") if isinstance(data, dict) else None
-        if not isinstance(steps, list):
-            raise Fail("audit/request.yaml has no steps list")
-        _YAML_TOOL_STEPS[digest] = [str(s.get("id")) for s in steps
-                                    if isinstance(s, dict) and "tool" in s]
-    return list(_YAML_TOOL_STEPS[digest])
+    declares them (a step is a tool step when it has a `tool:` key)."""
+    return [str(s.get("id")) for s in ctx.request_yaml()["steps"]
+            if isinstance(s, dict) and "tool" in s]
 
 
 def tool_traces(ctx: GateContext) -> tuple[list[str], list[str]]:
