@@ -1,8 +1,8 @@
 """static.no_subprocess and EX-B: only agentos_tasks/proc.py may start processes.
 
 An AST scan of the installed package (agentos_tasks + gates): imports of subprocess,
-plumbum, pty, multiprocessing, _posixsubprocess; calls to os.system / os.popen /
-os.exec* / os.spawn* / os.posix_spawn* / os.fork* / asyncio.create_subprocess_*; and
+plumbum, pty, multiprocessing, _posixsubprocess; calls to the os module's system,
+popen, exec*, spawn*, posix_spawn* and fork* and asyncio's create_subprocess_*; and
 dynamic imports or getattr that could reach them (importlib.import_module, __import__,
 getattr(os, ...)) with a forbidden or non-literal name.
 """
