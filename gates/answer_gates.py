@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
-from agentos_tasks.answers import ANSWERS_SCHEMA
 from gates import Gate
-from gates.context import GateContext, Missing
+from gates.context import GateContext
 from gates.executor_gates import Fail, require_chain, status_of, verdict
 
 PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
@@ -47,16 +44,8 @@ def questions(ctx: GateContext) -> list[str]:
 
 def recorded_answers(ctx: GateContext) -> dict[str, dict[str, Any]] | None:
     """audit/answers.yaml's answers, validated as the executor validates them (None: absent)."""
-    if not ctx.exists("audit/answers.yaml"):
-        return None
-    try:
-        data = ANSWERS_SCHEMA(yaml.safe_load(ctx.read_bytes("audit/answers.yaml")) or {})
-    except Missing:
-        raise
-    except Exception as exc:
-        raise Fail(f"audit/answers.yaml is not a valid answers file: "
-                   f"{str(exc).splitlines()[0]}") from None
-    return dict(data.get("answers", {}))
+    data = ctx.answers_file()
+    return None if data is None else dict(data.get("answers", {}))
 
 
 def positions(ctx: GateContext, name: str) -> list[int]:

@@ -160,6 +160,21 @@ class GateContext:
             raise Missing("audit/request.yaml has no steps list")
         return doc
 
+    def answers_file(self) -> dict[str, Any] | None:
+        """audit/answers.yaml validated as the executor validates it; None when absent."""
+        if not self.exists("audit/answers.yaml"):
+            return None
+        import yaml
+
+        from agentos_tasks.answers import ANSWERS_SCHEMA
+
+        try:
+            data = ANSWERS_SCHEMA(yaml.safe_load(self.read_bytes("audit/answers.yaml")) or {})
+        except Exception as exc:  # unreadable, not YAML, or not the schema
+            raise Missing(f"audit/answers.yaml is not a valid answers file: "
+                          f"{str(exc).splitlines()[0]}") from None
+        return dict(data)
+
     # ---- common artifacts
     @cached_property
     def chain(self) -> ChainReport:

@@ -20,9 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
-from agentos_tasks.answers import ANSWERS_SCHEMA
 from agentos_tasks.errors import PolicyViolation
 from agentos_tasks.fsutil import sha256_bytes
 from agentos_tasks.git import Git, parse_numstat_z
@@ -35,7 +32,7 @@ from agentos_tasks.policy import (
     step_network,
 )
 from gates import Gate
-from gates.context import GateContext, Missing
+from gates.context import GateContext
 from gates.runtime import recorded_policy, request_from_record
 
 PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
@@ -979,13 +976,9 @@ def ex_g_approvals(ctx: GateContext) -> Verdict:
               and manifests.get(s.id, {}).get("status") == "changed"]
     if not needed:
         return NA, "no changed step needs an approval under the recorded policy"
-    try:
-        data = ANSWERS_SCHEMA(yaml.safe_load(ctx.read_bytes("audit/answers.yaml")) or {})
-    except Missing:
-        raise Fail(f"{len(needed)} step(s) need approval, audit/answers.yaml is missing") \
-            from None
-    except Exception as exc:
-        raise Fail(f"audit/answers.yaml is not a valid answers file: {exc}") from None
+    data = ctx.answers_file()
+    if data is None:
+        raise Fail(f"{len(needed)} step(s) need approval, audit/answers.yaml is missing")
     approvals = data.get("approvals", {})
     for step in needed:
         approval = approvals.get(step.id)

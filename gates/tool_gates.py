@@ -36,9 +36,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from agentos_tasks.answers import ANSWERS_SCHEMA
 from agentos_tasks.errors import AgentosError, PolicyViolation
 from agentos_tasks.fsutil import sha256_bytes
 from agentos_tasks.git import parse_numstat_z
@@ -558,13 +555,9 @@ def tl_f(ts: ToolStep, strict: bool) -> Verdict:
     actual = ts.ctx.sha256(ts.patch_rel)
     if actual is None:
         raise Fail(f"{ts.patch_rel} is missing")
-    try:
-        data = ANSWERS_SCHEMA(yaml.safe_load(ts.ctx.read_bytes("audit/answers.yaml")) or {})
-    except Missing:
-        raise Fail(f"{ts.id} needs a reviewer sign-off; audit/answers.yaml is missing") \
-            from None
-    except Exception as exc:
-        raise Fail(f"audit/answers.yaml is not a valid answers file: {exc}") from None
+    data = ts.ctx.answers_file()
+    if data is None:
+        raise Fail(f"{ts.id} needs a reviewer sign-off; audit/answers.yaml is missing")
     approval = data.get("approvals", {}).get(ts.id)
     if approval is None:
         raise Fail(f"{ts.id} needs a reviewer sign-off; none recorded in audit/answers.yaml")
