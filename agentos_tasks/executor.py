@@ -90,11 +90,7 @@ def step_spec(ctx: RunContext, step: Step) -> dict[str, Any]:
 
 
 def tape(ctx: RunContext) -> Tape:
-    tape_obj = getattr(ctx, "_tape", None)
-    if tape_obj is None:
-        tape_obj = Tape(ctx.paths.root)
-        ctx._tape = tape_obj  # type: ignore[attr-defined]
-    return tape_obj
+    return ctx.tape
 
 
 def repo_git(ctx: RunContext) -> Git:
@@ -102,11 +98,7 @@ def repo_git(ctx: RunContext) -> Git:
 
 
 def worktree_git(ctx: RunContext) -> Git:
-    git = getattr(ctx, "_wt_git", None)
-    if git is None:
-        git = Git(ctx.paths.worktree, ctx.need_request().author)
-        ctx._wt_git = git  # type: ignore[attr-defined]
-    return git
+    return ctx.worktree_git
 
 
 def read_detached_head(worktree: Path) -> str | None:

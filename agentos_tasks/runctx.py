@@ -17,7 +17,9 @@ from typing import IO, Any
 
 from agentos_tasks.errors import EXIT_STATE, AgentosError
 from agentos_tasks.fsutil import read_json
+from agentos_tasks.git import Git
 from agentos_tasks.model import Request, Step
+from agentos_tasks.tape import Tape
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,6 +119,16 @@ class RunContext:
         if self.policy_path is None:
             raise AgentosError("no policy: this run has no request loaded")
         return load_policy(self.policy_path)
+
+    @cached_property
+    def tape(self) -> Tape:
+        """The run's tape; one object per invocation, so its head is read once."""
+        return Tape(self.paths.root)
+
+    @cached_property
+    def worktree_git(self) -> Git:
+        """git in the run's worktree (its repository config is read once)."""
+        return Git(self.paths.worktree, self.need_request().author)
 
     @property
     def steps(self) -> tuple[Step, ...]:
