@@ -52,6 +52,18 @@ def positions(ctx: GateContext, name: str) -> list[int]:
     return [i for i, e in enumerate(ctx.events) if e.get("event") == name]
 
 
+def settled_before_checking(ctx: GateContext) -> Verdict | None:
+    """What A1-A3 all decide first: NOT_APPLICABLE when nothing about questions exists,
+    the verdict for a run without questions, else None once the tape is known good."""
+    if nothing_asked(ctx):
+        return NA, "the request asks no questions"
+    settled = no_questions(ctx)
+    if settled is not None:
+        return settled
+    require_chain(ctx)
+    return None
+
+
 def nothing_asked(ctx: GateContext) -> bool:
     """True only when nothing about questions exists to check: no question in request.yaml
     or request.json, no questions_blocked/resume_applied on the tape, no answers file."""
@@ -86,12 +98,9 @@ def a1_blocked(ctx: GateContext) -> Verdict:
     """No step started while a question was unanswered: every step_start follows a
     resume_applied that answered every question, a questions_blocked is followed by no
     step_start before the next resume_applied, and a blocked run started no step."""
-    if nothing_asked(ctx):
-        return NA, "the request asks no questions"
-    settled = no_questions(ctx)
+    settled = settled_before_checking(ctx)
     if settled is not None:
         return settled
-    require_chain(ctx)
     asked = questions(ctx)
     starts = positions(ctx, "step_start")
     resumes = positions(ctx, "resume_applied")
@@ -142,12 +151,9 @@ def a1_blocked(ctx: GateContext) -> Verdict:
 def a2_resumed(ctx: GateContext) -> Verdict:
     """With an answers file, the run recorded resume_applied (binding the file's sha256)
     and then executed: steps started only after it."""
-    if nothing_asked(ctx):
-        return NA, "the request asks no questions"
-    settled = no_questions(ctx)
+    settled = settled_before_checking(ctx)
     if settled is not None:
         return settled
-    require_chain(ctx)
     status = status_of(ctx)
     resumes = positions(ctx, "resume_applied")
     starts = positions(ctx, "step_start")
@@ -183,12 +189,9 @@ def a2_resumed(ctx: GateContext) -> Verdict:
 def a3_evidence(ctx: GateContext) -> Verdict:
     """Every question has an answer in audit/answers.yaml with who (by), when (at) and
     what (text), equal to the answers the last resume_applied recorded."""
-    if nothing_asked(ctx):
-        return NA, "the request asks no questions"
-    settled = no_questions(ctx)
+    settled = settled_before_checking(ctx)
     if settled is not None:
         return settled
-    require_chain(ctx)
     asked = questions(ctx)
     status = status_of(ctx)
     answers = recorded_answers(ctx)
