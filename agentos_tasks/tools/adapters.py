@@ -404,6 +404,15 @@ def _text(value: Any, limit: int = _MESSAGE_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _add_numbers(totals: dict[str, Any], reported: Any) -> None:
+    """Add each numeric field a tool reported to the running total of the same name."""
+    if isinstance(reported, dict):
+        for key in totals:
+            value = _number(reported.get(key))
+            if value is not None:
+                totals[key] += value
+
+
 def _number(value: Any) -> float | int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -490,12 +499,7 @@ def _codex_claims(objects: list[dict[str, Any]]) -> dict[str, Any]:
             claims["turns_started"] += 1
         elif kind == "turn.completed":
             claims["turns_completed"] += 1
-            usage = event.get("usage")
-            if isinstance(usage, dict):
-                for key in claims["usage"]:
-                    value = _number(usage.get(key))
-                    if value is not None:
-                        claims["usage"][key] += value
+            _add_numbers(claims["usage"], event.get("usage"))
         elif kind == "turn.failed":
             error = event.get("error")
             message = error.get("message") if isinstance(error, dict) else error
@@ -557,12 +561,7 @@ def _opencode_claims(objects: list[dict[str, Any]], output: bytes) -> dict[str, 
             cost = _number(part.get("cost"))
             if cost is not None:
                 claims["cost"] += cost
-            tokens = part.get("tokens")
-            if isinstance(tokens, dict):
-                for key in claims["tokens"]:
-                    value = _number(tokens.get(key))
-                    if value is not None:
-                        claims["tokens"][key] += value
+            _add_numbers(claims["tokens"], part.get("tokens"))
         elif kind == "text":
             claims["final_text"] = _text(part.get("text", ""), _RESULT_TEXT_LIMIT)
         elif kind == "tool_use":
