@@ -541,6 +541,9 @@ def run_confined(argv: Sequence[str], spec: ConfinedSpec, output_path: Path) -> 
     output_path.parent.mkdir(parents=True, exist_ok=True)
     worktree = Path(os.path.abspath(spec.worktree))
     plan = sandbox.plan_program(argv[0], spec.env, worktree)
+    if plan.refused:
+        return _not_started(argv, output_path, f"not run: {plan.refused}", backend.name,
+                            notes)
     if plan.program is None:
         return _not_started(argv, output_path, f"program not found: {argv[0]} (PATH="
                             f"{spec.env.get('PATH', '')})", backend.name, notes)

@@ -16,20 +16,27 @@ The shape of the sandbox (see DESIGN.md "Sandbox"):
   FETCH_HEAD stay on the host;
 - a program outside the system dirs (a pyenv Python, a CLI under a user prefix, a test's
   fake CLI) gets its installation prefix bound read-only, found the way the host would
-  find it on PATH, pyenv shims resolved to the real interpreter. Never $HOME as a whole,
-  and never a directory that only a file of the repository names (a shebang, a symlink).
+  find it on PATH, pyenv shims resolved to the real interpreter. In a home directory only
+  the program's own files (its venv, node package, interpreter and stdlib, or the file;
+  see install_layout), never a directory of $HOME such as ~/.local; nothing at or below
+  /proc, /sys or /dev; never a directory that only a file of the repository names (a
+  shebang, a symlink).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import re
 import shutil
 import stat
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from agentos_tasks import install_layout
 
 if TYPE_CHECKING:  # proc imports this module; only the type is needed here
     from agentos_tasks.proc import ConfinedSpec
@@ -52,9 +59,15 @@ ETC_NETWORK: tuple[str, ...] = ("resolv.conf", "hosts", "host.conf", "gai.conf")
 # Host directories that are never bound as a whole, even when a program lives directly in
 # one of them (then only the program file itself is bound).
 NEVER_BIND_WHOLE: tuple[str, ...] = (
-    "/", "/root", "/home", "/tmp", "/var", "/var/tmp", "/etc",  # noqa: S108 - host paths "/proc", "/sys", "/dev",
+    "/", "/root", "/home", "/tmp", "/var", "/var/tmp", "/etc",  # noqa: S108 - host paths
+    "/proc", "/sys", "/dev",
     "/run", "/mnt", "/media", "/srv", "/opt", "/boot",
 )
+# The sandbox's own pseudo filesystems (it mounts a private /proc and /dev, and no /sys):
+# nothing at or below them is ever bound from the host, and a program there is not run.
+PSEUDO_FS: tuple[str, ...] = ("/proc", "/sys", "/dev")
+# Where home directories live besides $HOME (another user's home is private too).
+HOME_ROOTS: tuple[str, ...] = ("/home", "/var/home")
 
 SANDBOX_HOSTNAME = "agentos-sandbox"
 # Private, size-bounded tmpfs mounts inside the sandbox (not the host's /tmp).
@@ -74,13 +87,18 @@ class ProgramPlan:
     system dirs that must be visible read-only for it (and its shebang interpreter) to run.
     `path_prefix` are directories put in front of PATH inside the sandbox, so a name that
     the host resolves through a shim (which cannot run in the sandbox) finds the real
-    program instead.
+    program instead. `symlinks` are links of a program's own files in a home directory,
+    recreated inside (a bound link would become a copy of its target, and the program
+    would look for its files beside the link). `refused` says why a program is not run
+    at all (then `program` is None): one under /proc, /sys or /dev.
     """
 
     argv0: str
     program: Path | None
     binds: tuple[Path, ...] = ()
     path_prefix: tuple[str, ...] = ()
+    refused: str = ""
+    symlinks: tuple[tuple[str, str], ...] = ()  # (target as written, path): recreated inside
 
 
 def find_bwrap() -> Path | None:
@@ -124,45 +142,109 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _host_home_dirs() -> set[str]:
-    homes = {os.path.expanduser("~")}
-    if os.environ.get("HOME"):
-        homes.add(os.environ["HOME"])
-    return {os.path.normpath(h) for h in homes if h and os.path.isabs(h)}
+def in_pseudo_fs(path: Path | str) -> bool:
+    """True when `path`, as written or with links resolved, is at or below /proc, /sys or
+    /dev (the sandbox makes its own; the host's are never shown)."""
+    lexical = os.path.normpath(os.path.abspath(path))
+    real = os.path.realpath(path)
+    return any(_within(p, root) for p in (lexical, real) for root in PSEUDO_FS)
 
 
-def _may_bind_whole(directory: str, guarded: Iterable[str]) -> bool:
-    """A directory may be bound as a whole unless it is, or contains, something private."""
+def _host_home_dirs(env: Mapping[str, str] | None = None) -> set[str]:
+    """The home directories whose contents are private: $HOME (ours and the step's), the
+    passwd entry's, /root; each as written and resolved."""
+    homes = {os.path.expanduser("~"), os.environ.get("HOME", ""), "/root"}
+    if env is not None:
+        homes.add(env.get("HOME", ""))
+    with contextlib.suppress(KeyError, OSError):
+        homes.add(pwd.getpwuid(os.getuid()).pw_dir)
+    normal = {os.path.normpath(h) for h in homes if h and os.path.isabs(h)}
+    normal |= {os.path.realpath(h) for h in normal}
+    return {h for h in normal if h != "/" and not _lexically_system(h)}
+
+
+def _home_of(path: str, homes: Iterable[str]) -> str | None:
+    """The home directory `path` lies in ($HOME, /root, /home/<user>, ...), or None."""
+    found = [home for home in homes if _within(path, home)]
+    for root in HOME_ROOTS:
+        if path.startswith(root + "/"):
+            found.append(os.path.join(root, path[len(root) + 1:].split("/", 1)[0]))
+    return max(found, key=len) if found else None
+
+
+def _may_bind_whole(directory: str, guarded: Iterable[str],
+                    homes: Iterable[str] | None = None) -> bool:
+    """A directory may be bound as a whole unless it is, or contains, something private,
+    or lies in a home directory (then only a program's own files are bound)."""
     directory = os.path.normpath(directory)
-    if directory in NEVER_BIND_WHOLE:
+    if directory in NEVER_BIND_WHOLE or in_pseudo_fs(directory):
         return False
-    for private in (*_host_home_dirs(), *guarded):
+    homes = _host_home_dirs() if homes is None else set(homes)
+    if _home_of(directory, homes) is not None or \
+            _home_of(os.path.realpath(directory), homes) is not None:
+        return False
+    for private in (*homes, *HOME_ROOTS, *guarded):
         if _within(os.path.normpath(private), directory):
             return False  # binding it would expose $HOME, the worktree's siblings, ...
     return True
 
 
-def _prefix_binds(program: Path, guarded: Sequence[str]) -> list[Path]:
-    """Read-only binds that make `program` (a host path outside system dirs) runnable.
+_MAX_LINK_HOPS = 8
 
-    An installation prefix (`<prefix>/bin/<program>` with `<prefix>/lib`) is bound whole,
-    so an interpreter finds its stdlib and site-packages; otherwise the program's
-    directory; a file directly in a guarded directory (e.g. /tmp) is bound alone.
+
+@dataclass
+class _Visible:
+    """What a plan makes visible: read-only binds and symlinks recreated inside."""
+
+    binds: list[Path] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (target as written, path)
+
+
+def _prefix_binds(program: Path, guarded: Sequence[str],
+                  homes: Iterable[str] | None = None) -> _Visible:
+    """Read-only binds (and symlinks) that make `program`, a host path, runnable.
+
+    Nothing of the system dirs (visible anyway) and nothing below /proc, /sys or /dev. In
+    a home directory only the program's own files (install_layout.own_files), symlinks
+    recreated as links so the program finds its files relative to the link's target.
+    Elsewhere an installation prefix (`<prefix>/bin/<program>` with `<prefix>/lib`) is
+    bound whole, so an interpreter finds its stdlib and site-packages; otherwise the
+    program's directory; a file directly in a guarded directory (e.g. /tmp) is bound alone.
     """
-    binds: list[Path] = []
-    for candidate in dict.fromkeys((str(program), os.path.realpath(program))):
-        if is_system_path(candidate):
-            continue
-        directory = os.path.dirname(candidate)
-        prefix = os.path.dirname(directory)
-        if (os.path.basename(directory) == "bin" and os.path.isdir(os.path.join(prefix, "lib"))
-                and _may_bind_whole(prefix, guarded)):
-            binds.append(Path(prefix))
-        elif _may_bind_whole(directory, guarded):
-            binds.append(Path(directory))
-        else:
-            binds.append(Path(candidate))
-    return binds
+    homes = _host_home_dirs() if homes is None else set(homes)
+    visible = _Visible()
+    for candidate in dict.fromkeys((os.path.normpath(os.path.abspath(program)),
+                                    os.path.realpath(program))):
+        _make_visible(candidate, guarded, homes, visible, 0)
+    return visible
+
+
+def _make_visible(candidate: str, guarded: Sequence[str], homes: set[str],
+                  visible: _Visible, hops: int) -> None:
+    if is_system_path(candidate) or in_pseudo_fs(candidate) or not os.path.lexists(candidate):
+        return
+    home = _home_of(candidate, homes)
+    if home is not None:
+        for path in install_layout.own_files(candidate, home):
+            if in_pseudo_fs(path):
+                continue
+            if not os.path.islink(path):
+                visible.binds.append(Path(path))
+            elif hops < _MAX_LINK_HOPS:
+                target = os.readlink(path)
+                visible.links.append((target, path))
+                hop = os.path.normpath(os.path.join(os.path.dirname(path), target))
+                _make_visible(hop, guarded, homes, visible, hops + 1)
+        return
+    directory = os.path.dirname(candidate)
+    prefix = os.path.dirname(directory)
+    if (os.path.basename(directory) == "bin" and os.path.isdir(os.path.join(prefix, "lib"))
+            and _may_bind_whole(prefix, guarded, homes)):
+        visible.binds.append(Path(prefix))
+    elif _may_bind_whole(directory, guarded, homes):
+        visible.binds.append(Path(directory))
+    else:
+        visible.binds.append(Path(candidate))
 
 
 def _read_head(path: Path, size: int = 1024) -> bytes:
@@ -313,6 +395,12 @@ def _plan(argv0: str, env: Mapping[str, str], cwd: Path, guarded: Sequence[str],
             program = None
     if program is None:
         return ProgramPlan(argv0, None)
+    if in_pseudo_fs(program):
+        # The host's /proc, /sys and /dev are never shown, so such a program cannot run
+        # inside (and binding even the one file would show a host device or process).
+        return ProgramPlan(argv0, None, refused=f"{program} is under /proc, /sys or /dev: "
+                           "the sandbox has its own, nothing there is run from the host")
+    homes = _host_home_dirs(env)
     worktree = os.path.realpath(cwd)
     lexical = os.path.normpath(os.path.abspath(program))
     in_worktree = _within(lexical, os.path.normpath(os.path.abspath(cwd))) or \
@@ -328,14 +416,14 @@ def _plan(argv0: str, env: Mapping[str, str], cwd: Path, guarded: Sequence[str],
         program = real
         path_prefix.append(str(real.parent))
         path_dirs = path_dirs | {os.path.normpath(real.parent)}
-    binds: list[Path] = []
+    visible = _Visible()
     target = os.path.realpath(program)
     if in_worktree:
         # The repository may have made it a symlink: follow only to where PATH could lead.
         if not _within(target, worktree) and _on_trusted_path(target, path_dirs):
-            binds = _prefix_binds(Path(target), guarded)
+            visible = _prefix_binds(Path(target), guarded, homes)
     elif trusted_file or named_by != _Trust.UNTRUSTED:
-        binds = _prefix_binds(program, guarded)
+        visible = _prefix_binds(program, guarded, homes)
     else:
         # Named by an untrusted shebang, not on PATH: nothing of it becomes visible, and
         # its own shebang is not followed (inside the sandbox the exec simply fails).
@@ -351,10 +439,14 @@ def _plan(argv0: str, env: Mapping[str, str], cwd: Path, guarded: Sequence[str],
             interpreter = str(cwd / interpreter)  # the kernel reads it relative to the cwd
         if interpreter:
             inner = _plan(interpreter, env, cwd, guarded, depth + 1, inner_trust, path_dirs)
-            binds.extend(inner.binds)
+            visible.binds.extend(inner.binds)
+            visible.links.extend(inner.symlinks)
             path_prefix.extend(inner.path_prefix)
-    return ProgramPlan(argv0, program, tuple(_dedupe_binds(binds)),
-                       tuple(dict.fromkeys(path_prefix)))
+    binds = _dedupe_binds(visible.binds)
+    links = [(target, path) for target, path in dict.fromkeys(visible.links)
+             if not any(_within(path, str(bind)) for bind in binds)]  # shown by a bind
+    return ProgramPlan(argv0, program, tuple(binds), tuple(dict.fromkeys(path_prefix)),
+                       symlinks=tuple(links))
 
 
 def _dedupe_binds(binds: Iterable[Path]) -> list[Path]:
@@ -625,6 +717,7 @@ def build_bwrap_argv(
     """
     worktree = os.path.abspath(spec.worktree)
     plan = plan or plan_program(argv[0], spec.env, Path(worktree))
+    _refuse_pseudo_fs_sources(worktree, spec.readonly_paths)
     tmp_bytes = str(getattr(spec, "tmp_bytes", None) or DEFAULT_TMP_BYTES)
     args = [str(bwrap), *_namespace_args(spec.network, userns),
             "--hostname", SANDBOX_HOSTNAME, "--clearenv"]
@@ -650,8 +743,11 @@ def build_bwrap_argv(
         # An empty private $HOME: tools may write dotfiles, nothing of the host's is there.
         args += ["--size", tmp_bytes, "--tmpfs", os.path.normpath(home)]
     for bind in plan.binds:
-        if not _within(str(bind), worktree):
+        if not _within(str(bind), worktree) and not in_pseudo_fs(bind):
             args += ["--ro-bind", str(bind), str(bind)]
+    for target, link in plan.symlinks:
+        if not _within(link, worktree) and not any(_within(link, r) for r in PSEUDO_FS):
+            args += ["--symlink", target, link]
     args += ["--bind", worktree, worktree]
     remounts: list[str] = []
     for mount in mounts:  # after the worktree bind: read-only wins
@@ -664,6 +760,18 @@ def build_bwrap_argv(
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
     return [*args, "--", *argv]
+
+
+def _refuse_pseudo_fs_sources(worktree: str, readonly_paths: Iterable[Path | str]) -> None:
+    """The worktree and read-only paths are bound as they are: never one that is, contains
+    or lies inside the host's /proc or /sys, nor /dev itself (a worktree on the /dev/shm
+    tmpfs is fine: only it is shown, on top of the sandbox's private /dev/shm)."""
+    for path in (worktree, *map(str, readonly_paths)):
+        for candidate in {os.path.normpath(os.path.abspath(path)), os.path.realpath(path)}:
+            if any(_within(root, candidate) for root in PSEUDO_FS) or \
+                    _within(candidate, "/proc") or _within(candidate, "/sys"):
+                raise ValueError(f"refusing to bind {path} into the sandbox: it is or holds "
+                                 "a host pseudo filesystem (/proc, /sys, /dev)")
 
 
 def _git_view_args(view: GitDirView, config_fd: int | None) -> list[str]:
