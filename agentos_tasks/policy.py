@@ -12,7 +12,12 @@ allow; a path no allow rule matches is denied (``paths.default``). `ask` rules d
 headless run. Deny and ask globs match case-insensitively (a deny can only get stronger:
 on a case-insensitive filesystem ``SECRETS/x`` *is* ``secrets/x``); allow globs match
 exactly. A ``.git`` path component (in any case, and its NTFS aliases) is refused whatever
-the policy says.
+the policy says, and so are names with control or invisible characters (`names`).
+
+What a step leaves is judged for what it is, not only for its name: a symlink by what it
+resolves to (deny and ask apply to the target too, `aliases` for links to directories), a
+file that lands executable by ``paths.executable``. Counts, sizes and path lengths of
+everything a step leaves are bounded by `agentos_tasks.leftovers`.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import voluptuous as vol
 from pathspec import GitIgnoreSpec
 
 from agentos_tasks import yamlsrc
+from agentos_tasks.aliases import reaches_below
 from agentos_tasks.errors import PolicyViolation
 from agentos_tasks.model import OPS, Change, Request, Step, ToolSpec
+from agentos_tasks.names import refused_character
 
 WHAT = "policy"
 KNOWN_ADAPTERS: tuple[str, ...] = ("claude", "codex", "opencode", "command")
@@ -43,12 +50,14 @@ DEFAULT_ENV: tuple[str, ...] = ("PATH", "LANG")
 # Fixed rule ids; a user-given `id` may not reuse one (it would make decisions ambiguous).
 RESERVED_RULE_IDS: frozenset[str] = frozenset({
     "allow", "operations", "paths.default", "paths.ignored", "paths.invalid", "paths.absolute",
-    "paths.parent", "paths.git", "paths.symlink", "paths.hardlink", "commands.default",
+    "paths.parent", "paths.git", "paths.symlink", "paths.hardlink", "paths.name",
+    "paths.executable", "paths.setuid", "paths.special", "commands.default",
     "tools.default", "tool.paths", "limits.max_steps", "limits.max_file_bytes",
-    "limits.max_changed_files",
+    "limits.max_changed_files", "limits.path_length", "limits.files", "limits.bytes",
 })
 
 _SYMLINK_MODE = "120000"
+_EXECUTABLE_MODE = "100755"
 _GITLINK_MODE = "160000"
 
 
@@ -75,6 +84,10 @@ DEFAULT_LIMITS: dict[str, int | float] = {
     "step_seconds": 120, "max_file_bytes": 1_048_576, "max_changed_files": 200,
     "max_steps": 500, "output_bytes": 1_048_576, "memory_bytes": 4_294_967_296,
     "max_processes": 256, "max_open_files": 1024,
+    # what a run/tool step may leave in its worktree, ignored files included (leftovers.py):
+    # the longest worktree-relative path in bytes, and entries (files, directories, links:
+    # inodes) and bytes beyond what the parent commit's own tree holds
+    "path_length": 4096, "files": 100_000, "bytes": 1_073_741_824,
 }
 
 _LIMITS = {
@@ -92,6 +105,7 @@ POLICY_SCHEMA = vol.Schema(
             vol.Optional("allow", default=list): [_PATH_RULE],
             vol.Optional("deny", default=list): [_PATH_RULE],
             vol.Optional("ask", default=list): [_PATH_RULE],
+            vol.Optional("executable", default=list): [_PATH_RULE],
         },
         vol.Optional("commands", default=list): [
             {vol.Optional("id"): _RULE_ID, vol.Required("argv"): _ARGV}
@@ -150,6 +164,9 @@ class Limits:
     memory_bytes: int
     max_processes: int
     max_open_files: int
+    path_length: int = 4096
+    files: int = 100_000
+    bytes: int = 1_073_741_824
 
 
 @dataclass(frozen=True)
@@ -207,6 +224,7 @@ class Policy:
     limits: Limits
     env: tuple[str, ...]
     require_approval: tuple[str, ...]
+    executable: tuple[PathRule, ...] = ()  # where a file may land executable (100755)
 
     def tool_rule(self, adapter: str) -> ToolRule | None:
         """The (single) tools rule for `adapter`, if the policy lists it."""
@@ -228,7 +246,7 @@ def load_policy(path: Path) -> Policy:
     _check_rule_ids(doc, data)
 
     path_rules: dict[str, tuple[PathRule, ...]] = {}
-    for kind in ("deny", "ask", "allow"):
+    for kind in ("deny", "ask", "allow", "executable"):
         compiled = []
         for index, entry in enumerate(data["paths"][kind]):
             where: tuple[Any, ...] = ("paths", kind, index)
@@ -236,7 +254,7 @@ def load_policy(path: Path) -> Policy:
             explicit = None if isinstance(entry, str) else entry.get("id")
             glob_where = where if isinstance(entry, str) else (*where, "glob")
             try:
-                regex = compile_glob(glob, ignore_case=kind != "allow")
+                regex = compile_glob(glob, ignore_case=kind in ("deny", "ask"))
             except ValueError as exc:
                 raise doc.error(f"{WHAT}: paths.{kind}[{index}]: {exc}", glob_where,
                                 hint="globs use .gitignore syntax, e.g. 'src/**' or "
@@ -278,6 +296,7 @@ def load_policy(path: Path) -> Policy:
         limits=Limits(**{name: data["limits"][name] for name in DEFAULT_LIMITS}),
         env=tuple(dict.fromkeys(data["env"])),
         require_approval=tuple(dict.fromkeys(data["require_approval"])),
+        executable=path_rules["executable"],
     )
 
 
@@ -285,7 +304,8 @@ def _check_rule_ids(doc: yamlsrc.MarkedDoc, data: dict[str, Any]) -> None:
     """User-given rule ids are unique and never a built-in id; errors in file order."""
     located: list[tuple[int, str, tuple[Any, ...]]] = []
     sections: list[tuple[tuple[Any, ...], list[Any]]] = [
-        (("paths", kind), data["paths"][kind]) for kind in ("allow", "deny", "ask")
+        (("paths", kind), data["paths"][kind])
+        for kind in ("allow", "deny", "ask", "executable")
     ] + [(("commands",), data["commands"]), (("tools",), data["tools"])]
     for prefix, entries in sections:
         for index, entry in enumerate(entries):
@@ -338,7 +358,8 @@ def normalize_path(raw: str) -> str:
 
     Raises PolicyViolation: ``paths.absolute`` (leading '/'), ``paths.parent`` ('..' that
     leaves the root), ``paths.git`` (a '.git' component anywhere), ``paths.invalid`` (empty,
-    NUL or other control characters, backslashes, or the root itself).
+    NUL or other C0 control characters, DEL, backslashes, or the root itself),
+    ``paths.name`` (C1 controls, bidi and other invisible format characters: `names`).
     """
     if not isinstance(raw, str) or not raw:
         raise PolicyViolation("paths.invalid", f"empty or non-text path {raw!r}")
@@ -348,6 +369,11 @@ def normalize_path(raw: str) -> str:
         # bytes that are not UTF-8 (decoded with surrogateescape): refuse, they cannot be
         # recorded faithfully in JSON evidence or SHA256SUMS
         raise PolicyViolation("paths.invalid", f"path is not valid UTF-8: {raw!r}")
+    refused = refused_character(raw)
+    if refused is not None:
+        raise PolicyViolation("paths.name", f"{refused} in path {raw!a}",
+                              hint="names with control, bidi or invisible characters do not "
+                                   "show as what they are; rename the file")
     if "\\" in raw:
         # Legal in a Linux file name, but a separator elsewhere ('..\\x'); never ambiguous here.
         raise PolicyViolation("paths.invalid", f"backslash in path {raw!r}",
@@ -388,7 +414,10 @@ def decide_path(policy: Policy, path: str, *, tool_paths: Sequence[str] | None =
     try:
         normal = normalize_path(path)
     except PolicyViolation as exc:
-        return Decision(False, exc.rule_id, exc.what, subject=str(path))
+        # a name refused for its characters is recorded and shown escaped, never raw
+        shown = ascii(path)[1:-1] if exc.rule_id in ("paths.name", "paths.invalid") \
+            and isinstance(path, str) else str(path)
+        return Decision(False, exc.rule_id, exc.what, subject=shown)
     deny = _first_match(policy.deny, normal)
     if deny is not None:
         return Decision(False, deny.rule_id, f"{normal} matches deny glob {deny.glob!r}", normal)
@@ -407,6 +436,21 @@ def decide_path(policy: Policy, path: str, *, tool_paths: Sequence[str] | None =
         return Decision(True, allow.rule_id, f"{normal} matches allow glob {allow.glob!r}",
                         normal)
     return Decision(False, "paths.default", f"{normal} matches no allow glob", normal)
+
+
+def decide_executable(policy: Policy, path: str) -> Decision:
+    """May `path` land executable (git mode 100755, as a new file or by a mode change)?
+
+    Only where a ``paths.executable`` glob matches (exact case, like allow); no glob, no
+    executable: ``paths.executable``. A file that already was 100755 keeps its mode freely.
+    """
+    normal = normalize_path(path)
+    rule = _first_match(policy.executable, normal)
+    if rule is not None:
+        return Decision(True, rule.rule_id, f"{normal} may be executable: matches "
+                        f"paths.executable glob {rule.glob!r}", normal)
+    return Decision(False, "paths.executable", f"{normal} would land executable (100755) but "
+                    "matches no paths.executable glob", normal)
 
 
 def _tool_paths_match(tool_paths: Sequence[str], path: str) -> bool:
@@ -612,7 +656,7 @@ def _check_change(policy: Policy, root: Path, change: Change,
     except FileNotFoundError:
         return Decision(True, "allow", f"{normal} no longer exists", normal)
     if stat.S_ISLNK(info.st_mode) or change.new_mode == _SYMLINK_MODE:
-        return _check_symlink(root, normal)
+        return _check_symlink(policy, root, normal)
     if stat.S_ISREG(info.st_mode):
         if info.st_nlink > 1:
             return Decision(False, "paths.hardlink", f"{normal} has {info.st_nlink} hard links",
@@ -621,11 +665,18 @@ def _check_change(policy: Policy, root: Path, change: Change,
             return Decision(False, "limits.max_file_bytes", f"{normal} has {info.st_size} "
                             f"bytes > limits.max_file_bytes={policy.limits.max_file_bytes}",
                             normal)
+        # git records the owner's x bit: 100755 lands when it is set (ignored files never land)
+        if not change.ignored and info.st_mode & stat.S_IXUSR \
+                and change.old_mode != _EXECUTABLE_MODE:
+            decision = decide_executable(policy, normal)
+            if not decision.allowed:
+                return decision
     return Decision(True, "allow", f"{normal} allowed", normal)
 
 
-def _check_symlink(root: Path, normal: str) -> Decision:
-    """A symlink may only point, relatively, to somewhere inside the worktree but not .git."""
+def _check_symlink(policy: Policy, root: Path, normal: str) -> Decision:
+    """A symlink may only point, relatively, to somewhere inside the worktree but not .git
+    or the root itself, and never to a path deny or ask rules cover (`_check_alias`)."""
     link = root / normal
     try:
         target = os.readlink(link)
@@ -658,7 +709,33 @@ def _check_symlink(root: Path, normal: str) -> Decision:
     if any(_is_git_component(part) for part in resolved.relative_to(root).parts):
         return Decision(False, "paths.symlink", f"{normal} -> {target}: resolves into .git",
                         normal)
+    if resolved == root or not parts:
+        return Decision(False, "paths.symlink", f"{normal} -> {target}: resolves to the "
+                        "repository root, which would alias .git and every denied path", normal)
+    # where it ends (through every link on the way) and what its text names, both judged
+    holds_paths = resolved.is_dir() or not os.path.lexists(resolved)  # dangling: may become one
+    for aliased in dict.fromkeys((resolved.relative_to(root).as_posix(), "/".join(parts))):
+        decision = _check_alias(policy, f"{normal} -> {target}", aliased, holds_paths)
+        if decision is not None:
+            return Decision(False, decision.rule_id, decision.reason, normal)
     return Decision(True, "allow", f"{normal} -> {target} stays inside the worktree", normal)
+
+
+def _check_alias(policy: Policy, link: str, aliased: str, holds_paths: bool) -> Decision | None:
+    """The denial, if `aliased` (what a link resolves to) is a path deny or ask rules cover:
+    itself, or — for a directory — something below it that only its name puts there."""
+    segments = aliased.split("/")
+    for kind, rules in (("deny", policy.deny), ("ask", policy.ask)):
+        suffix = "" if kind == "deny" else ": needs approval, and a headless run denies it"
+        for rule in rules:
+            if rule.matches(aliased):
+                return Decision(False, rule.rule_id, f"{link} resolves to {aliased}, which "
+                                f"matches {kind} glob {rule.glob!r}{suffix}", aliased)
+            if holds_paths and reaches_below(rule.glob, segments, ignore_case=True):
+                return Decision(False, rule.rule_id, f"{link} aliases the directory {aliased}: "
+                                f"paths below it match {kind} glob {rule.glob!r}{suffix}",
+                                aliased)
+    return None
 
 
 def _refuse_symlinked_parents(root: Path, normal: str, *, include_leaf: bool = False) -> None:
@@ -691,7 +768,7 @@ def safe_target(worktree: Path, relpath: str) -> Path:
 __all__ = [
     "DEFAULT_LIMITS", "KNOWN_ADAPTERS", "POLICY_SCHEMA", "RESERVED_RULE_IDS",
     "CommandRule", "Decision", "Limits", "PathRule", "Policy", "ToolRule", "check_changes",
-    "check_request", "compile_glob", "decide_argv", "decide_path", "decide_tool",
-    "default_policy_path", "load_policy", "needs_approval", "normalize_path", "safe_target",
-    "step_env", "step_network", "tool_network",
+    "check_request", "compile_glob", "decide_argv", "decide_executable", "decide_path",
+    "decide_tool", "default_policy_path", "load_policy", "needs_approval", "normalize_path",
+    "safe_target", "step_env", "step_network", "tool_network",
 ]

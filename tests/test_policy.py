@@ -20,6 +20,7 @@ from agentos_tasks.policy import (
     check_changes,
     check_request,
     decide_argv,
+    decide_executable,
     decide_path,
     decide_tool,
     default_policy_path,
@@ -570,12 +571,25 @@ def test_tool_changes_must_stay_in_tool_paths(policy: Policy, worktree: Path) ->
         == "paths.deny[1]"
 
 
-def test_mode_change_of_allowed_path_is_allowed(policy: Policy, worktree: Path) -> None:
+def test_mode_change_to_executable_needs_an_executable_glob(policy: Policy, worktree: Path,
+                                                           tmp_path: Path) -> None:
+    """+x is a change the policy sees: without `paths.executable` no file may become 100755
+    (this test used to assert the opposite: mode changes landed unjudged)."""
     script = worktree / "src" / "run.sh"
     script.write_text("#!/bin/sh\n")
     script.chmod(0o755)
     change = Change("src/run.sh", "M", old_mode="100644", new_mode="100755")
-    assert check_changes(policy, worktree, [change], step=step("run")).allowed
+    denied = check_changes(policy, worktree, [change], step=step("run"))
+    assert (denied.allowed, denied.rule_id, denied.subject) == \
+        (False, "paths.executable", "src/run.sh")
+    with_globs = load_policy(write_policy(tmp_path, BASE.replace(
+        '  ask: ["src/generated/**"]\n',
+        '  ask: ["src/generated/**"]\n  executable: [{id: scripts, glob: "src/*.sh"}]\n'),
+        "exec.yaml"))
+    assert with_globs.executable[0].rule_id == "scripts"
+    assert check_changes(with_globs, worktree, [change], step=step("run")).allowed
+    assert decide_executable(with_globs, "src/run.sh").rule_id == "scripts"
+    assert decide_executable(with_globs, "src/RUN.SH").rule_id == "paths.executable"  # exact case
 
 
 # --------------------------------------------------------------------------- safe_target
@@ -654,3 +668,92 @@ def test_shipped_deny_policy_denies_the_demo() -> None:
         == "commands.default"
     assert check_request(pol, request(step("tool", 0, tool=ToolSpec(
         adapter="codex", prompt="p", paths=())))).rule_id == "tools.default"
+
+
+# --------------------------------------------------------------------------- boundary rules
+
+def test_new_limits_have_defaults_and_are_validated(tmp_path: Path) -> None:
+    limits = load_policy(write_policy(tmp_path, "version: 1\nid: p\n")).limits
+    assert (limits.path_length, limits.files, limits.bytes) == (4096, 100_000, 1 << 30)
+    custom = load_policy(write_policy(tmp_path, "version: 1\nid: p\nlimits: {files: 5, "
+                                                "bytes: 10, path_length: 20}\n", "c.yaml"))
+    assert (custom.limits.files, custom.limits.bytes, custom.limits.path_length) == (5, 10, 20)
+    bad = write_policy(tmp_path, "version: 1\nid: p\nlimits:\n  files: 0\n", "b.yaml")
+    with pytest.raises(AgentosError) as info:
+        load_policy(bad)
+    assert info.value.where == f"{bad}:4"
+
+
+@pytest.mark.parametrize("rule_id", ["paths.name", "paths.executable", "paths.setuid",
+                                     "paths.special", "limits.files", "limits.bytes",
+                                     "limits.path_length"])
+def test_new_builtin_rule_ids_are_reserved(tmp_path: Path, rule_id: str) -> None:
+    path = write_policy(tmp_path, f"version: 1\nid: p\npaths:\n  executable:\n"
+                                  f"    - {{id: {rule_id}, glob: 'x'}}\n")
+    with pytest.raises(AgentosError, match="reserved") as info:
+        load_policy(path)
+    assert info.value.where == f"{path}:5"
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u202a", "\u2066", "\u2069", "\u200b",
+                                  "\u200f", "\ufeff", "\u0085", "\u009b", "\u00ad",
+                                  "\u2028", "\u2060", "\U000e0001", "\u3164"])
+def test_invisible_and_c1_characters_in_names_are_refused(policy: Policy, char: str) -> None:
+    with pytest.raises(PolicyViolation) as info:
+        normalize_path(f"docs/a{char}b.md")
+    assert info.value.rule_id == "paths.name"
+    assert f"U+{ord(char):04X}" in info.value.what and char not in info.value.what
+    decision = decide_path(policy, f"docs/{char}x.md", ignored=True)
+    assert (decision.allowed, decision.rule_id) == (False, "paths.name")
+
+
+def test_ordinary_unicode_names_stay_allowed(policy: Policy) -> None:
+    for name in ("docs/caf\u00e9.md", "docs/\u65e5\u672c.md", "docs/\u0645\u0631\u062d\u0628\u0627.md",
+                 "docs/\U0001f600.md", "docs/a b.md"):
+        assert decide_path(policy, name).allowed, name
+    with pytest.raises(PolicyViolation) as info:
+        normalize_path("docs/a\x1bb")  # C0 stays paths.invalid, as before
+    assert info.value.rule_id == "paths.invalid"
+
+
+def test_symlink_targets_are_judged_by_deny_and_ask(policy: Policy, worktree: Path) -> None:
+    """BASE denies .git/**, **/.env, secrets/**; asks src/generated/**."""
+    def judge(name: str, target: str) -> Decision:
+        (worktree / "docs" / name).symlink_to(target)
+        return check_changes(policy, worktree, [Change(f"docs/{name}", "A")], step=step("run"))
+
+    (worktree / "secrets").mkdir()
+    (worktree / "src" / "generated").mkdir()
+    cases = {"env": ("../.env", "paths.deny[1]"), "ENV": ("../SRC/.ENV", "paths.deny[1]"),
+             "sec": ("../secrets", "paths.deny[2]"), "key": ("../secrets/k", "paths.deny[2]"),
+             "dangling-dir": ("../secrets-not-yet/../secrets", "paths.deny[2]"),
+             "gen": ("../src/generated", "src/generated/**"),
+             "root": ("..", "paths.symlink"), "root2": ("../docs/..", "paths.symlink")}
+    for name, (target, rule) in cases.items():
+        decision = judge(name, target)
+        assert not decision.allowed and (rule == decision.rule_id or rule in decision.reason), \
+            (name, decision)
+        assert decision.subject == f"docs/{name}"
+    # a chain: each hop is judged where it ends
+    (worktree / "src" / "cfg").symlink_to("../.env")
+    assert judge("chain", "../src/cfg").rule_id == "paths.deny[1]"
+    # a directory that holds an asked-for one aliases it; floating globs (**/.env) cover
+    # the alias path just as well, so a plain directory exposes nothing new
+    assert judge("srcdir", "../src").rule_id == "paths.ask[0]"  # src/generated/** below
+    (worktree / "tests").mkdir()
+    assert judge("testsdir", "../tests").allowed
+    assert judge("file", "../src/main.py").allowed
+    assert judge("self", ".").allowed  # docs/self -> docs: nothing denied lies below docs
+
+
+def test_reaches_below_distinguishes_anchored_from_floating_globs() -> None:
+    from agentos_tasks.aliases import reaches_below
+
+    def below(glob: str, directory: str) -> bool:
+        return reaches_below(glob, directory.split("/"), ignore_case=True)
+
+    assert below("secrets/**", "secrets") and below("secrets/*.key", "secrets")
+    assert below("/.github/", ".github") and below("config", "a/config")
+    assert below("a/**/b", "a/x/y") and below("**", "anything")
+    assert not below("**/.env", "src") and not below("**/*.pem", "src/certs")
+    assert not below("secrets/**", "src") and not below("a/**/b", "x/a")
