@@ -17,12 +17,10 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agentos_tasks import __version__, proc
+from agentos_tasks import __version__, faults, proc
 from agentos_tasks.errors import EXIT_STATE, EXIT_STEP, AgentosError, PolicyViolation
 from agentos_tasks.fsutil import (
     atomic_write,
@@ -32,9 +30,9 @@ from agentos_tasks.fsutil import (
     sha256_file,
     write_json,
 )
-from agentos_tasks.git import Git, find_branch_worktree
+from agentos_tasks.git import Git, init_private_repo
+from agentos_tasks.landing import CheckedOut, am_in_private, checked_out, move_branch, pack_into
 from agentos_tasks.model import Change, Request, Step
-from agentos_tasks.proc import ProcError
 from agentos_tasks.runctx import RunContext
 from agentos_tasks.tape import Tape
 
@@ -258,8 +256,13 @@ def worktree_task(ctx: RunContext) -> None:
     wt = ctx.paths.worktree
     if wt.exists():
         shutil.rmtree(wt)
-    git.run("worktree", "prune")
-    git.run("worktree", "add", "--detach", "--force", "--no-checkout", str(wt), record["base"])
+    # the run's own git dir: our config, the target's objects as a read-only alternate;
+    # objects the run makes stay here until apply packs the landed ones into the target
+    common = Path(record["git_common_dir"])
+    init_private_repo(ctx.paths.run_git_dir, fmt_config=common / "config",
+                      alternates=[common / "objects"], head=record["base"])
+    wt.mkdir(parents=True)
+    (wt / ".git").write_text(f"gitdir: {ctx.paths.run_git_dir}\n")
     wt_git = worktree_git(ctx)
     wt_git.run("reset", "--hard", "-q", record["base"])
     write_json(ctx.paths.base_record, record)
@@ -274,8 +277,6 @@ def remove_worktree(ctx: RunContext) -> None:
     wt = ctx.paths.worktree
     if wt.exists():
         shutil.rmtree(wt)
-    if ctx.request is not None and ctx.request.repo.is_dir():
-        repo_git(ctx).run("worktree", "prune", check=False)
     print(f"removed worktree {wt}")
 
 
@@ -308,7 +309,9 @@ def prepare_worktree(ctx: RunContext, git: Git, parent: str) -> None:
     if ctx.clean_at == parent and read_detached_head(ctx.paths.worktree) == parent:
         return
     git.run("reset", "--hard", "-q", parent)
-    git.run("clean", "-ffdxq")
+    from agentos_tasks.leftovers import clean_worktree  # git clean, robust for deep trees
+
+    clean_worktree(git, ctx.paths.worktree)
     ctx.clean_at = parent
 
 
@@ -339,12 +342,10 @@ def run_step(ctx: RunContext, step: Step) -> None:
         outcome = execute_op(ctx, git, step)
         if (ctx.paths.worktree / ".git").read_bytes() != dotgit:
             raise PolicyViolation("paths.git", "the step rewrote the worktree's .git file")
-        if step.op in ("run", "tool"):
-            special = defuse_special_files(ctx.paths.worktree)
-            if special:
-                rel, rule, what = special[0]
-                raise PolicyViolation(rule, f"step {step.id} left {what} {rel} (defused; "
-                                      f"{len(special)} such file(s))")
+        if step.op in ("run", "tool"):  # bounded walk of all it left; defuses special files
+            from agentos_tasks.leftovers import survey_step
+
+            survey_step(ctx.paths.worktree, policy.limits, git, parent, step.id)
         # write/delete: the executor itself is the only actor, its change is known exactly;
         # anything else (run, tool, patch) is judged on git's view of the whole worktree
         changes = outcome.pop("own_changes", None)
@@ -411,32 +412,6 @@ def reusable_manifest(ctx: RunContext, git: Git, step: Step, parent: str, spec_s
         if git.try_rev_parse(f"{manifest['commit']}^{{commit}}") != manifest["commit"]:
             return False
     return True
-
-
-def defuse_special_files(worktree: Path) -> list[tuple[str, str, str]]:
-    """Find what a program left that must never stay on the host: setuid/setgid files
-    (a sandboxed root can chmod 6755 a copy of a binary) and FIFOs, sockets and device
-    nodes (a FIFO hangs whoever opens it). Strip the bits / remove the entry; report each.
-    """
-    found: list[tuple[str, str, str]] = []
-    for root, dirs, files in os.walk(worktree):  # never follows symlinks
-        base = Path(root)
-        for name in (*dirs, *files):
-            path = base / name
-            if base == worktree and name == ".git":
-                continue
-            info = path.lstat()
-            rel = path.relative_to(worktree).as_posix()
-            if stat.S_ISLNK(info.st_mode) or stat.S_ISDIR(info.st_mode):
-                continue
-            if stat.S_ISREG(info.st_mode):
-                if info.st_mode & (stat.S_ISUID | stat.S_ISGID):
-                    os.chmod(path, stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
-                    found.append((rel, "paths.setuid", "a setuid/setgid file"))
-                continue
-            path.unlink()
-            found.append((rel, "paths.special", "a FIFO, socket or device node"))
-    return found
 
 
 def execute_op(ctx: RunContext, git: Git, step: Step) -> dict[str, Any]:
@@ -524,7 +499,10 @@ def confined_spec(ctx: RunContext, *, network: bool,
     limits = policy.limits
     return proc.ConfinedSpec(
         worktree=ctx.paths.worktree,
-        readonly_paths=(Path(base.get("git_common_dir", ctx.paths.worktree / ".git")),
+        # the run's private git dir (shown with a synthesized config, no hooks) and the
+        # target's objects (its alternate); never the target's git dir itself
+        readonly_paths=(ctx.paths.run_git_dir,
+                        Path(base.get("git_common_dir", ctx.paths.run_git_dir)) / "objects",
                         ctx.paths.worktree / ".git", *extra_readonly),
         env=step_env(policy, os.environ), network=network, isolation=policy.isolation,
         timeout_s=limits.step_seconds, output_limit=limits.output_bytes,
@@ -612,10 +590,19 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
                     hint="a path the repository's .gitignore ignores can never land")
         else:
             git.run("add", "-A", "--", ".")
-        result = git.run("commit", "-q", "--no-verify", "--cleanup=verbatim", "-F", "-",
-                         input=step.message.encode("utf-8"), check=False)
-        if result.returncode == 0:
-            commit = read_detached_head(wt) or git.rev_parse("HEAD")
+        tree = git.out("write-tree")
+        if tree == git.tree_of(parent):
+            # e.g. a write that git's attributes normalise back to the parent's blob
+            files = []
+        else:
+            check_tree_is_judged(git, step, parent, tree, landing)
+            message_file = ctx.paths.state / "commit-message"
+            atomic_write(message_file, step.message.encode("utf-8"))
+            # one date for author and committer: `git am --committer-date-is-author-date`
+            # then lands a commit identical to this one
+            commit = git.commit_tree(tree, parent, message_file,
+                                     date=f"@{int(time.time())} +0000")
+            git.run("update-ref", "--no-deref", "HEAD", commit)
             if step.op not in ("write", "delete") or attributes_may_apply(ctx, landing):
                 # record what lands: git attributes (eol, encoding) may make the committed
                 # blob differ from the file the step left in the worktree
@@ -629,11 +616,6 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
             patch = git.commit_patch(commit)
             atomic_write(patch_path, patch)
             patch_sha = sha256_bytes(patch)
-        elif b"nothing " in result.stdout + result.stderr:
-            # e.g. a write that git's attributes normalise back to HEAD's blob
-            files = []
-        else:
-            raise ProcError(result)
     if commit is None:
         patch_path.unlink(missing_ok=True)
     manifest: dict[str, Any] = {
@@ -662,6 +644,21 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
     return manifest
 
 
+def check_tree_is_judged(git: Git, step: Step, parent: str, tree: str,
+                         landing: list[Change]) -> None:
+    """What is about to be committed is exactly what the policy judged: every path that
+    differs between the parent's tree and the new one (objects only, no worktree or
+    submodule is consulted) was a judged change, and none is a gitlink."""
+    judged = {c.path for c in landing} | {c.old_path for c in landing if c.old_path}
+    for old_mode, new_mode, path in git.tree_changes(parent, tree):
+        if "160000" in (old_mode, new_mode):
+            raise PolicyViolation("paths.git", f"step {step.id} would commit a gitlink "
+                                  f"(submodule) change at {path}")
+        if path not in judged:
+            raise PolicyViolation("paths.unjudged", f"step {step.id} would commit {path}, "
+                                  "which the policy check never saw")
+
+
 def fail_step(ctx: RunContext, step: Step, err: AgentosError) -> None:
     """Record the failure; leave no manifest from this step on, so a re-run resumes here."""
     for later in ctx.steps[step.index:]:
@@ -678,50 +675,16 @@ def fail_step(ctx: RunContext, step: Step, err: AgentosError) -> None:
 # ---------------------------------------------------------------- apply
 
 
-@contextmanager
-def branch_checkout(ctx: RunContext, git: Git, branch: str) -> Iterator[Git]:
-    """Git in the worktree that has `branch` checked out (a temporary one if none has).
-
-    Its working tree must be clean: we never mix our commits with someone's edits.
-    """
-    target_wt = find_branch_worktree(git, branch)
-    temp_wt: Path | None = None
-    if target_wt is None:
-        temp_wt = ctx.paths.state / "apply-worktree"
-        if temp_wt.exists():
-            shutil.rmtree(temp_wt)
-        git.run("worktree", "prune")
-        git.run("worktree", "add", "-q", str(temp_wt), branch)
-        target_wt = temp_wt
-    try:
-        wt_git = Git(target_wt, ctx.need_request().author)
-        if ctx.paths.state.joinpath("apply_started.json").exists():
-            # an interrupted `git am` of ours leaves its state behind: abort it first
-            state_dir = Path(wt_git.out("rev-parse", "--git-path", "rebase-apply"))
-            if (state_dir if state_dir.is_absolute() else target_wt / state_dir).exists():
-                wt_git.run("am", "--abort", check=False)
-        clean, dirty = wt_git.is_clean()
-        if not clean:
-            raise AgentosError(f"the target working tree {target_wt} has uncommitted changes "
-                               f"({dirty}); nothing changed", code=EXIT_STATE,
-                               hint="commit or stash them, then re-run; the run's evidence is "
-                                    "kept")
-        yield wt_git
-    finally:
-        if temp_wt is not None:
-            shutil.rmtree(temp_wt, ignore_errors=True)
-            git.run("worktree", "prune", check=False)
-
-
 class ApplyClosed(AgentosError):
     """An apply failure whose tape, result and rollback proof are already written."""
 
 
 def apply_task(ctx: RunContext) -> None:
-    """`git am` every step's patch onto the target branch, once, after all steps passed.
+    """Land every step's patch on the target branch, once, after all steps passed.
 
-    A refusal (missing approval, moved branch, dirty target, altered patch) still closes
-    the tape: apply_failed, a failed execution_result, run_end.
+    A refusal (missing approval, moved branch, dirty target, altered patch, a landed
+    commit that differs from its step commit) still closes the tape: apply_failed, a
+    failed execution_result, run_end. See landing.py for how the branch moves.
     """
     if ctx.sealed:
         return
@@ -735,6 +698,11 @@ def apply_task(ctx: RunContext) -> None:
         write_result(ctx, "failed", failure={"step": None, "reason": err.message})
         t.append("run_end", status="failed", reason="apply refused")
         raise
+
+
+def target_checkout(ctx: RunContext, git: Git, branch: str, head: str) -> CheckedOut | None:
+    return checked_out(git, branch, head=head, view_dir=ctx.paths.state / "checkout.git",
+                       extra_objects=(ctx.paths.run_git_dir / "objects",))
 
 
 def _apply(ctx: RunContext) -> None:
@@ -759,37 +727,55 @@ def _apply(ctx: RunContext) -> None:
                                code=EXIT_STATE, hint="the evidence was altered; start a new run")
     git = repo_git(ctx)
     branch = base["branch"]
-    expected_tree = worktree_git(ctx).tree_of(manifests[-1]["head"])
+    wt_git = worktree_git(ctx)
+    expected_tree = wt_git.tree_of(manifests[-1]["head"])
     started_record = ctx.paths.state / "apply_started.json"
-    with branch_checkout(ctx, git, branch) as am_git:
-        pre = git.rev_parse(f"refs/heads/{branch}")
-        if pre != base["base"]:
-            if not (started_record.exists() and is_partial_apply(git, base["base"], pre,
-                                                                  patches)):
-                raise AgentosError(
-                    f"branch {branch} moved since this run started (base "
-                    f"{base['base'][:12]}, now {pre[:12]}); nothing applied", code=EXIT_STATE,
-                    hint="start a new run from the current head with run=NEW")
-            # our own apply was interrupted after some commits: put the branch back first
-            reset_branch(ctx, am_git, branch, base["base"],
-                         "recovering an interrupted apply: removing its partial commits")
-            pre = base["base"]
-        write_json(started_record, {"base": pre, "patches": len(patches)})
+    started = read_json(started_record) if started_record.exists() else None
+    head = git.rev_parse(f"refs/heads/{branch}")
+    if started is not None and head == started.get("post") != started.get("pre"):
+        # an apply of ours moved the branch and was interrupted before it was recorded
+        pre, post = str(started["pre"]), head
+        checkout = target_checkout(ctx, git, branch, pre)
+        if checkout is not None and checkout.git.out("write-tree") == git.tree_of(pre):
+            checkout.move(pre, post)
+    else:
+        if head != base["base"]:
+            raise AgentosError(
+                f"branch {branch} moved since this run started (base "
+                f"{base['base'][:12]}, now {head[:12]}); nothing applied", code=EXIT_STATE,
+                hint="start a new run from the current head with run=NEW")
+        pre = post = head
+        checkout = target_checkout(ctx, git, branch, pre)
+        if checkout is not None:
+            if started is not None and checkout.git.out("write-tree") != git.tree_of(pre):
+                # interrupted between moving the checkout and moving the ref: undo the first
+                checkout.git.run("read-tree", "-u", "--reset", pre)
+            checkout.require_clean()
         if patches:
-            result = am_git.run("am", "-q", "-k", "--keep-cr", "--no-3way",
-                                "--whitespace=nowarn", "--committer-date-is-author-date",
-                                "--", *map(str, patches), check=False)
-            if result.returncode != 0:
-                am_git.run("am", "--abort", check=False)
-                fail_apply(ctx, am_git, branch, pre, "git am failed: " +
-                           result.stderr.decode("utf-8", "replace").strip()[:300])
-        post = git.rev_parse(f"refs/heads/{branch}")
-        commits = git.commits_between(pre, post)
-        if len(commits) != len(patches) or git.tree_of(post) != expected_tree:
-            fail_apply(ctx, am_git, branch, pre,
-                       f"applied tree {git.tree_of(post)[:12]} / {len(commits)} commits differ "
-                       f"from the tested worktree {expected_tree[:12]} / {len(patches)} "
-                       "patches")
+            ctx.clean_at = None
+            post = am_in_private(wt_git, pre, patches, [str(m["commit"]) for m in changed],
+                                 [str(m["step"]) for m in changed])
+            if wt_git.tree_of(post) != expected_tree:
+                raise AgentosError(f"the landed tree {wt_git.tree_of(post)[:12]} differs from "
+                                   f"the tested worktree {expected_tree[:12]}", code=EXIT_STATE)
+            objects = Path(str(base.get("git_common_dir"))) / "objects"
+            pack_into(wt_git, objects, [post, str(changed[-1]["commit"])], pre)
+            write_json(started_record, {"pre": pre, "post": post}, durable=True)
+            if checkout is not None:
+                checkout.move(pre, post)
+            faults.point("apply.checkout_moved")
+            if not move_branch(git, branch, post, pre, f"agentos: apply run {ctx.run_id}"):
+                if checkout is not None:
+                    checkout.move(post, pre)
+                raise AgentosError(f"branch {branch} moved while this run was applied; "
+                                   "nothing applied", code=EXIT_STATE,
+                                   hint="start a new run from the current head with run=NEW")
+            faults.point("apply.branch_moved")
+    commits = git.commits_between(pre, post)
+    if len(commits) != len(patches) or git.tree_of(post) != expected_tree:
+        fail_apply(ctx, git, branch, pre,
+                   f"applied tree {git.tree_of(post)[:12]} / {len(commits)} commits differ "
+                   f"from the tested worktree {expected_tree[:12]} / {len(patches)} patches")
     write_json(ctx.paths.applied_record, durable=True, obj={
         "branch": branch, "pre_apply_head": pre, "post_apply_head": post, "commits": commits,
         "tree": expected_tree, "request_sha256": req.sha256, "policy_sha256": ctx.policy.sha256,
@@ -801,21 +787,21 @@ def _apply(ctx: RunContext) -> None:
                      tree=expected_tree)
 
 
-def is_partial_apply(git: Git, base: str, head: str, patches: list[Path]) -> bool:
-    """True when base..head is exactly a prefix of our patch series (an interrupted am)."""
-    if git.run("merge-base", "--is-ancestor", base, head, check=False).returncode != 0:
-        return False
-    landed = [pid for pid, _ in git.range_patch_ids(base, head)]
-    ours = [pid for pid, _ in git.patch_ids(b"".join(p.read_bytes() for p in patches))]
-    return 0 < len(landed) < len(ours) and ours[:len(landed)] == landed
-
-
 def reset_branch(ctx: RunContext, git: Git, branch: str, target: str,
                  reason: str) -> dict[str, Any]:
-    """Move the checked-out `branch` back to `target`; prove it (rollback_proof.json, tape)."""
+    """Move `branch` back to `target` (and its checkout, if any); prove it
+    (rollback_proof.json, tape)."""
     before_head = git.rev_parse(f"refs/heads/{branch}")
     before_tree = git.tree_of(before_head)
-    git.run("reset", "--hard", "-q", target)
+    checkout = target_checkout(ctx, git, branch, before_head)
+    if checkout is not None:
+        checkout.require_clean()
+        checkout.move(before_head, target)
+    if not move_branch(git, branch, target, before_head, f"agentos: {reason}"[:200]):
+        if checkout is not None:
+            checkout.move(target, before_head)
+        raise AgentosError(f"branch {branch} moved during the rollback; nothing changed",
+                           code=EXIT_STATE)
     after_head = git.rev_parse(f"refs/heads/{branch}")
     proof: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "reason": reason, "branch": branch,
@@ -859,9 +845,8 @@ def rollback_task(ctx: RunContext) -> None:
             f"branch {branch} moved after the apply (now {head[:12]}, applied up to "
             f"{applied['post_apply_head'][:12]}); rolling back would discard other commits",
             code=EXIT_STATE, hint="revert the run's commits with git revert instead")
-    with branch_checkout(ctx, git, branch) as wt_git:
-        reset_branch(ctx, wt_git, branch, applied["pre_apply_head"],
-                     f"doit rollback of {len(applied['commits'])} applied commit(s)")
+    reset_branch(ctx, git, branch, applied["pre_apply_head"],
+                 f"doit rollback of {len(applied['commits'])} applied commit(s)")
     write_json(ctx.paths.state / "rolled_back.json", applied)
     ctx.paths.applied_record.unlink()
     # a re-apply recreates identical commits; its checksums and result must be written anew

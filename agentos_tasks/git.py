@@ -1,12 +1,25 @@
 """Hardened git: the only module that talks to git, always through proc.run.
 
-A target repository is untrusted input. Its hooks, fsmonitor, filters, signing and
-pager settings must execute nothing, so every call gets:
-- `-c core.hooksPath=/dev/null -c core.fsmonitor=false` and friends (HARDENING),
-- overrides that blank every filter driver / hook command the repository's config
-  names (read with `git config --list`, which never executes anything),
-- an allowlisted environment: no user/global/system config, no GIT_* from the caller,
-  the executor's own identity, no terminal prompts.
+A target repository is untrusted input, and so is everything a step leaves in a
+worktree. Two kinds of host git call, and nothing else:
+
+- **Private git dirs** (`Git(..., private_dir=...)`): every call that touches a working
+  tree (checkout, status, add, apply, am, read-tree) runs with GIT_DIR set to a git dir
+  this module synthesized (`init_private_repo`): its config holds the repository format
+  and nothing else, its hooks dir does not exist, and the target's objects are reached
+  as a read-only alternate. A filter, textconv, fsmonitor, hooks path or include that a
+  repository's config names (or that a tracked file becomes through an include) is never
+  read, so it cannot run, whenever it appears.
+- **The target repository itself** (`Git(repo)`): plumbing only (refs, objects, worktree
+  list, patch ids). Its config is read in full once per Git object (`git config --list`,
+  which executes nothing, stdin /dev/null): a config with `include`/`includeIf` is
+  refused (`RepositoryConfigError`), because then git's view depends on files outside
+  it; every command-naming key it does define is blanked on top of HARDENING.
+
+Every call: stdin from /dev/null unless we pass data, a timeout, an allowlisted
+environment (no user/global/system config, no GIT_* from the caller, the executor's own
+identity, no terminal prompts), and submodules ignored (never a child git in a
+directory a step could have made a repository).
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentos_tasks import proc
-from agentos_tasks.errors import AgentosError
+from agentos_tasks.errors import EXIT_USAGE, AgentosError
 from agentos_tasks.model import Author, Change
 
 HARDENING: tuple[str, ...] = (
@@ -58,9 +71,14 @@ HARDENING: tuple[str, ...] = (
     "maintenance.auto=false",
     "protocol.allow=never",
     "submodule.recurse=false",
+    "diff.ignoreSubmodules=all",
+    "status.submoduleSummary=false",
+    "fetch.recurseSubmodules=false",
+    "core.alternateRefsCommand=",
     "init.templateDir=",
     "user.useConfigOnly=false",
     "log.showSignature=false",
+    "advice.graftFileDeprecated=false",
     "i18n.commitEncoding=UTF-8",
 )
 # Keys in a repository's config that name a command git would run.
@@ -69,8 +87,12 @@ _COMMAND_KEYS = re.compile(
     r"|merge\.[^\n]+\.driver|hook\.[^\n]+\.command|credential\..*helper|core\.alternateRefsCommand"
     r"|uploadpack\.packObjectsHook|sequence\.editor|pager\..+|alias\..+)$", re.IGNORECASE)
 _FILTER_KEY = re.compile(r"^filter\.(.+)\.(clean|smudge|process)$", re.IGNORECASE)
+# Keys that make git read configuration from somewhere else, now or later.
+_INCLUDE_KEY = re.compile(r"^(include|includeif\.[^\n]*)\.path$", re.IGNORECASE)
 
-EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+class RepositoryConfigError(AgentosError):
+    """The target's git config makes git read configuration we cannot vet."""
 
 
 def safe_search_path(raw: str | None) -> str:
@@ -124,19 +146,53 @@ def git_env(author: Author, extra: Mapping[str, str] | None = None,
 
 @dataclass
 class Git:
-    """git bound to one working directory, hardened against that repository's config."""
+    """git bound to one working directory.
+
+    With `private_dir` (a private git dir from init_private_repo) git reads no repository
+    config but ours: GIT_DIR, GIT_WORK_TREE and GIT_INDEX_FILE are set explicitly, so
+    nothing is discovered from the working directory. Without it, git runs in the target
+    repository, hardened against its config (see the module docstring).
+    `alternates` adds object dirs to read from (GIT_ALTERNATE_OBJECT_DIRECTORIES).
+    """
 
     cwd: Path
     author: Author = field(default_factory=Author)
+    private_dir: Path | None = None
+    work_tree: Path | None = None
+    index_file: Path | None = None
+    alternates: tuple[Path, ...] = ()
     _overrides: tuple[tuple[str, str], ...] | None = None
 
+    def _location_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.private_dir is not None:
+            env["GIT_DIR"] = str(self.private_dir)
+            env["GIT_WORK_TREE"] = str(self.work_tree or self.cwd)
+            if self.index_file is not None:
+                env["GIT_INDEX_FILE"] = str(self.index_file)
+        if self.alternates:
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = os.pathsep.join(map(str, self.alternates))
+        return env
+
     def _config_overrides(self) -> tuple[tuple[str, str], ...]:
-        """Blank every command-running key the repository (or its includes) defines."""
+        """Blank every command-running key the repository's config defines; refuse a
+        config that includes other files (its content could change under us)."""
+        if self.private_dir is not None:
+            return ()  # our own config: the repository format, nothing else
         if self._overrides is None:
             listed = self._raw(["config", "--list", "-z"], (), check=False)
             overrides: list[tuple[str, str]] = []
             for entry in listed.stdout.split(b"\0"):
                 key = entry.split(b"\n", 1)[0].decode("utf-8", "surrogateescape")
+                if _INCLUDE_KEY.match(key):
+                    raise RepositoryConfigError(
+                        f"the git config of {self.cwd} uses {key}: agentos runs git only "
+                        "on a configuration it can read in full, and an included file "
+                        "(possibly a tracked one) can name programs git would run",
+                        code=EXIT_USAGE, where=str(self.cwd / ".git" / "config"),
+                        hint="remove the include from the repository's config (agentos "
+                             "never reads ~/.gitconfig or /etc/gitconfig, so includes there "
+                             "are harmless)")
                 if not key or not _COMMAND_KEYS.match(key):
                     continue
                 overrides.append((key, ""))
@@ -151,7 +207,8 @@ class Git:
              env: Mapping[str, str] | None = None) -> proc.ProcResult:
         config = [(key, value) for key, _, value in (i.partition("=") for i in HARDENING)]
         return proc.run([git_binary(), *args], cwd=self.cwd,
-                        env=git_env(self.author, env, [*config, *overrides]),
+                        env=git_env(self.author, {**self._location_env(), **(env or {})},
+                                    [*config, *overrides]),
                         input=input, check=check)
 
     def run(self, *args: str, input: bytes | None = None, check: bool = True,
@@ -190,7 +247,8 @@ class Git:
 
     def is_clean(self) -> tuple[bool, str]:
         """Clean = no staged, unstaged or untracked (non-ignored) changes."""
-        status = self.run("status", "--porcelain=v1", "-z", "--untracked-files=normal")
+        status = self.run("status", "--porcelain=v1", "-z", "--untracked-files=normal",
+                          "--ignore-submodules=all")
         entries = [e for e in status.stdout.split(b"\0") if e]
         return (not entries, ", ".join(e.decode("utf-8", "replace") for e in entries[:5]))
 
@@ -231,8 +289,56 @@ class Git:
         with `--untracked-files=all`), so the policy judges what really changed.
         """
         raw = self.run("status", "--porcelain=v2", "-z", "--no-renames",
-                       "--untracked-files=all", "--ignored=traditional").stdout
+                       "--untracked-files=all", "--ignored=traditional",
+                       "--ignore-submodules=all").stdout
         return parse_status_v2(raw)
+
+    def commit_tree(self, tree: str, parent: str, message_file: Path,
+                    date: str | None = None) -> str:
+        """A commit of `tree` on `parent` with the message from a file, verbatim (plumbing:
+        no hooks, no message cleanup, no status run over the worktree)."""
+        env = {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date} if date else None
+        return self.run("commit-tree", tree, "-p", parent, "-F", str(message_file),
+                        env=env).text.strip()
+
+    def tree_changes(self, old: str, new: str) -> list[tuple[str, str, str]]:
+        """(old mode, new mode, path) of every entry that differs between two trees or
+        commits: objects only, no worktree and no submodule is looked at."""
+        raw = self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", "--no-textconv",
+                       "--no-ext-diff", old, new).stdout
+        fields = raw.split(b"\0")
+        found: list[tuple[str, str, str]] = []
+        for meta, name in zip(fields[0::2], fields[1::2], strict=False):
+            if not meta:
+                break
+            parts = meta.decode().lstrip(":").split(" ")
+            found.append((parts[0], parts[1], name.decode("utf-8", "surrogateescape")))
+        return found
+
+
+def init_private_repo(git_dir: Path, *, fmt_config: Path, alternates: Sequence[Path],
+                      head: str) -> None:
+    """Make (or refresh) a private git dir: a synthesized config holding only the
+    repository format of `fmt_config` (read as data, includes never followed), the object
+    dirs in `alternates` as read-only alternates, no hooks, HEAD detached at `head`.
+
+    Objects git writes through it stay in `git_dir/objects` until someone packs them
+    elsewhere; the alternates are never written."""
+    from agentos_tasks.sandbox import read_repository_format
+
+    core, extensions = read_repository_format(str(fmt_config))
+    lines = ["[core]", f"\trepositoryformatversion = {core.pop('repositoryformatversion', '0')}"]
+    lines += [f"\t{key} = {value}" for key, value in sorted(core.items())]
+    lines += ["\tbare = false", "\tlogAllRefUpdates = false"]
+    object_format = extensions.get("objectformat")
+    if object_format:
+        lines += ["[extensions]", f"\tobjectformat = {object_format}"]
+    for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags"):
+        (git_dir / sub).mkdir(parents=True, exist_ok=True)
+    (git_dir / "config").write_text("\n".join(lines) + "\n")
+    (git_dir / "objects" / "info" / "alternates").write_text(
+        "".join(f"{os.path.abspath(a)}\n" for a in alternates))
+    (git_dir / "HEAD").write_text(f"{head}\n")
 
 
 def parse_numstat_z(raw: bytes) -> list[str]:

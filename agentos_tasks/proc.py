@@ -29,6 +29,9 @@ from typing import BinaryIO
 from agentos_tasks import sandbox
 from agentos_tasks.errors import EXIT_STEP, AgentosError
 
+# Upper bound of one trusted host program (git on a large repository included).
+HOST_TIMEOUT_S = 900.0
+
 
 @dataclass(frozen=True)
 class ProcResult:
@@ -49,16 +52,22 @@ def run(
     cwd: Path | None = None,
     env: Mapping[str, str],
     input: bytes | None = None,
-    timeout: float | None = None,
+    timeout: float = HOST_TIMEOUT_S,
     check: bool = True,
 ) -> ProcResult:
-    """Run a trusted host program; `env` is the whole environment (nothing inherited)."""
+    """Run a trusted host program; `env` is the whole environment (nothing inherited).
+
+    Its stdin is `input` through a pipe, else /dev/null, never the operator's: a
+    repository config that includes /dev/stdin must neither hang on a terminal nor read
+    piped input as config. Every call is bounded by `timeout`.
+    """
     if cwd is not None and not cwd.is_dir():
         raise AgentosError(f"working directory does not exist: {cwd}")
     started = time.monotonic()
     try:
         completed = subprocess.run(
             list(argv), cwd=cwd, env=dict(env), input=input, capture_output=True,
+            stdin=subprocess.DEVNULL if input is None else None,
             timeout=timeout, check=False, start_new_session=True,
         )
     except FileNotFoundError:

@@ -160,9 +160,39 @@ def _input_file(doc: MarkedDoc, where: tuple[Any, ...], base_dir: Path, rel: str
     return target
 
 
+# Lines of a commit message that `git am` (mailsplit/mailinfo) would not keep as message:
+# a patch or diffstat start, an mbox separator, a scissors line, or (first body line) an
+# in-body header that rewrites author, date or subject.
+_MESSAGE_PATCH_LINE = re.compile(r"^(diff -|Index: |---(\s|$)|\+\+\+ |>*From |-- ?>8 ?--)")
+_MESSAGE_INBODY_HEADER = re.compile(r"^(From|Subject|Date|Author)\s*:", re.IGNORECASE)
+
+
+def message_problem(message: str) -> str | None:
+    """Why `message` could act as more than a message when the patch is applied, or None.
+
+    Landing checks every commit anyway; this names the line before anything runs."""
+    lines = message.split("\n")
+    if "\r" in message or "\x00" in message:
+        return "it contains a carriage return or NUL"
+    for number, line in enumerate(lines, 1):
+        if _MESSAGE_PATCH_LINE.match(line):
+            return f"line {number} ({line[:30]!r}) would start a patch or a new mail"
+    body = [line for line in lines[1:] if line.strip()]
+    if body and _MESSAGE_INBODY_HEADER.match(body[0]):
+        return f"its first body line ({body[0][:30]!r}) would be read as a mail header"
+    if _MESSAGE_INBODY_HEADER.match(lines[0]) and lines[0].lower().startswith("from"):
+        return f"its subject ({lines[0][:30]!r}) would be read as a mail header"
+    return None
+
+
 def _build_step(doc: MarkedDoc, raw: dict[str, Any], index: int, base_dir: Path) -> Step:
     where = ("steps", index)
     op = next(op for op in OPS if op in raw)
+    problem = message_problem(str(raw.get("message", raw["id"])))
+    if problem is not None:
+        raise doc.error(f"step {raw['id']}: message refused: {problem}", (*where, "message"),
+                        hint="a step message lands as the commit message through git am; "
+                             "indent such lines or reword them")
     common: dict[str, Any] = {
         "id": raw["id"], "index": index, "op": op,
         "message": raw.get("message", raw["id"]), "line": doc.lines.get(where, 0),

@@ -41,6 +41,13 @@ class RunPaths:
         return self.root / "worktree"
 
     @property
+    def run_git_dir(self) -> Path:
+        """The run's private git dir: the worktree's objects, index and HEAD (see
+        git.init_private_repo). The target's objects are its read-only alternate, so a
+        step sees only what the target holds and what this run made."""
+        return self.state / "repo.git"
+
+    @property
     def tape(self) -> Path:
         return self.audit / "run_tape.jsonl"
 
@@ -127,8 +134,10 @@ class RunContext:
 
     @cached_property
     def worktree_git(self) -> Git:
-        """git in the run's worktree (its repository config is read once)."""
-        return Git(self.paths.worktree, self.need_request().author)
+        """git in the run's worktree, through the run's private git dir (never the
+        target's config, never discovery from the worktree)."""
+        return Git(self.paths.worktree, self.need_request().author,
+                   private_dir=self.paths.run_git_dir, work_tree=self.paths.worktree)
 
     @property
     def steps(self) -> tuple[Step, ...]:

@@ -550,7 +550,11 @@ def git_dir_view(gitdir: str, pointers: Iterable[str] = ()) -> GitDirView:
     """The view of `gitdir` for a step: what git needs, plus the worktree dirs that the
     worktree `.git` files in `pointers` name (`<gitdir>/worktrees/<name>`), nothing else."""
     gitdir = os.path.normpath(gitdir)
-    binds, links = _entries_of(gitdir, GIT_COMMON_ENTRIES)
+    pointers = list(pointers)
+    # a worktree whose `.git` names this dir itself (the run's private git dir) also
+    # needs its index
+    names = (*GIT_COMMON_ENTRIES, "index") if gitdir in pointers else GIT_COMMON_ENTRIES
+    binds, links = _entries_of(gitdir, names)
     worktrees = os.path.join(gitdir, "worktrees")
     for pointer in pointers:
         name = os.path.basename(pointer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -369,23 +370,26 @@ def test_rollback_refuses_when_the_branch_moved_after_apply(tmp_path: Path) -> N
     assert git(repo, "log", "-1", "--format=%s") == "later work"
 
 
-def test_interrupted_apply_is_recovered(tmp_path: Path) -> None:
-    """A crash after `git am` landed some commits: the next run removes them and applies all."""
+@pytest.mark.parametrize("crash_at", ["apply.checkout_moved", "apply.branch_moved"])
+def test_interrupted_apply_is_recovered(tmp_path: Path, crash_at: str) -> None:
+    """A SIGKILL while landing: after the target checkout moved but before the branch
+    did, or after the branch moved but before the apply was recorded. The next run lands
+    every commit exactly once and leaves the checkout clean at the new head."""
     write_request(tmp_path, SIX[:4])
-    doit(tmp_path, "run", "request=req.yaml", "step:step_04", check=0)
     repo, run_dir = tmp_path / "repo", tmp_path / "out" / "r1"
+    doit(tmp_path, "run", "request=req.yaml", "step:step_04", check=0)
     base = git(repo, "rev-parse", "main")
-    (run_dir / ".state/apply_started.json").write_text(json.dumps({"base": base}))
-    subprocess.run(["git", "-C", str(repo), "-c", "core.hooksPath=/dev/null",
-                    "-c", "user.name=a", "-c", "user.email=a@x", "am", "-q", "--keep-cr",
-                    str(run_dir / "patches/step_01.patch"),
-                    str(run_dir / "patches/step_02.patch")], check=True)
-    assert git(repo, "rev-list", "--count", "main") == "3"
+    crashed = doit(tmp_path, "run", "request=req.yaml", env={"AGENTOS_CRASH_AT": crash_at})
+    assert crashed.returncode == -signal.SIGKILL
+    moved = git(repo, "rev-parse", "main") != base
+    assert moved == (crash_at == "apply.branch_moved")
     doit(tmp_path, "run", "request=req.yaml", check=0)
     assert git(repo, "log", "--format=%s", f"{base}..main").splitlines() == \
         [s["message"] for s in reversed(SIX[:4])]
-    rollback = [e for e in tape_events(run_dir) if e["event"] == "rollback"]
-    assert len(rollback) == 1 and "interrupted apply" in rollback[0]["reason"]
+    assert git(repo, "status", "--porcelain") == ""
+    assert (repo / "docs").is_dir()
+    applied = [e for e in tape_events(run_dir) if e["event"] == "patches_applied"]
+    assert len(applied) == 1 and applied[0]["pre_apply_head"] == base
 
 
 def test_post_step_violation_fails_the_step_and_nothing_lands(tmp_path: Path) -> None:

@@ -209,6 +209,7 @@ def test_tool_attacking_the_git_dir_changes_nothing_there(tmp_path: Path) -> Non
     transcript = (run_dir(tmp_path) / "tools" / "t1" / "transcript.jsonl").read_text()
     assert "Read-only file system" in transcript  # it tried, the sandbox refused
     assert "hooksPath" not in (repo / ".git" / "config").read_text()
+    assert "hooksPath" not in (run_dir(tmp_path) / ".state" / "repo.git" / "config").read_text()
     assert not (repo / ".git" / "hooks" / "pre-commit").exists()
     assert not (repo / ".git" / "worktrees" / "worktree" / "config").exists()
     assert proc.returncode == 0  # nothing changed: an unchanged step
@@ -221,11 +222,13 @@ def test_unsandboxed_tool_attacking_the_git_dir_fails_and_is_undone(tmp_path: Pa
     env = {**fake_path(), "AGENTOS_SANDBOX": "none"}
     proc = tool_run(tmp_path, agent("claude", "gitdir"), env=env, isolation="best-effort")
     repo = tmp_path / "repo"
+    private = run_dir(tmp_path) / ".state" / "repo.git"  # the worktree's own git dir
     transcript = (run_dir(tmp_path) / "tools" / "t1" / "transcript.jsonl").read_text()
-    assert f"fake: wrote {repo}/.git/config" in transcript  # the attack really happened
+    assert f"fake: wrote {private}/config" in transcript  # the attack really happened
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert failed_event(tmp_path)["rule_id"] == "paths.git"
     assert "hooksPath" not in (repo / ".git" / "config").read_text()
+    assert "fsmonitor" not in (private / "config").read_text()  # put back
     assert not (repo / ".git" / "worktrees" / "worktree" / "config").exists()
     assert_nothing_landed(tmp_path)
     assert pack(tmp_path)["policy_check"] == {"decision": "deny", "rule_id": "paths.git"}

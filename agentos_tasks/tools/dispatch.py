@@ -197,13 +197,15 @@ def _walk(directory: Path, found: list[Path]) -> None:
 
 def _watched_files(worktree_gitdir: Path | None, common: Path | None) -> list[Path]:
     files: list[Path] = []
-    if common is not None:
-        files += [common / name for name in GIT_COMMON_WATCH]
+    # the worktree's git dir is the run's private one: its config and (absent) hooks dir
+    # are watched like the target's
+    for root in dict.fromkeys(r for r in (common, worktree_gitdir) if r is not None):
+        files += [root / name for name in GIT_COMMON_WATCH]
         for sub in GIT_COMMON_WATCH_DIRS:
-            files.append(common / sub)
-            state = _entry_state(common / sub)
+            files.append(root / sub)
+            state = _entry_state(root / sub)
             if state is not None and state.kind == "dir":
-                _walk(common / sub, files)
+                _walk(root / sub, files)
     if worktree_gitdir is not None:
         files += [worktree_gitdir / name for name in GIT_WORKTREE_WATCH]
     return files[:_WATCH_MAX_FILES]

@@ -120,8 +120,9 @@ def test_other_command_drivers_with_equals_in_their_name_are_not_used(
 
 
 def test_conditional_include_for_linked_worktrees_executes_nothing(tmp_path: Path) -> None:
-    """Blocked: an `includeIf "gitdir:**/worktrees/**"` that only applies inside our
-    worktree, adding fsmonitor, a filter, core.worktree and hooksPath, changes nothing."""
+    """Blocked: an `includeIf "gitdir:**/worktrees/**"` that only applies inside a linked
+    worktree, adding fsmonitor, a filter, core.worktree and hooksPath, changes nothing:
+    the run is refused before any git call could read the included file."""
     markers = tmp_path / "markers"
     evil = marker_script(markers)
     victim = tmp_path / "victim"
@@ -140,11 +141,13 @@ def test_conditional_include_for_linked_worktrees_executes_nothing(tmp_path: Pat
     with open(repo / ".git" / "config", "a") as config:
         config.write('[includeIf "gitdir:**/worktrees/**"]\n\tpath = wt.cfg\n')
     write_request(tmp_path, [WRITE_DOC], init_repo=False)
-    doit(tmp_path, "run", "request=req.yaml", check=0)
-    doit(tmp_path, "gates", "request=req.yaml", check=0)
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    doit(tmp_path, "gates", "request=req.yaml")
     assert list(markers.iterdir()) == []
     assert [p.name for p in victim.iterdir()] == ["precious.txt"]
-    assert host_git(repo, "show", "main:docs/a.md") == "a"
+    # since the boundary work a config with includes is refused up front (clear error)
+    assert proc.returncode != 0 and "uses includeif" in proc.stderr, proc.stderr[-600:]
+    assert host_git(repo, "rev-list", "--count", "main") == "1"
 
 
 # --------------------------------------------------------------------------- step ids as paths
@@ -493,8 +496,16 @@ def test_credentials_in_the_repositorys_git_config_are_not_readable_by_a_step(
     host_git(repo, "remote", "add", "origin", "https://bot:CI-TOKEN-99@github.com/o/r.git")
     code = ("import pathlib\n"
             "gitdir = pathlib.Path(open('.git').read().split(': ', 1)[1].strip())\n"
-            "common = (gitdir / open(gitdir / 'commondir').read().strip()).resolve()\n"
-            "print(open(common / 'config').read())\n")
+            "pointer = gitdir / 'commondir'\n"
+            "common = (gitdir / pointer.read_text().strip()).resolve() if pointer.exists() \\\n"
+            "    else gitdir\n"
+            "print(open(common / 'config').read())\n"
+            "# the target's objects are an alternate: its config sits right beside them\n"
+            "for alt in (common / 'objects/info/alternates').read_text().split():\n"
+            "    try:\n"
+            "        print(open(pathlib.Path(alt).parent / 'config').read())\n"
+            "    except OSError as exc:\n"
+            "        print('no target config:', exc)\n")
     write_request(tmp_path, [{"id": "peek", "run": py(code)}], init_repo=False)
     doit(tmp_path, "run", "request=req.yaml")
     log = (tmp_path / "out" / "r1" / "logs" / "peek.out").read_text()
@@ -509,9 +520,11 @@ def test_commit_message_with_an_embedded_diff_cannot_smuggle_a_change(tmp_path: 
     smuggled = ("ok\n\ndiff --git a/secrets/token b/secrets/token\nnew file mode 100644\n"
                 "--- /dev/null\n+++ b/secrets/token\n@@ -0,0 +1 @@\n+smuggled\n")
     write_request(tmp_path, [{**WRITE_DOC, "message": smuggled}])
-    doit(tmp_path, "run", "request=req.yaml")
-    assert "secrets/token" not in host_git(tmp_path / "repo", "ls-tree", "-r", "--name-only",
-                                            "main")
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    # since the boundary work such a message is refused when the request loads
+    assert proc.returncode != 0 and "message refused" in proc.stderr, proc.stderr[-600:]
+    assert not (tmp_path / "repo").exists() or "secrets/token" not in host_git(
+        tmp_path / "repo", "ls-tree", "-r", "--name-only", "main")
     assert not (tmp_path / "repo" / "secrets").exists()
 
 

@@ -103,7 +103,10 @@ def test_config_include_of_a_tracked_file_executes_nothing(tmp_path: Path, inclu
     proc = doit(tmp_path, "run", "request=req.yaml")
     doit(tmp_path, "gates", "request=req.yaml")
     assert _markers(markers) == [], f"a filter from an include ran on the host\n{proc.stderr}"
-    assert proc.returncode != 0 or host_git(tmp_path / "repo", "show", "main:docs/a.md") == "a"
+    # the choice: a config that includes files is refused up front, with one clear error
+    assert proc.returncode != 0, proc.stderr[-600:]
+    assert "uses include" in proc.stderr and "Traceback" not in proc.stderr
+    assert host_git(tmp_path / "repo", "rev-list", "--count", "main") == "1"
     # control: plain git in the repository does run it
     (tmp_path / "repo" / "README.md").write_text("changed\n")
     subprocess.run(["git", "-C", str(tmp_path / "repo"), "add", "README.md"],
@@ -128,9 +131,10 @@ def test_config_include_that_a_step_writes_executes_nothing(tmp_path: Path) -> N
         {"id": "d", "run": py("open('docs/d.md','w').write('d')")},
     ]
     write_request(tmp_path, steps, init_repo=False)
-    doit(tmp_path, "run", "request=req.yaml")
+    proc = doit(tmp_path, "run", "request=req.yaml")
     doit(tmp_path, "gates", "request=req.yaml")
     assert _markers(markers) == []
+    assert proc.returncode != 0 and "uses include.path" in proc.stderr, proc.stderr[-600:]
 
 
 # ------------------------------------------------------------------ 3: the operator's stdin
@@ -139,7 +143,8 @@ def test_config_include_that_a_step_writes_executes_nothing(tmp_path: Path) -> N
 def test_config_include_of_dev_stdin_neither_hangs_nor_reads_the_operators_input(
         tmp_path: Path) -> None:
     """Class 3. `include.path = /dev/stdin`: host git inherited the operator's stdin, so
-    an open terminal/pipe hung the run, and piped input was read as config (a filter)."""
+    an open terminal/pipe hung the run, and piped input was read as config (a filter).
+    Now the run ends promptly with the include refusal, whatever stdin holds."""
     markers = tmp_path / "markers"
     evil = marker_script(markers)
     repo = make_repo(tmp_path / "repo", {"README.md": "hi\n", ".gitattributes": "* filter=x\n"})
@@ -147,28 +152,54 @@ def test_config_include_of_dev_stdin_neither_hangs_nor_reads_the_operators_input
         config.write("[include]\n\tpath = /dev/stdin\n")
     write_request(tmp_path, [WRITE_DOC, {"id": "r", "run": py("open('b.md','w').write('b')")}],
                   init_repo=False)
+    argv = [sys.executable, "-m", "doit", "-f", str(DODO), "run", "request=req.yaml",
+            "outputs=out"]
     # a pipe that stays open and never sends anything: a git reading it blocks forever
     read_end, write_end = os.pipe()
     try:
-        proc = subprocess.run([sys.executable, "-m", "doit", "-f", str(DODO), "run",
-                               "request=req.yaml", "outputs=out"], cwd=tmp_path,
-                              stdin=read_end, capture_output=True, text=True, timeout=60,
-                              check=False)
+        proc = subprocess.run(argv, cwd=tmp_path, stdin=read_end, capture_output=True,
+                              text=True, timeout=60, check=False)
     except subprocess.TimeoutExpired:
         pytest.fail("the run hung reading the operator's stdin through the config include")
     finally:
         os.close(read_end)
         os.close(write_end)
-    assert proc.returncode == 0, proc.stderr[-800:]
+    assert proc.returncode != 0 and "uses include.path" in proc.stderr, proc.stderr[-600:]
     # piped input that is a filter definition must not become config
     feed = f'[filter "x"]\n\tclean = {evil}\n\tsmudge = {evil}\n'
-    write_request(tmp_path, [WRITE_DOC, {"id": "r2", "run": py("open('c.md','w').write('c')")}],
-                  init_repo=False, run_id="r2")
-    done = subprocess.run([sys.executable, "-m", "doit", "-f", str(DODO), "run",
-                           "request=req.yaml", "outputs=out"], cwd=tmp_path, input=feed,
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr[-800:]
+    done = subprocess.run(argv, cwd=tmp_path, input=feed, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode != 0, done.stderr[-800:]
     assert _markers(markers) == []
+
+
+def test_every_host_process_gets_dev_null_as_stdin() -> None:
+    """Class 3, for every host program (not only git): proc.run never hands over the
+    operator's stdin; data goes through `input` (a pipe of ours) or files."""
+    from agentos_tasks import proc
+
+    read_end, write_end = os.pipe()
+    saved = os.dup(0)
+    try:
+        os.dup2(read_end, 0)  # our own stdin is now a pipe that never ends
+        result = proc.run(["sh", "-c", "cat; readlink /proc/self/fd/0"],
+                          env={"PATH": os.environ["PATH"]}, timeout=20)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read_end)
+        os.close(write_end)
+    assert result.text.strip() == "/dev/null"
+    fed = proc.run(["cat"], env={"PATH": os.environ["PATH"]}, input=b"ours", timeout=20)
+    assert fed.stdout == b"ours"
+
+
+def test_a_host_process_that_hangs_is_bounded_by_a_timeout() -> None:
+    from agentos_tasks import proc
+    from agentos_tasks.errors import AgentosError
+
+    with pytest.raises(AgentosError, match="timed out"):
+        proc.run(["sleep", "30"], env={"PATH": os.environ["PATH"]}, timeout=0.5)
 
 
 # ------------------------------------------------------------------ 7: another run's objects
@@ -267,3 +298,39 @@ def test_every_landed_commit_carries_its_step_commits_tree(tmp_path: Path) -> No
         assert host_git(repo, "rev-parse", f"{commit}^{{tree}}") == \
             host_git(repo, "rev-parse", f"{step_commit}^{{tree}}")
 
+
+
+def test_landing_refuses_a_commit_that_am_made_differently_from_its_step(
+        tmp_path: Path) -> None:
+    """Class 8, the backstop behind the request check: whatever a patch file's message
+    holds, am's commit must equal the step commit in tree, author and message; the
+    comparison runs before the branch could move."""
+    from agentos_tasks.errors import AgentosError
+    from agentos_tasks.git import Git, init_private_repo
+    from agentos_tasks.landing import am_in_private
+
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    base = host_git(repo, "rev-parse", "HEAD")
+    private, work = tmp_path / "p.git", tmp_path / "wt"
+    init_private_repo(private, fmt_config=repo / ".git" / "config",
+                      alternates=[repo / ".git" / "objects"], head=base)
+    work.mkdir()
+    git = Git(work, private_dir=private, work_tree=work)
+    git.run("reset", "--hard", "-q", base)
+    (work / "a.md").write_text("a\n")
+    git.run("add", "a.md")
+    message = tmp_path / "msg"
+    message.write_text("s1")
+    step = git.commit_tree(git.out("write-tree"), base, message, date="@1700000000 +0000")
+    good = git.commit_patch(step)
+    assert am_in_private(git, base, [_write(tmp_path / "good.patch", good)], [step],
+                         ["s1"]) == step  # same tree, author, message: identical commit
+    smuggled = good.replace(b"\n---\n", b"\n\n" + _diff_adding(".github/x.yml", "e").encode()
+                            + b"\n---\n", 1)
+    with pytest.raises(AgentosError, match="differs from its tested step commit"):
+        am_in_private(git, base, [_write(tmp_path / "bad.patch", smuggled)], [step], ["s1"])
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -1,0 +1,137 @@
+"""Landing: how a run's tested commits reach the target branch, and how they leave it.
+
+Invariants:
+- `git am` runs in the run's own worktree and private git dir, never on the target: the
+  branch moves once, with one compare-and-swap `update-ref`, after every landed commit
+  was checked against its step commit (same tree, author and message, in order). A
+  message that acts as a patch or carries in-body headers changes one of those and is
+  refused before the branch moves.
+- The target repository sees plumbing only (rev-parse, update-ref, pack files written
+  by pack-objects from the private git dir); its config is never what a checkout, a
+  status or an am runs with.
+- When the branch is checked out somewhere, that working tree and its index follow
+  the branch through `read-tree -m -u` run on a private view git dir (target objects as
+  alternates, HEAD at the branch's old head): the repository's filters never run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentos_tasks.errors import EXIT_STATE, AgentosError
+from agentos_tasks.git import Git, find_branch_worktree, init_private_repo
+
+
+@dataclass(frozen=True)
+class CheckedOut:
+    """The target working tree that has the branch checked out, seen through a private
+    git dir whose HEAD is the branch's head at the time the view was made."""
+
+    work_tree: Path
+    git: Git
+
+    def require_clean(self) -> None:
+        clean, dirty = self.git.is_clean()
+        if not clean:
+            raise AgentosError(f"the target working tree {self.work_tree} has uncommitted "
+                               f"changes ({dirty}); nothing changed", code=EXIT_STATE,
+                               hint="commit or stash them, then re-run; the run's evidence "
+                                    "is kept")
+
+    def move(self, old: str, new: str) -> None:
+        """Bring the index and files from `old` to `new` (a two-tree read-tree merge:
+        refuses to overwrite local changes). The index's stat data is refreshed first,
+        by content compared under our config, so a merely touched file does not block."""
+        self.git.run("update-index", "-q", "--refresh", check=False)
+        self.git.run("read-tree", "-m", "-u", old, new)
+
+
+def checked_out(target: Git, branch: str, *, head: str, view_dir: Path,
+                extra_objects: tuple[Path, ...]) -> CheckedOut | None:
+    """The working tree with `branch` checked out (None when none has: a bare target,
+    or another branch is checked out), with a private view on it."""
+    work_tree = find_branch_worktree(target, branch)
+    if work_tree is None:
+        return None
+    located = Git(work_tree, target.author)
+    index = Path(located.out("rev-parse", "--path-format=absolute", "--git-path", "index"))
+    common = located.common_dir()
+    init_private_repo(view_dir, fmt_config=common / "config",
+                      alternates=[common / "objects", *extra_objects], head=head)
+    return CheckedOut(work_tree, Git(work_tree, target.author, private_dir=view_dir,
+                                     work_tree=work_tree, index_file=index))
+
+
+def commit_identity(git: Git, commits: list[str]) -> dict[str, tuple[str, str, bytes]]:
+    """commit -> (tree, author without date, message bytes without trailing newlines),
+    from one cat-file --batch."""
+    if not commits:
+        return {}
+    out = git.run("cat-file", "--batch", input="".join(f"{c}\n" for c in commits).encode()
+                  ).stdout
+    found: dict[str, tuple[str, str, bytes]] = {}
+    pos = 0
+    for commit in commits:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].split()
+        size = int(header[2])
+        body = out[end + 1:end + 1 + size]
+        pos = end + 1 + size + 1
+        head, _, message = body.partition(b"\n\n")
+        tree = author = ""
+        for line in head.split(b"\n"):
+            if line.startswith(b"tree "):
+                tree = line[5:].decode()
+            elif line.startswith(b"author "):
+                author = line[7:].decode("utf-8", "replace").rsplit(" ", 2)[0]
+        # mailinfo ends every message with one newline; nothing else may differ
+        found[commit] = (tree, author, message.rstrip(b"\n"))
+    return found
+
+
+def am_in_private(git: Git, pre: str, patches: list[Path], step_commits: list[str],
+                  step_ids: list[str]) -> str:
+    """`git am` the patches onto `pre` in the run's own worktree; check every resulting
+    commit against its step commit; return the new head. The target is not touched."""
+    git.run("reset", "--hard", "-q", pre)
+    git.run("clean", "-ffdxq")
+    result = git.run("am", "-q", "-k", "--keep-cr", "--no-3way", "--whitespace=nowarn",
+                     "--committer-date-is-author-date", "--", *map(str, patches), check=False)
+    if result.returncode != 0:
+        git.run("am", "--abort", check=False)
+        raise AgentosError("git am failed: " +
+                           result.stderr.decode("utf-8", "replace").strip()[:300],
+                           code=EXIT_STATE, hint="the branch was not touched")
+    post = git.rev_parse("HEAD")
+    landed = git.commits_between(pre, post)
+    if len(landed) != len(step_commits):
+        raise AgentosError(f"git am made {len(landed)} commit(s) from {len(step_commits)} "
+                           "patch(es); the branch was not touched", code=EXIT_STATE)
+    seen = commit_identity(git, [*landed, *step_commits])
+    for index, (made, tested) in enumerate(zip(landed, step_commits, strict=True)):
+        differs = [name for name, a, b in zip(("tree", "author", "message"), seen[made],
+                                               seen[tested], strict=True) if a != b]
+        if differs:
+            raise AgentosError(
+                f"landed commit {index + 1} (step {step_ids[index]}) differs from its tested "
+                f"step commit in its {' and '.join(differs)}: the step's message acted as "
+                "part of the patch (an embedded diff or in-body header); nothing applied",
+                code=EXIT_STATE, hint="a commit message may not contain diff or mail header "
+                                      "lines; the branch was not touched")
+    return post
+
+
+def pack_into(git: Git, objects_dir: Path, tips: list[str], exclude: str) -> None:
+    """Copy the objects reachable from `tips` and not from `exclude` into `objects_dir`
+    as one pack (written by pack-objects from the private git dir)."""
+    revs = "".join(f"{tip}\n" for tip in dict.fromkeys(tips)) + f"^{exclude}\n"
+    git.run("pack-objects", "-q", "--revs", str(objects_dir / "pack" / "pack"),
+            input=revs.encode())
+
+
+def move_branch(target: Git, branch: str, new: str, old: str, reason: str) -> bool:
+    """Compare-and-swap the branch ref (True when it moved from `old` to `new`)."""
+    result = target.run("update-ref", "-m", reason, f"refs/heads/{branch}", new, old,
+                        check=False)
+    return result.returncode == 0
