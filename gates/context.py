@@ -2,6 +2,13 @@
 
 Reads go through `GateContext` so each gate's evidence list (path + sha256 or MISSING)
 is exactly what it looked at.
+
+The run directory may come from someone else (`doit gates run=...`, `agentos verify`,
+`agentos tool verify`). Before its first read a context checks that it holds nothing but
+directories and regular files (fsutil.check_received_tree; the worktree aside): otherwise
+every read raises Missing naming the FIFO, socket, device or symlink, so each gate FAILs
+saying why instead of blocking on a FIFO or reading what a symlink points at. Every read
+is fsutil.read_regular (O_NOFOLLOW | O_NONBLOCK, regular files only, bounded).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from agentos_tasks.fsutil import RefusedFile, check_received_tree, is_regular, read_regular
 from agentos_tasks.git import Git
 from agentos_tasks.tape import ChainReport, verify_chain
 
@@ -82,14 +90,17 @@ def record_disagreement(record: dict[str, Any], raw_yaml: bytes, inputs: Path) -
             if rec.get(key) != value:
                 return f"steps[{index}].{key}"
         if op == "write" and "content_file" in (raw["write"] or {}):
-            if not (inputs / str(rec.get("content_sha256"))).is_file():
+            if not is_regular(inputs / str(rec.get("content_sha256"))):
                 return f"steps[{index}]: recorded input audit/inputs/{rec.get('content_sha256')}"
         if op == "patch":
             recorded = inputs / str(rec.get("patch_sha256"))
-            if not recorded.is_file() or sha256_bytes(recorded.read_bytes()) != \
-                    rec.get("patch_sha256"):
+            try:
+                patch_bytes = read_regular(recorded)
+            except (OSError, RefusedFile):
                 return f"steps[{index}]: recorded patch input is missing or differs"
-            if list(patch_paths(recorded.read_bytes())) != rec.get("patch_paths"):
+            if sha256_bytes(patch_bytes) != rec.get("patch_sha256"):
+                return f"steps[{index}]: recorded patch input is missing or differs"
+            if list(patch_paths(patch_bytes)) != rec.get("patch_paths"):
                 return f"steps[{index}].patch_paths"
     return None
 
@@ -117,29 +128,69 @@ class GateContext:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._evidence: dict[str, str | None] = {}
+        self._checked = False
+        self._refusal: str | None = None
+
+    # ---- reading (the only way a gate gets at the run directory's bytes)
+    def refusal(self) -> str | None:
+        """Why this run directory is not read at all (it holds a FIFO, socket, device or
+        symlink, named), or None; checked once per context, before the first read."""
+        if not self._checked:
+            try:
+                check_received_tree(self.run_dir)
+            except RefusedFile as exc:
+                self._refusal = exc.message
+            self._checked = True
+        return self._refusal
+
+    def guard(self) -> None:
+        """Raise Missing when the run directory must not be read (see `refusal`)."""
+        refused = self.refusal()
+        if refused is not None:
+            raise Missing(refused)
+
+    def _read(self, rel: str) -> bytes:
+        """The bytes of run-relative `rel`, recorded as evidence (sha256, or MISSING).
+
+        Raises Missing for a refused run directory, a missing file or a file that is not
+        a regular one (fsutil.read_regular: never follows a symlink, never blocks)."""
+        try:
+            self.guard()
+            data = read_regular(self.run_dir / rel)
+        except Missing:
+            self._evidence[rel] = None
+            raise
+        except RefusedFile as exc:
+            self._evidence[rel] = None
+            raise Missing(exc.message) from None
+        except OSError:
+            self._evidence[rel] = None
+            raise Missing(f"{rel} is missing") from None
+        self._evidence[rel] = hashlib.sha256(data).hexdigest()
+        return data
 
     # ---- evidence bookkeeping
     def note(self, rel: str) -> Path:
-        path = self.run_dir / rel
+        """Record `rel` as evidence and return its path. Raises Missing when the run
+        directory is refused as a whole (callers may open the path themselves next)."""
+        self.guard()
         try:
-            self._evidence[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            self._evidence[rel] = None
-        return path
+            self._read(rel)
+        except Missing:
+            pass
+        return self.run_dir / rel
 
     def evidence_list(self) -> list[dict[str, Any]]:
         return [{"path": p, "sha256": d if d else "MISSING"}
                 for p, d in sorted(self._evidence.items())]
 
     def exists(self, rel: str) -> bool:
-        return self.note(rel).is_file()
+        """True when `rel` is present in any form: a FIFO or symlink there is not
+        "absent" (that could turn a FAIL into NOT_APPLICABLE), its read raises Missing."""
+        return os.path.lexists(self.note(rel))
 
     def read_bytes(self, rel: str) -> bytes:
-        path = self.note(rel)
-        try:
-            return path.read_bytes()
-        except OSError:
-            raise Missing(f"{rel} is missing") from None
+        return self._read(rel)
 
     def json(self, rel: str) -> Any:
         try:
@@ -178,8 +229,8 @@ class GateContext:
     # ---- common artifacts
     @cached_property
     def chain(self) -> ChainReport:
-        self.note("audit/run_tape.jsonl")
-        self.note("audit/tape_head.json")
+        self.note("audit/run_tape.jsonl")  # raises Missing for a refused run directory:
+        self.note("audit/tape_head.json")  # verify_chain opens the tape itself
         return verify_chain(self.run_dir)
 
     @property
@@ -245,7 +296,10 @@ class GateContext:
 
     @cached_property
     def git(self) -> Git:
-        return Git(self.repo_path())
+        """git in the target repository; a run's objects that never landed (a failed or
+        not yet applied run) are read from its private git dir, as an alternate."""
+        own = self.run_dir / ".state" / "repo.git" / "objects"
+        return Git(self.repo_path(), alternates=(own,) if own.is_dir() else ())
 
     def branch(self) -> str:
         """The target branch: the request's, or the one the worktree task recorded; every
