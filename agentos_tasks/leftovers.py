@@ -222,26 +222,34 @@ def tree_baseline(git: Git, commit: str) -> Baseline:
     return Baseline(entries, total)
 
 
-def survey(worktree: Path, limits: Limits, baseline: Baseline, *,
+def survey(worktree: Path, limits: Limits, baseline: Baseline | Callable[[], Baseline], *,
            step_id: str = "the step") -> Survey:
     """Walk what a step left (once, bounded); defuse special files; enforce the limits.
+
+    `baseline` (or a function computing it, called only when the bare limits are
+    exceeded, so the common small step costs no git call) is what the parent holds.
 
     Raises PolicyViolation (``limits.path_length``, ``limits.files``, ``limits.bytes``)
     at the first limit exceeded, after locking the worktree to its owner (0700): the walk
     stopped, so bits it did not reach may still be set. Special files it defused are
     returned in `Survey.defused` for the caller to fail the step with.
     """
-    max_entries = limits.files + baseline.entries
-    max_bytes = limits.bytes + baseline.bytes
     found = Survey()
     beyond = "beyond what its parent commit holds"
+    parent: list[Baseline] = [baseline] if isinstance(baseline, Baseline) else []
+
+    def held() -> Baseline:
+        if not parent:
+            assert not isinstance(baseline, Baseline)
+            parent.append(baseline())
+        return parent[0]
 
     def visit(dir_fd: int, rel: str, name: str, info: os.stat_result) -> bool:
         found.entries += 1
-        if found.entries > max_entries:
+        if found.entries > limits.files and found.entries > limits.files + held().entries:
             raise _Exceeded("limits.files", f"step {step_id} left more than {limits.files} "
                             f"entries (files, directories, links) {beyond} "
-                            f"({baseline.entries}); counting stopped there")
+                            f"({held().entries}); counting stopped there")
         length = len(os.fsencode(rel))
         if length > limits.path_length:
             remove_at(dir_fd, name)  # nothing deeper is walked, and the tree stays cleanable
@@ -253,9 +261,9 @@ def survey(worktree: Path, limits: Limits, baseline: Baseline, *,
             return True
         if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
             found.bytes += info.st_size
-            if found.bytes > max_bytes:
+            if found.bytes > limits.bytes and found.bytes > limits.bytes + held().bytes:
                 raise _Exceeded("limits.bytes", f"step {step_id} left more than "
-                                f"{limits.bytes} bytes {beyond} ({baseline.bytes}); "
+                                f"{limits.bytes} bytes {beyond} ({held().bytes}); "
                                 f"counting stopped at {_shown(rel)}")
             if stat.S_ISREG(mode) and mode & _SETID:
                 os.chmod(name, stat.S_IMODE(mode) & ~_SETID, dir_fd=dir_fd)
@@ -286,7 +294,7 @@ def survey(worktree: Path, limits: Limits, baseline: Baseline, *,
 def survey_step(worktree: Path, limits: Limits, git: Git, parent: str, step_id: str) -> Survey:
     """The executor's call after a run/tool step: survey against the parent's tree, and
     fail the step (first defused file named) when anything had to be defused."""
-    found = survey(worktree, limits, tree_baseline(git, parent), step_id=step_id)
+    found = survey(worktree, limits, lambda: tree_baseline(git, parent), step_id=step_id)
     if found.defused:
         rel, rule, what = found.defused[0]
         raise PolicyViolation(rule, f"step {step_id} left {what} {_shown(rel)} (defused; "

@@ -409,3 +409,29 @@ def test_clean_worktree_falls_back_when_git_clean_gives_up(tmp_path: Path) -> No
     leftovers.clean_worktree(Git(repo), repo)
     assert sorted(p.name for p in (repo / "src").iterdir()) == ["keep.py"]
     assert not (repo / "junk.txt").exists() and (repo / "README.md").exists()
+
+
+def test_survey_counts_beyond_the_parent_tree_and_asks_git_only_when_needed(
+        tmp_path: Path) -> None:
+    """A repository bigger than the limits still runs: what its parent commit holds is
+    not counted against the step; the baseline is computed only past the bare limits."""
+    from agentos_tasks import leftovers
+    from agentos_tasks.policy import load_policy
+
+    wt = tmp_path / "wt"
+    (wt / "src").mkdir(parents=True)
+    for i in range(600):
+        (wt / "src" / str(i)).write_bytes(b"x" * 10)
+    limits = load_policy(write_policy(tmp_path / "p.yaml", limits={"files": 500,
+                                                                   "bytes": 5000})).limits
+    calls: list[int] = []
+
+    def parent_holds() -> leftovers.Baseline:
+        calls.append(1)
+        return leftovers.Baseline(601, 6000)
+
+    found = leftovers.survey(wt, limits, parent_holds)
+    assert (found.entries, found.bytes, len(calls)) == (601, 6000, 1)
+    small = load_policy(write_policy(tmp_path / "q.yaml", limits={"files": 1000})).limits
+    leftovers.survey(wt, small, parent_holds)
+    assert len(calls) == 1, "under the bare limits no baseline is computed"
