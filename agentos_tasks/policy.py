@@ -39,6 +39,7 @@ from pathspec import GitIgnoreSpec
 from agentos_tasks import yamlsrc
 from agentos_tasks.aliases import reaches_below
 from agentos_tasks.errors import PolicyViolation
+from agentos_tasks.leftovers import walk
 from agentos_tasks.model import OPS, Change, Request, Step, ToolSpec
 from agentos_tasks.names import refused_character
 
@@ -624,12 +625,27 @@ def _expand_directories(root: Path, changes: Sequence[Change]) -> list[Change]:
         if change.status == "D" or change.new_mode == _GITLINK_MODE or not target.is_dir():
             expanded.append(change)
             continue
-        for dirpath, dirnames, filenames in os.walk(target, followlinks=False):
-            base = Path(dirpath).relative_to(root).as_posix()
-            links = [name for name in dirnames if (Path(dirpath) / name).is_symlink()]
-            for name in sorted(filenames + links):
-                expanded.append(Change(f"{base}/{name}", "A", ignored=change.ignored))
+        try:
+            inside = _entries_below(target)
+        except OSError as exc:
+            raise PolicyViolation("paths.invalid", f"cannot list {normal}: {exc}") from None
+        expanded += [Change(f"{normal}/{rel}", "A", ignored=change.ignored) for rel in inside]
     return expanded
+
+
+def _entries_below(directory: Path) -> list[str]:
+    """Every non-directory below `directory` (files, links, other nodes), relative, sorted;
+    fd-based and iterative (`leftovers.walk`): any depth, never through a symlink."""
+    found: list[str] = []
+
+    def visit(_fd: int, rel: str, _name: str, info: os.stat_result) -> bool:
+        if stat.S_ISDIR(info.st_mode):
+            return True
+        found.append(rel)
+        return False
+
+    walk(directory, visit)
+    return sorted(found)
 
 
 def _check_change(policy: Policy, root: Path, change: Change,

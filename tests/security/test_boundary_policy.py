@@ -278,6 +278,20 @@ def test_deep_nested_path_fails_cleanly_and_the_next_run_resumes(
     assert starts.count("ign") == 1, starts
 
 
+def test_deep_tree_within_the_path_limit_is_judged_without_a_traceback(tmp_path: Path) -> None:
+    """Class 12 (depth). 1,500 levels stay under limits.path_length, but git lists a nested
+    repository as one directory entry and the check expanded it with a recursive os.walk:
+    RecursionError, a traceback instead of the nested-repository refusal."""
+    default_like_policy(tmp_path)
+    code = ("import os, subprocess\nsubprocess.run(['git', 'init', '-q', 'src/sub'], check=True)\n"
+            "os.chdir('src/sub')\nfor _ in range(1500):\n    os.mkdir('d'); os.chdir('d')\n"
+            "open('leaf', 'w').write('x')\n")
+    write_request(tmp_path, [{"id": "deep", "run": py(code)}])
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    out = proc.stdout + proc.stderr
+    assert failed_with(proc, "paths.git") and "Traceback" not in out, out[-1500:]
+
+
 def test_many_leftover_files_hit_the_files_limit_and_the_rerun_works(tmp_path: Path) -> None:
     """Class 12 (count). 200,000 ignored files had no limit: the manifest listed every one
     and the host spent 2-3x the step's time on them. Here limits.files = 500."""
