@@ -3,9 +3,17 @@
 Every mistake a user can make (bad request, bad policy, dirty repo, policy violation,
 failed step) becomes an `AgentosError` with a message, where it happened (file:line) and a
 hint. The CLI and the doit reporter print it as one block and exit with `code`; no traceback.
+
+Messages quote what a step, a tool or a repository chose (argv, file names, tool error
+text), so `render` passes every field through `termsafe.escape`: the block reaches the
+terminal without raw control, bidi or invisible characters, and each field stays on its
+own line (a newline inside a message is shown as `\\n`, it cannot forge a `hint:` line).
+`message`, `where` and `hint` keep the raw text for programs.
 """
 
 from __future__ import annotations
+
+from agentos_tasks.termsafe import escape
 
 # Documented exit codes (README "Exit codes").
 EXIT_USAGE = 2  # bad input: request, policy, answers file, command line
@@ -33,9 +41,11 @@ class AgentosError(Exception):
         self.code = code
 
     def render(self) -> str:
-        """One block of plain text: `error: <where>: <message>` and an optional hint line."""
-        head = f"error: {self.where}: {self.message}" if self.where else f"error: {self.message}"
-        return head + (f"\n  hint: {self.hint}" if self.hint else "")
+        """One block of plain text: `error: <where>: <message>` and an optional hint line,
+        every field escaped for the terminal (termsafe.escape, single-line)."""
+        message = escape(self.message)
+        head = f"error: {escape(self.where)}: {message}" if self.where else f"error: {message}"
+        return head + (f"\n  hint: {escape(self.hint)}" if self.hint else "")
 
     def __str__(self) -> str:
         return self.render()

@@ -19,6 +19,7 @@ from doit.reporter import ConsoleReporter
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import canonical_json, write_if_changed
 from agentos_tasks.runctx import RunContext, build_context
+from agentos_tasks.termsafe import escape
 
 # AgentosErrors raised by actions in this process, so `agentos` can exit with their code.
 RAISED: list[AgentosError] = []
@@ -41,21 +42,32 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
 
 
 class AgentosReporter(ConsoleReporter):  # type: ignore[misc]
-    """doit's console reporter, but failures print as one clean block on stderr."""
+    """doit's console reporter, but failures print as one clean block on stderr.
+
+    Everything it writes passes through termsafe.escape (lines kept): task titles, failure
+    messages (which quote argv, file names and tool text), doit's own tracebacks."""
 
     desc = "agentos: clean error blocks on stderr"
+
+    def write(self, text: str) -> None:
+        self.outstream.write(escape(text, multiline=True))
 
     def add_failure(self, task: Any, fail: Any) -> None:
         if fail.report:
             self.failures.append({"task": task, "exception": fail})
 
+    def cleanup_error(self, exception: Any) -> None:
+        sys.stderr.write(escape(exception.get_msg(), multiline=True))
+
     def complete_run(self) -> None:
         for result in self.failures:
             exc = result["exception"]
             msg = exc.get_msg() if hasattr(exc, "get_msg") else str(exc)
-            sys.stderr.write(f"{result['task'].name} failed:\n{msg.rstrip()}\n")
+            sys.stderr.write(escape(f"{result['task'].name} failed:\n{msg.rstrip()}\n",
+                                    multiline=True))
         if self.runtime_errors:
-            sys.stderr.write("Execution aborted.\n" + "\n".join(self.runtime_errors) + "\n")
+            sys.stderr.write(escape("Execution aborted.\n" + "\n".join(self.runtime_errors)
+                                    + "\n", multiline=True))
 
 
 def doit_config(ctx: RunContext) -> dict[str, Any]:
@@ -104,7 +116,7 @@ def tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
             manifest = str(paths.manifest(step.id))
             yield {
                 "basename": f"step:{step.id}",
-                "doc": f"{step.op}: {step.message}",
+                "doc": escape(f"{step.op}: {step.message}"),  # `doit list` prints it
                 "actions": [guarded(executor.run_step, ctx, step)],
                 "file_dep": [str(spec_file), *map(str, step.input_files), previous],
                 "targets": [manifest],
@@ -194,7 +206,7 @@ def sign_action(ctx: RunContext) -> None:
 
     write_reports(ctx.paths.root, run_all(ctx.paths.root))
     envelope = sign_run(ctx.paths.root, ctx.key_path)
-    print(f"signed: {envelope}")
+    print(f"signed: {escape(envelope)}")
 
 
 def context_from_vars(get_var: Callable[[str], str | None], cwd: Path) -> RunContext:
