@@ -9,7 +9,11 @@
     agentos schema request|policy
 
 Exit codes: 0 ok; 1 a task failed (doit); 2 bad input; 3 policy violation; 4 step
-failed; 5 gates/verification failed; 6 run state refuses (sealed, dirty target, lock).
+failed; 5 gates/verification failed (also: a received run directory holds a FIFO,
+socket, device or symlink); 6 run state refuses (sealed, dirty target, lock).
+
+Everything printed passes through termsafe.escape (`out`, AgentosError.render, the doit
+reporter): text a step, tool or run directory chose never reaches the terminal raw.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from agentos_tasks.errors import EXIT_GATES, AgentosError
+from agentos_tasks.termsafe import escape
+
+
+def out(text: str) -> None:
+    """Print a block on stdout, escaped for the terminal (its lines kept)."""
+    print(escape(text, multiline=True))
 
 
 def _doit(args: list[str], cwd: Path) -> int:
@@ -32,9 +42,12 @@ def _doit(args: list[str], cwd: Path) -> int:
     from doit.doit_cmd import DoitMain
 
     from agentos_tasks import graph
+    from agentos_tasks.fsutil import refuse_special
 
     values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
     ctx = graph.context_from_vars(values.get, cwd)
+    # doit opens its dep file itself: a FIFO there (a received run) would block for ever
+    refuse_special(ctx.paths.state / "doit-deps.json")
 
     class AgentosLoader(TaskLoader2):  # type: ignore[misc]
         def load_doit_config(self) -> dict[str, Any]:
@@ -81,7 +94,8 @@ def cmd_keygen(ns: argparse.Namespace) -> int:
     from agentos_tasks.sign import keygen
 
     private, public = keygen(Path(ns.out), overwrite=ns.force)
-    print(f"private key: {private} (mode 0600, keep it secret)\npublic key:  {public}")
+    out(f"private key: {escape(private)} (mode 0600, keep it secret)\n"
+        f"public key:  {escape(public)}")
     return 0
 
 
@@ -93,22 +107,29 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         raise AgentosError(f"no run directory {run_dir}", hint="agentos verify outputs/<run> "
                            "--key agentos.pub")
     checks = verify_run(run_dir, Path(ns.key))
-    print(render(checks))
+    out(render(checks))
     return 0 if all(c.ok for c in checks) else EXIT_GATES
 
 
 def cmd_tool_verify(ns: argparse.Namespace) -> int:
-    from agentos_tasks.tools.verifier import render, verify_result_pack
+    from dataclasses import replace
 
-    results = verify_result_pack(Path(ns.result))
-    print(render(results))
+    from agentos_tasks.fsutil import check_received_tree, refuse_special
+    from agentos_tasks.tools.verifier import locate, render, verify_result_pack
+
+    pack = Path(ns.result)
+    refuse_special(pack)  # a FIFO would block the read, a symlink could point anywhere
+    run_dir, _, _ = locate(pack)
+    check_received_tree(run_dir)  # the gates read the run's other files too
+    results = verify_result_pack(pack)
+    out(render([replace(r, id=escape(r.id), reason=escape(r.reason)) for r in results]))
     return 0 if all(r.status != "FAIL" for r in results) else EXIT_GATES
 
 
 def cmd_schema(ns: argparse.Namespace) -> int:
     from agentos_tasks.schemas import json_schema
 
-    print(json.dumps(json_schema(ns.kind), indent=2, sort_keys=True))
+    print(json.dumps(json_schema(ns.kind), indent=2, sort_keys=True))  # ASCII-only JSON
     return 0
 
 

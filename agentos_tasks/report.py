@@ -6,6 +6,12 @@ files in the run directory and nothing else: no git calls, no clock, no environm
 same artifacts always render the same bytes, which is what lets `sign_run` regenerate it
 right before signing. Anything missing or unreadable is printed as MISSING / UNREADABLE —
 a gap in the evidence must be visible, never silently skipped.
+
+The artifacts may come from someone else: they are read with fsutil's bounded reader (a
+FIFO or symlink is UNREADABLE, never waited on or followed), and every value the report
+quotes is escaped: control, bidi and invisible characters become visible escapes
+(termsafe.escape) and markdown/HTML that would render as a link, an image or a tag is
+neutralised, so the report shows what the artifacts say and nothing hidden.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agentos_tasks.fsutil import atomic_write, sha256_file
+from agentos_tasks.errors import AgentosError
+from agentos_tasks.fsutil import atomic_write, is_regular, read_regular, sha256_regular
+from agentos_tasks.termsafe import escape
 
 REPORT_RELPATH = "reports/report.md"
 MISSING = "MISSING"
@@ -42,13 +50,16 @@ class _Json:
         self.data: dict[str, Any] = {}
         self.problem: str | None = None
         path = run_dir / relpath
-        if not path.is_file():
+        try:
+            loaded = json.loads(read_regular(path))
+        except FileNotFoundError:
             self.problem = f"{MISSING} ({relpath})"
             return
-        try:
-            loaded = json.loads(path.read_bytes())
+        except AgentosError as exc:  # a FIFO, symlink, device, or too large
+            self.problem = f"UNREADABLE ({relpath}: {_cell(exc.message)})"
+            return
         except (OSError, ValueError) as exc:
-            self.problem = f"UNREADABLE ({relpath}: {exc})"
+            self.problem = f"UNREADABLE ({relpath}: {_cell(str(exc))})"
             return
         if not isinstance(loaded, dict):
             self.problem = f"UNREADABLE ({relpath}: not a JSON object)"
@@ -56,12 +67,31 @@ class _Json:
         self.data = loaded
 
 
+_MARKDOWN = str.maketrans({"|": "\\|", "[": "\\[", "]": "\\]", "`": "\\`",
+                           "<": "&lt;", ">": "&gt;", "\r": " ", "\n": " "})
+
+
 def _cell(value: object) -> str:
-    """One markdown table cell: MISSING for absent values, pipes and newlines neutralised."""
+    """One markdown table cell: MISSING for absent values; pipes and newlines neutralised,
+    link/image brackets, backticks and HTML tags shown literally, and every other control,
+    bidi or invisible character escaped visibly (termsafe.escape)."""
     if value is None or value == "":
         return MISSING
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return escape(text.replace("\\", "\\\\").translate(_MARKDOWN))
+
+
+def _digest_or(path: Path, absent: str) -> str:
+    """sha256 of the regular file `path`; `absent` when it is missing, UNREADABLE (with
+    why) when it is a FIFO, a symlink or otherwise unreadable."""
+    try:
+        return sha256_regular(path)
+    except FileNotFoundError:
+        return absent
+    except AgentosError as exc:
+        return f"UNREADABLE ({_cell(exc.message)})"
+    except OSError as exc:
+        return f"UNREADABLE ({_cell(exc.strerror)})"
 
 
 def _field(data: dict[str, Any], *keys: str) -> object:
@@ -77,9 +107,9 @@ def _field(data: dict[str, Any], *keys: str) -> object:
 def _copy_digest_note(run_dir: Path, relpath: str, recorded: object) -> str:
     """Digest of the recorded copy under audit/, and whether it matches the recorded digest."""
     copy_path = run_dir / relpath
-    if not copy_path.is_file():
-        return f"{relpath}: {MISSING}"
-    actual = sha256_file(copy_path)
+    actual = _digest_or(copy_path, MISSING)
+    if not is_regular(copy_path) or actual.startswith("UNREADABLE"):
+        return f"{relpath}: {actual}"
     if recorded is None:
         return f"{relpath}: {actual}"
     verdict = "matches" if actual == recorded else "DIFFERS from the recorded digest"
@@ -219,7 +249,7 @@ def _section_digests(run_dir: Path) -> list[str]:
     lines = ["## Artifact digests", "", "| artifact | sha256 |", "|---|---|"]
     for relpath in KEY_ARTIFACTS:
         path = run_dir / relpath
-        lines.append(f"| {relpath} | {sha256_file(path) if path.is_file() else MISSING} |")
+        lines.append(f"| {relpath} | {_digest_or(path, MISSING)} |")
     lines.append("")
     head = _Json(run_dir, "audit/tape_head.json")
     if head.problem:
@@ -231,7 +261,8 @@ def _section_digests(run_dir: Path) -> list[str]:
         )
     patches = sorted((run_dir / "patches").glob("*.patch"))
     lines += ["", f"Patches: {len(patches)}", ""]
-    lines += [f"- patches/{patch.name}: {sha256_file(patch)}" for patch in patches]
+    lines += [f"- patches/{_cell(patch.name)}: {_digest_or(patch, MISSING)}"
+              for patch in patches]
     return [*lines, ""] if patches else lines
 
 
@@ -251,7 +282,8 @@ def render_report(run_dir: Path) -> str:
     counts = _field(result.data, "counts")
     if isinstance(counts, dict):
         lines += [
-            "Counts: " + ", ".join(f"{key} {_cell(counts[key])}" for key in sorted(counts)),
+            "Counts: " + ", ".join(f"{_cell(key)} {_cell(counts[key])}"
+                                   for key in sorted(counts)),
             "",
         ]
     lines += _section_request(run_dir, result)

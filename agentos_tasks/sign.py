@@ -20,6 +20,10 @@ Formats (what `agentos keygen` writes, what `agentos verify` reads):
 
 PAE, envelope and statement layout all come from securesystemslib and
 in-toto-attestation; nothing here re-implements them.
+
+A run directory to sign or verify is read only through fsutil's bounded reader (no
+symlink followed, a FIFO never waited on) and is refused as a whole when it holds
+anything but directories and regular files (`plain_files_check`, `sign_run`).
 """
 
 from __future__ import annotations
@@ -47,9 +51,18 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, Key, SSlibKey  # type: ignore[attr-defined]
 
 from agentos_tasks.errors import EXIT_GATES, EXIT_USAGE, AgentosError
-from agentos_tasks.fsutil import atomic_write, fsync_dir, sha256_file
+from agentos_tasks.fsutil import (
+    RefusedFile,
+    atomic_write,
+    check_received_tree,
+    fsync_dir,
+    is_regular,
+    read_regular,
+    sha256_regular,
+)
 from agentos_tasks.report import write_report
 from agentos_tasks.tape import verify_chain
+from agentos_tasks.termsafe import escape
 
 PREDICATE_TYPE = "https://agentos-tasks.dev/attestation/run-report/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -203,12 +216,12 @@ def load_signer(key_path: Path) -> CryptoSigner:
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     """Parse a JSON object artifact or explain, as a signing refusal, why it cannot be."""
-    if not path.is_file():
+    try:
+        data = json.loads(read_regular(path))
+    except FileNotFoundError:
         raise AgentosError(f"{what} is missing", where=str(path),
                            hint="run `doit run` and `doit gates` for this request first",
-                           code=EXIT_GATES)
-    try:
-        data = json.loads(path.read_bytes())
+                           code=EXIT_GATES) from None
     except (OSError, ValueError) as exc:
         raise AgentosError(f"{what} is not valid JSON: {exc}", where=str(path),
                            hint="re-run `doit gates`", code=EXIT_GATES) from exc
@@ -291,9 +304,9 @@ def _check_gate_evidence_fresh(run_dir: Path, gates: list[dict[str, Any]],
             if not isinstance(rel, str) or not isinstance(recorded, str):
                 continue
             candidate = (run_dir / rel).resolve()
-            if not candidate.is_relative_to(root) or not candidate.is_file():
+            if not candidate.is_relative_to(root) or not is_regular(candidate):
                 continue
-            if sha256_file(candidate) != recorded:
+            if sha256_regular(candidate) != recorded:
                 raise AgentosError(
                     f"reports/gates.json is stale: {rel} changed after gate {gate['id']} "
                     "checked it",
@@ -341,12 +354,12 @@ def build_statement(run_dir: Path) -> dict[str, Any]:
     subjects = []
     for relpath in _subject_paths(run_dir):
         path = run_dir / relpath
-        if path.is_symlink() or not path.is_file():
+        if not is_regular(path):
             raise AgentosError(f"artifact {relpath} is not a regular file", where=str(path),
                                hint="evidence must be plain files inside the run directory",
                                code=EXIT_GATES)
         subjects.append(ResourceDescriptor(name=relpath,
-                                           digest={"sha256": sha256_file(path)}).pb)
+                                           digest={"sha256": sha256_regular(path)}).pb)
     predicate = _predicate(result, gates_doc)
     statement = Statement(subjects, PREDICATE_TYPE, predicate)
     try:
@@ -366,8 +379,9 @@ def sign_run(run_dir: Path, key_path: Path) -> Path:
     report, or when any gate FAILs. Regenerates reports/report.md first so the signed
     human report always matches the signed artifacts.
     """
+    check_received_tree(run_dir)  # RefusedFile (EXIT_GATES) naming a FIFO, symlink, ...
     for relpath in ("execution_result.json", "audit/run_tape.jsonl"):
-        if not (run_dir / relpath).is_file():
+        if not is_regular(run_dir / relpath):
             raise AgentosError(f"refusing to sign: {relpath} is missing",
                                where=str(run_dir / relpath),
                                hint="run `doit run` and `doit gates` first", code=EXIT_GATES)
@@ -427,11 +441,16 @@ def _check_subject_digests(run_dir: Path, subjects: list[Any]) -> tuple[Check, s
         path = run_dir / relpath
         if not isinstance(expected, str):
             problems.append(f"{relpath}: no sha256 digest")
-        elif path.is_symlink() or not path.is_file():
-            problems.append(f"{relpath}: missing" if not path.exists() and
-                            not path.is_symlink() else f"{relpath}: not a regular file")
-        elif sha256_file(path) != expected:
-            problems.append(f"{relpath}: sha256 differs from the signed digest")
+            continue
+        try:
+            if sha256_regular(path) != expected:
+                problems.append(f"{relpath}: sha256 differs from the signed digest")
+        except FileNotFoundError:
+            problems.append(f"{relpath}: missing")
+        except RefusedFile:
+            problems.append(f"{relpath}: not a regular file")
+        except OSError as exc:
+            problems.append(f"{relpath}: unreadable ({exc.strerror})")
     ok = not problems
     detail = (f"{len(names)} subject file(s) present with the signed sha256" if ok
               else "; ".join(problems))
@@ -489,10 +508,15 @@ def _check_gates_predicate(predicate: dict[str, Any]) -> Check:
 
 def _parse_envelope(envelope_path: Path) -> tuple[Envelope | None, Check]:
     name = "envelope"
-    if not envelope_path.is_file():
-        return None, Check(name, False, f"{ENVELOPE_RELPATH} is missing (run not signed?)")
     try:
-        envelope_dict = json.loads(envelope_path.read_bytes())
+        raw = read_regular(envelope_path)
+    except FileNotFoundError:
+        return None, Check(name, False, f"{ENVELOPE_RELPATH} is missing (run not signed?)")
+    except (OSError, RefusedFile) as exc:
+        return None, Check(name, False, f"{ENVELOPE_RELPATH} is unreadable: "
+                           f"{exc.message if isinstance(exc, RefusedFile) else exc.strerror}")
+    try:
+        envelope_dict = json.loads(raw)
         if not isinstance(envelope_dict, dict):
             raise TypeError("not a JSON object")
         # from_dict rewrites the signature dicts in place; keep the caller's data intact.
@@ -541,10 +565,10 @@ def _check_statement_copy(run_dir: Path, statement: dict[str, Any]) -> Check:
     name = "statement copy"
     copy_path = run_dir / STATEMENT_RELPATH
     try:
-        on_disk = json.loads(copy_path.read_bytes())
+        on_disk = json.loads(read_regular(copy_path))
     except FileNotFoundError:
         return Check(name, True, f"{STATEMENT_RELPATH} absent (optional, for humans)")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RefusedFile) as exc:
         return Check(name, False, f"{STATEMENT_RELPATH} unreadable: {exc}")
     if on_disk != statement:
         return Check(name, False, f"{STATEMENT_RELPATH} differs from the signed payload")
@@ -559,6 +583,9 @@ def verify_signature(run_dir: Path, pub_path: Path) -> list[Check]:
     failing Check, so the caller can print all findings at once.
     """
     key = load_public_key(pub_path)
+    refused = plain_files_check(run_dir)
+    if refused is not None:
+        return [refused]
     checks: list[Check] = []
     envelope, envelope_check = _parse_envelope(run_dir / ENVELOPE_RELPATH)
     checks.append(envelope_check)
@@ -586,6 +613,21 @@ def verify_signature(run_dir: Path, pub_path: Path) -> list[Check]:
     return checks
 
 
+PLAIN_FILES_CHECK = "run directory: plain files only"
+
+
+def plain_files_check(run_dir: Path) -> Check | None:
+    """A failing Check naming every entry of `run_dir` that is neither a directory nor a
+    regular file (FIFO, socket, device, symlink; the worktree aside), None when there is
+    none. Callers then read nothing else: a FIFO would block, a symlink could point at
+    /etc/shadow or at a FIFO elsewhere."""
+    try:
+        check_received_tree(run_dir)
+    except RefusedFile as exc:
+        return Check(PLAIN_FILES_CHECK, False, exc.message)
+    return None
+
+
 def verification_passed(checks: list[Check]) -> bool:
     """True when there is at least one check and every check holds."""
     return bool(checks) and all(check.ok for check in checks)
@@ -593,8 +635,9 @@ def verification_passed(checks: list[Check]) -> bool:
 
 def render_checks(checks: list[Check]) -> str:
     """Plain text for `agentos verify`: one `ok|FAIL  name: detail` line per check and a
-    verdict line, so a CI log shows every finding, not just the first."""
-    lines = [f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}"
+    verdict line, so a CI log shows every finding, not just the first. Names and details
+    are escaped for the terminal (termsafe.escape)."""
+    lines = [f"{'ok  ' if check.ok else 'FAIL'}  {escape(check.name)}: {escape(check.detail)}"
              for check in checks]
     failed = sum(1 for check in checks if not check.ok)
     lines.append("verified: every check passed" if verification_passed(checks)

@@ -8,6 +8,13 @@ target repository read it when it is present; when it is absent they FAIL and sa
 because what they prove (the branch holds exactly the patches) cannot be shown without it.
 A tampered file, a tape rewritten with a consistent chain and head, an added or dropped
 commit: each turns at least one Check to FAIL.
+
+The run directory comes from someone else, so it is read only through fsutil's bounded
+reader, and first of all checked to hold nothing but directories and regular files: a
+FIFO, socket, device or symlink anywhere in it (the worktree aside) is one failing Check
+naming the entries, and nothing else is read (a FIFO would block verify for ever, a
+symlink could point at /etc/shadow). `render` escapes every name and detail for the
+terminal (termsafe.escape): file names and gate reasons come from that directory too.
 """
 
 from __future__ import annotations
@@ -18,7 +25,17 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from agentos_tasks.sign import ENVELOPE_RELPATH, Check, verification_passed, verify_signature
+from agentos_tasks.errors import AgentosError
+from agentos_tasks.fsutil import is_regular, read_regular
+from agentos_tasks.sign import (
+    ENVELOPE_RELPATH,
+    Check,
+    load_public_key,
+    plain_files_check,
+    verification_passed,
+    verify_signature,
+)
+from agentos_tasks.termsafe import escape
 from gates import FAIL, REGISTRY, Gate, GateContext, Missing
 
 # Evidence a verifier relies on; each must be a signed subject or listed in the signed
@@ -31,7 +48,13 @@ def verify_run(run_dir: Path, pub_path: Path) -> list[Check]:
     """Every finding about a signed run: signature checks, coverage, then one per gate.
 
     Raises AgentosError only when the public key is unusable (from sign.load_public_key).
+    A run directory holding anything but directories and regular files gives that one
+    failing Check and nothing is read.
     """
+    load_public_key(pub_path)  # an unusable key is an error before anything else
+    refused = plain_files_check(run_dir)
+    if refused is not None:
+        return [refused]
     checks = list(verify_signature(run_dir, pub_path))
     checks.append(check_coverage(run_dir))
     checks += [gate_check(gate, run_dir) for gate in REGISTRY]
@@ -39,8 +62,10 @@ def verify_run(run_dir: Path, pub_path: Path) -> list[Check]:
 
 
 def render(checks: list[Check]) -> str:
-    """One `ok|FAIL  name: detail` line per check and a verdict line."""
-    lines = [f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}"
+    """One `ok|FAIL  name: detail` line per check and a verdict line; names and details
+    are escaped (termsafe.escape), so none can hold a line of its own or a terminal
+    sequence."""
+    lines = [f"{'ok  ' if check.ok else 'FAIL'}  {escape(check.name)}: {escape(check.detail)}"
              for check in checks]
     failed = sum(1 for check in checks if not check.ok)
     lines.append("verified: every check passed" if verification_passed(checks)
@@ -60,15 +85,15 @@ def signed_subjects(run_dir: Path) -> dict[str, str]:
     """name -> sha256 of the statement's subjects ({} when the envelope does not parse;
     verify_signature reports that, and whether the signature over it holds)."""
     try:
-        envelope = json.loads((run_dir / ENVELOPE_RELPATH).read_bytes())
+        envelope = json.loads(read_regular(run_dir / ENVELOPE_RELPATH))
         statement = json.loads(base64.b64decode(envelope["payload"]))
         return {str(s["name"]): str(s["digest"]["sha256"]) for s in statement["subject"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AgentosError):
         return {}
 
 
 def evidence_files(run_dir: Path) -> list[str]:
-    found = [f for f in EVIDENCE_FILES if (run_dir / f).is_file()]
+    found = [f for f in EVIDENCE_FILES if is_regular(run_dir / f)]
     for sub in EVIDENCE_DIRS:
         base = run_dir / sub
         if base.is_dir():
@@ -89,10 +114,10 @@ def check_coverage(run_dir: Path) -> Check:
         return Check(name, False, "no signed statement to compare with")
     listed: dict[str, Any] = {}
     sums_path = run_dir / "audit" / "checksums.json"
-    if "audit/checksums.json" in subjects and sums_path.is_file():
+    if "audit/checksums.json" in subjects and is_regular(sums_path):
         try:
-            listed = dict(json.loads(sums_path.read_bytes()).get("artifacts", {}))
-        except (OSError, ValueError, AttributeError):
+            listed = dict(json.loads(read_regular(sums_path)).get("artifacts", {}))
+        except (OSError, ValueError, AttributeError, AgentosError):
             return Check(name, False, "audit/checksums.json does not parse")
     unbound = [rel for rel in evidence_files(run_dir) if rel not in subjects and rel not in listed]
     if unbound:

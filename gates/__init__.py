@@ -2,7 +2,12 @@
 
 Each gate returns PASS / FAIL / NOT_APPLICABLE with a one-line reason and the evidence it
 looked at (run-relative path + sha256, or MISSING). A missing artifact is a FAIL, never a
-pass; a gate that crashes on malformed evidence is a FAIL naming the crash.
+pass; a gate that crashes on malformed evidence is a FAIL naming the crash. A run
+directory holding a FIFO, socket, device or symlink is not read at all: every gate that
+reads it FAILs naming the entry (GateContext).
+
+Reasons quote artifacts, so what is printed (the per-gate line, the table) is escaped
+with termsafe.escape and put into the rich table as Text, never parsed as markup.
 """
 
 from __future__ import annotations
@@ -21,7 +26,16 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from agentos_tasks.errors import EXIT_GATES, AgentosError
-from agentos_tasks.fsutil import atomic_write, canonical_json, read_json, write_json
+from agentos_tasks.fsutil import (
+    atomic_write,
+    canonical_json,
+    file_kind,
+    open_regular,
+    read_json,
+    special_files,
+    write_json,
+)
+from agentos_tasks.termsafe import escape
 from gates.context import GateContext, Missing
 
 PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
@@ -72,14 +86,18 @@ def _file_digest(path: str, info: os.stat_result) -> bytes:
     key = (path, info.st_ino, info.st_mtime_ns, info.st_size)
     digest = _FILE_DIGESTS.get(key)
     if digest is None:
-        with open(path, "rb") as handle:
-            digest = hashlib.sha256(handle.read()).digest()
+        try:  # never follows a symlink or waits on a FIFO swapped in since the lstat
+            with os.fdopen(open_regular(path), "rb") as handle:
+                digest = hashlib.sha256(handle.read()).digest()
+        except AgentosError:
+            return b"refused"
         _FILE_DIGESTS[key] = digest
     return digest
 
 
 def _walk(path: str, rel: str, out: list[tuple[str, bytes]]) -> None:
-    """(run-relative path, content digest or link target) of every file below `path`."""
+    """(run-relative path, content digest, link target or file type) of every entry below
+    `path`: adding or removing a FIFO changes the digest, so no cached result survives it."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -93,6 +111,8 @@ def _walk(path: str, rel: str, out: list[tuple[str, bytes]]) -> None:
         out.append((rel, b"link:" + os.readlink(path).encode("utf-8", "surrogateescape")))
     elif stat.S_ISREG(info.st_mode):
         out.append((rel, _file_digest(path, info)))
+    else:  # a FIFO, socket or device: never opened, but it counts (the gate refuses it)
+        out.append((rel, b"special:" + file_kind(info.st_mode).encode()))
 
 
 def gate_inputs_digest(gate: Gate, run_dir: Path) -> str:
@@ -116,6 +136,8 @@ def gate_inputs_digest(gate: Gate, run_dir: Path) -> str:
         for rel, content in files:
             digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + content)
         digest.update(b"|")
+    # a FIFO or symlink anywhere makes every gate refuse the run directory: it counts
+    digest.update(repr(special_files(run_dir)).encode("utf-8", "surrogateescape"))
     if gate.uses_repo:
         if run_dir not in _HEADS:
             _HEADS[run_dir] = GateContext(run_dir).branch_head_fingerprint()
@@ -205,7 +227,7 @@ def run_gate(gate: Gate, run_dir: Path) -> None:
     write_json(partial_path(run_dir, gate.id),
                {"inputs": inputs, "result": result.as_dict(),
                 "mac": mac("partial", str(run_dir), gate.id, inputs, body)})
-    print(f"{result.status:<15} {gate.id}: {result.reason}")
+    print(f"{result.status:<15} {escape(gate.id)}: {escape(result.reason)}")
 
 
 def run_all(run_dir: Path) -> list[GateResult]:
@@ -224,7 +246,7 @@ def collect(run_dir: Path) -> list[GateResult]:
                     stored.get("mac"), "partial", str(run_dir), gate.id, inputs, body):
                 raise ValueError("stale or not ours")
             results.append(GateResult(**stored["result"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AgentosError):
             results.append(evaluate(gate, run_dir))
     return results
 
@@ -258,14 +280,15 @@ def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None) ->
 def junit_xml(run_id: str, results: Sequence[GateResult]) -> str:
     counts = summary(results)
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
-             f'<testsuite name={quoteattr("agentos-gates:" + run_id)} tests="{len(results)}" '
+             f'<testsuite name={quoteattr("agentos-gates:" + escape(run_id))} '
+             f'tests="{len(results)}" '
              f'failures="{counts[FAIL]}" skipped="{counts[NA]}">']
     for r in results:
-        lines.append(f'  <testcase classname="gates" name={quoteattr(r.id)}>')
+        lines.append(f'  <testcase classname="gates" name={quoteattr(escape(r.id))}>')
         if r.status == FAIL:
-            lines.append(f"    <failure message={quoteattr(r.reason)}/>")
+            lines.append(f"    <failure message={quoteattr(escape(r.reason))}/>")
         elif r.status == NA:
-            lines.append(f"    <skipped message={quoteattr(r.reason)}/>")
+            lines.append(f"    <skipped message={quoteattr(escape(r.reason))}/>")
         lines.append("  </testcase>")
     lines.append("</testsuite>")
     return "\n".join(lines) + "\n"
@@ -274,6 +297,7 @@ def junit_xml(run_id: str, results: Sequence[GateResult]) -> str:
 def print_table(results: Sequence[GateResult]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="gates", show_lines=False)
     table.add_column("gate")
@@ -281,7 +305,9 @@ def print_table(results: Sequence[GateResult]) -> None:
     table.add_column("reason", overflow="fold")
     style = {PASS: "green", FAIL: "bold red", NA: "dim"}
     for r in results:
-        table.add_row(r.id, f"[{style[r.status]}]{r.status}[/]", r.reason)
+        # reasons (and ids) quote artifacts: Text is never parsed as markup
+        table.add_row(Text(escape(r.id)), Text(escape(r.status), style=style.get(r.status, "")),
+                      Text(escape(r.reason)))
     Console(width=140).print(table)
 
 
