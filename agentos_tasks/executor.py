@@ -204,7 +204,7 @@ def _step_where(req: Request, decision: Any) -> str:
 def _target_head(ctx: RunContext) -> tuple[str | None, str | None]:
     """The target branch and its head at decision time (None when there is no repo yet)."""
     req = ctx.need_request()
-    if not (req.repo / ".git").exists():
+    if not (req.repo / ".git").exists() and not (req.repo / "HEAD").is_file():
         return req.branch, None
     git = repo_git(ctx)
     branch = req.branch or git.current_branch()
@@ -236,11 +236,11 @@ def worktree_task(ctx: RunContext) -> None:
                            where=f"{req.source}:{req.lines.get('repo', 1)}",
                            hint="create it, fix repo:, or set init_repo: true for a demo")
     git = repo_git(ctx)
-    probe = git.run("rev-parse", "--show-toplevel", check=False)
-    if probe.returncode != 0 or Path(probe.text.strip()).resolve() != req.repo.resolve():
+    if not is_target_top(git, req.repo):
         raise AgentosError(f"{req.repo} is not the top of a git repository",
                            where=f"{req.source}:{req.lines.get('repo', 1)}",
-                           hint="repo: must name a repository's top-level directory")
+                           hint="repo: must name a repository's top-level directory "
+                                "(or a bare repository's own directory)")
     record = ctx.base()
     if record is None:
         branch = req.branch or git.current_branch()
@@ -270,6 +270,19 @@ def worktree_task(ctx: RunContext) -> None:
     tape(ctx).append("worktree_created", path=str(wt), repo=record["repo"],
                      branch=record["branch"], base=record["base"],
                      git_common_dir=record["git_common_dir"])
+
+
+def is_target_top(git: Git, repo: Path) -> bool:
+    """`repo` is a work tree's top level, or a bare repository's own directory (the run's
+    worktree is then the only checkout; landing moves the ref and packs the objects)."""
+    probe = git.run("rev-parse", "--is-bare-repository", "--absolute-git-dir", check=False)
+    lines = probe.text.split("\n")
+    if probe.returncode != 0 or len(lines) < 2:
+        return False
+    if lines[0] == "true":
+        return Path(lines[1]).resolve() == repo.resolve()
+    top = git.run("rev-parse", "--show-toplevel", check=False)
+    return top.returncode == 0 and Path(top.text.strip()).resolve() == repo.resolve()
 
 
 def remove_worktree(ctx: RunContext) -> None:

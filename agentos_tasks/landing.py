@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentos_tasks.errors import EXIT_STATE, AgentosError
+from agentos_tasks.fsutil import RefusedFile, read_regular
 from agentos_tasks.git import Git, find_branch_worktree, init_private_repo
 
 
@@ -59,6 +60,14 @@ def checked_out(target: Git, branch: str, *, head: str, view_dir: Path,
     common = located.common_dir()
     init_private_repo(view_dir, fmt_config=common / "config",
                       alternates=[common / "objects", *extra_objects], head=head)
+    # the user's own ignore list (data, never a command) keeps an ignored file from
+    # making the checkout look dirty
+    try:
+        exclude = read_regular(common / "info" / "exclude", limit=1 << 20)
+    except (OSError, RefusedFile):
+        exclude = b""
+    (view_dir / "info").mkdir(exist_ok=True)
+    (view_dir / "info" / "exclude").write_bytes(exclude)
     return CheckedOut(work_tree, Git(work_tree, target.author, private_dir=view_dir,
                                      work_tree=work_tree, index_file=index))
 
