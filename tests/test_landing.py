@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 from runutil import doit, git, write_request
-
 from security.test_adversarial import CLEAN_GIT_ENV, host_git, make_repo
 
 STEPS = [{"id": f"s{i}", "write": {"path": f"docs/{i}.md", "content": f"{i}\n"}}
