@@ -208,6 +208,21 @@ def _shown(rel: str) -> str:
     return text if len(text) <= 120 else f"{text[:80]}...{text[-30:]}"
 
 
+def host_path_room(worktree: Path) -> tuple[int, int]:
+    """(PATH_MAX, the longest worktree-relative path the host can still open by name).
+
+    The executor, git and the policy check open leftovers by absolute path; one longer
+    than PATH_MAX is ENAMETOOLONG to all of them, so the survey refuses it first.
+    """
+    try:
+        path_max = os.pathconf(worktree, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        path_max = 4096
+    prefix = max(len(os.fsencode(os.path.abspath(worktree))),
+                 len(os.fsencode(os.path.realpath(worktree))))
+    return path_max, path_max - prefix - 2  # the '/' between them and the final NUL
+
+
 def tree_baseline(git: Git, commit: str) -> Baseline:
     """Entries and bytes of `commit`'s tree (one `git ls-tree`; objects only)."""
     out = git.run("ls-tree", "-r", "-t", "-l", "-z", "--full-tree", commit).stdout
@@ -236,6 +251,11 @@ def survey(worktree: Path, limits: Limits, baseline: Baseline | Callable[[], Bas
     """
     found = Survey()
     beyond = "beyond what its parent commit holds"
+    path_max, room = host_path_room(worktree)
+    path_limit = min(limits.path_length, room)
+    bound = f"limits.path_length={limits.path_length} bytes" if path_limit == limits.path_length \
+        else f"{room} bytes here (limits.path_length={limits.path_length}, but the host's " \
+             f"paths end at PATH_MAX={path_max} and the worktree's own path takes the rest)"
     parent: list[Baseline] = [baseline] if isinstance(baseline, Baseline) else []
 
     def held() -> Baseline:
@@ -251,11 +271,10 @@ def survey(worktree: Path, limits: Limits, baseline: Baseline | Callable[[], Bas
                             f"entries (files, directories, links) {beyond} "
                             f"({held().entries}); counting stopped there")
         length = len(os.fsencode(rel))
-        if length > limits.path_length:
+        if length > path_limit:
             remove_at(dir_fd, name)  # nothing deeper is walked, and the tree stays cleanable
             raise _Exceeded("limits.path_length", f"step {step_id} left a path longer than "
-                            f"limits.path_length={limits.path_length} bytes: {_shown(rel)} "
-                            f"({length} bytes, and it went deeper; removed)")
+                            f"{bound}: {_shown(rel)} ({length} bytes; removed)")
         mode = info.st_mode
         if stat.S_ISDIR(mode):
             return True
@@ -335,5 +354,5 @@ def clean_worktree(git: Git, worktree: Path) -> None:
     git.run("clean", "-ffdxq")
 
 
-__all__ = ["Baseline", "Survey", "clean_worktree", "remove_at", "remove_tree", "survey",
-           "survey_step", "tree_baseline", "walk"]
+__all__ = ["Baseline", "Survey", "clean_worktree", "host_path_room", "remove_at",
+           "remove_tree", "survey", "survey_step", "tree_baseline", "walk"]

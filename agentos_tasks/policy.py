@@ -22,6 +22,7 @@ everything a step leaves are bounded by `agentos_tasks.leftovers`.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -39,7 +40,7 @@ from pathspec import GitIgnoreSpec
 from agentos_tasks import yamlsrc
 from agentos_tasks.aliases import reaches_below
 from agentos_tasks.errors import PolicyViolation
-from agentos_tasks.leftovers import walk
+from agentos_tasks.leftovers import host_path_room, walk
 from agentos_tasks.model import OPS, Change, Request, Step, ToolSpec
 from agentos_tasks.names import refused_character
 
@@ -566,6 +567,10 @@ def _check_step(policy: Policy, step: Step) -> Decision:
         decision = decide_path(policy, path)
         if not decision.allowed:
             return decision
+        if len(os.fsencode(path)) > policy.limits.path_length:
+            return Decision(False, "limits.path_length", f"a path of {len(os.fsencode(path))} "
+                            f"bytes exceeds limits.path_length={policy.limits.path_length}",
+                            decision.subject)
     if step.op == "write" and step.content is not None \
             and len(step.content) > policy.limits.max_file_bytes:
         return Decision(False, "limits.max_file_bytes", f"{len(step.content)} bytes exceed "
@@ -602,7 +607,10 @@ def check_changes(policy: Policy, worktree: Path, changes: Sequence[Change], *,
                         step.id, step.id)
     tool_paths = step.tool.paths if step.op == "tool" and step.tool is not None else None
     for change in changes:
-        decision = _check_change(policy, root, change, tool_paths)
+        try:
+            decision = _check_change(policy, root, change, tool_paths)
+        except OSError as exc:
+            decision = _uninspectable(change.path, exc)
         if not decision.allowed:
             return Decision(False, decision.rule_id, decision.reason, decision.subject, step.id)
     return Decision(True, "allow", f"{len(landing)} changes ({len(changes) - len(landing)} "
@@ -618,11 +626,12 @@ def _expand_directories(root: Path, changes: Sequence[Change]) -> list[Change]:
         try:
             normal = normalize_path(change.path)
             _refuse_symlinked_parents(root, normal, include_leaf=True)
-        except PolicyViolation:
+            target = root / normal
+            is_dir = target.is_dir()
+        except (PolicyViolation, OSError):
             expanded.append(change)  # judged (and refused) as it is
             continue
-        target = root / normal
-        if change.status == "D" or change.new_mode == _GITLINK_MODE or not target.is_dir():
+        if change.status == "D" or change.new_mode == _GITLINK_MODE or not is_dir:
             expanded.append(change)
             continue
         try:
@@ -646,6 +655,15 @@ def _entries_below(directory: Path) -> list[str]:
 
     walk(directory, visit)
     return sorted(found)
+
+
+def _uninspectable(path: str, exc: OSError) -> Decision:
+    """A change the host cannot even lstat is refused, never a traceback."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return Decision(False, "limits.path_length", f"{len(os.fsencode(path))}-byte path is "
+                        "too long for the host to open (ENAMETOOLONG)", path[:200])
+    return Decision(False, "paths.invalid", f"cannot inspect {path!a}: {exc.strerror}",
+                    path[:200])
 
 
 def _check_change(policy: Policy, root: Path, change: Change,
@@ -774,9 +792,15 @@ def safe_target(worktree: Path, relpath: str) -> Path:
 
     Normalises first (PolicyViolation as in `normalize_path`), then refuses
     (``paths.symlink``) if any existing component inside the worktree, the last one
-    included, is a symlink: writing through one could land outside the worktree.
+    included, is a symlink: writing through one could land outside the worktree; and
+    (``limits.path_length``) a path the host could not open, longer than PATH_MAX.
     """
     normal = normalize_path(relpath)
+    path_max, room = host_path_room(worktree)
+    if len(os.fsencode(normal)) > room:
+        raise PolicyViolation("limits.path_length", f"a {len(os.fsencode(normal))}-byte path "
+                              f"is longer than the host can open here ({room} bytes: "
+                              f"PATH_MAX={path_max} less the worktree's own path)")
     _refuse_symlinked_parents(worktree, normal, include_leaf=True)
     return worktree / normal
 

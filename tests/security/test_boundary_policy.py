@@ -278,6 +278,42 @@ def test_deep_nested_path_fails_cleanly_and_the_next_run_resumes(
     assert starts.count("ign") == 1, starts
 
 
+def exact_path_code(total: int) -> str:
+    """Python for a run step: one file whose worktree-relative path is `total` bytes."""
+    return ("import os\nos.makedirs('build', exist_ok=True); os.chdir('build')\n"
+            f"n = {total} - len('build/')\n"
+            "while n > 101:\n    os.mkdir('y' * 99); os.chdir('y' * 99); n -= 100\n"
+            "open('z' * n, 'w').write('x')\n")
+
+
+def test_path_the_host_cannot_open_fails_cleanly_and_a_long_legal_one_passes(
+        tmp_path: Path) -> None:
+    """Class 12 (edge). A 4,096-byte relative path is within limits.path_length=4096, but
+    the worktree's own path makes it longer than PATH_MAX: the host-side check died with
+    ENAMETOOLONG (a traceback). The survey counts the worktree's prefix too."""
+    default_like_policy(tmp_path)
+    steps: list[dict[str, Any]] = [
+        {"id": "ign", "write": {"path": ".gitignore", "content": "build/\n"}},
+        {"id": "long", "run": py(exact_path_code(4096))}]
+    write_request(tmp_path, steps)
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    out = proc.stdout + proc.stderr
+    assert failed_with(proc, "limits.path_length") and "Traceback" not in out, out[-1500:]
+    assert "PATH_MAX" in out
+    steps[1] = {"id": "long", "run": py(exact_path_code(2000))}
+    write_request(tmp_path, steps)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+
+
+def test_write_to_a_path_over_the_limit_is_denied_before_anything_runs(tmp_path: Path) -> None:
+    long_path = "docs/" + "/".join(["w" * 99] * 42) + "/a.md"
+    write_request(tmp_path, [WRITE_DOC, {"id": "w", "write": {"path": long_path,
+                                                               "content": "x"}}], policy=None)
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert failed_with(proc, "limits.path_length"), proc.stderr[-800:]
+    assert not any(e["event"] == "step_start" for e in tape_events(tmp_path / "out" / "r1"))
+
+
 def test_deep_tree_within_the_path_limit_is_judged_without_a_traceback(tmp_path: Path) -> None:
     """Class 12 (depth). 1,500 levels stay under limits.path_length, but git lists a nested
     repository as one directory entry and the check expanded it with a recursive os.walk:
