@@ -17,7 +17,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
 from agentos_tasks.errors import AgentosError
-from agentos_tasks.fsutil import canonical_json, write_if_changed
+from agentos_tasks.fsutil import canonical_json, refuse_special, write_if_changed
 from agentos_tasks.runctx import RunContext, build_context
 from agentos_tasks.termsafe import escape
 
@@ -72,6 +72,9 @@ class AgentosReporter(ConsoleReporter):  # type: ignore[misc]
 
 def doit_config(ctx: RunContext) -> dict[str, Any]:
     ctx.paths.state.mkdir(parents=True, exist_ok=True)
+    # doit opens its dep file without asking: a FIFO there (a received run directory)
+    # would block `doit gates` forever, a symlink would be followed
+    refuse_special(ctx.paths.state / "doit-deps.json")
     return {
         "dep_file": str(ctx.paths.state / "doit-deps.json"),
         "backend": "json",

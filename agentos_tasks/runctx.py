@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agentos_tasks.errors import EXIT_STATE, AgentosError
-from agentos_tasks.fsutil import read_json
+from agentos_tasks.fsutil import read_json, refuse_special
 from agentos_tasks.git import Git
 from agentos_tasks.model import Request, Step
 from agentos_tasks.tape import Tape
@@ -172,7 +172,9 @@ class RunContext:
         self.paths.state.mkdir(parents=True, exist_ok=True)
         # the worktree inside holds whatever steps wrote: no other local user may enter
         os.chmod(self.paths.root, 0o700)
-        handle = open(self.paths.state / "lock", "a+b")
+        lock_path = self.paths.state / "lock"
+        refuse_special(lock_path)  # a FIFO or symlink planted there: one clear error
+        handle = open(lock_path, "a+b")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

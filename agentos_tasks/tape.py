@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agentos_tasks.fsutil import fsync_dir, sha256_bytes, write_json
+from agentos_tasks.fsutil import RefusedFile, fsync_dir, read_regular, sha256_bytes, write_json
 
 GENESIS = "0" * 64
 EVENTS = frozenset({
@@ -134,9 +134,12 @@ def verify_chain(run_dir: Path) -> ChainReport:
     """Check every `prev`, contiguous `seq`, parseable lines, and the recorded head."""
     tape = run_dir / "audit" / "run_tape.jsonl"
     head_file = run_dir / "audit" / "tape_head.json"
-    if not tape.exists():
+    try:
+        data = read_regular(tape)
+    except FileNotFoundError:
         return ChainReport(False, "audit/run_tape.jsonl is missing", 0, GENESIS, [])
-    data = tape.read_bytes()
+    except (OSError, RefusedFile) as exc:
+        return ChainReport(False, f"audit/run_tape.jsonl cannot be read: {exc}", 0, GENESIS, [])
     if data and not data.endswith(b"\n"):
         return ChainReport(False, "tape ends with a torn line", 0, GENESIS, [])
     prev = GENESIS
@@ -160,11 +163,12 @@ def verify_chain(run_dir: Path) -> ChainReport:
     if not events:
         return ChainReport(False, "tape is empty", 0, prev, events)
     try:
-        head = json.loads(head_file.read_text())
+        head = json.loads(read_regular(head_file, limit=1 << 16))
     except FileNotFoundError:
         return ChainReport(False, "audit/tape_head.json is missing", len(events), prev, events)
-    except ValueError:
-        return ChainReport(False, "audit/tape_head.json is not JSON", len(events), prev, events)
+    except (ValueError, RefusedFile, OSError) as exc:
+        return ChainReport(False, f"audit/tape_head.json is not a readable JSON file "
+                           f"({str(exc).splitlines()[0][:80]})", len(events), prev, events)
     if head != {"count": len(events), "head": prev}:
         return ChainReport(False, f"tape_head.json says {head.get('count')} events / "
                            f"{str(head.get('head'))[:12]}, tape has {len(events)} / {prev[:12]}",

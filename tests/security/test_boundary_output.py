@@ -345,6 +345,18 @@ def test_agentos_gates_refuses_a_fifo_as_doits_dep_file(good_run: Built) -> None
     assert ".state/doit-deps.json" in text and "not a regular file" in text, text
 
 
+@pytest.mark.parametrize("rel", [".state/doit-deps.json", ".state/lock"])
+def test_doit_gates_refuses_a_fifo_in_the_state_dir(good_run: Built, rel: str) -> None:
+    """`doit gates` (dodo.py) too: doit's dep file and the run lock are opened before any
+    gate runs, so a FIFO there must be refused, not waited on."""
+    _plant(good_run, rel, "fifo")
+    proc = run_cli(good_run.root, "doit", "gates", f"run={good_run.run_dir.name}",
+                   f"outputs={good_run.outputs}", timeout=TIMEOUT)
+    text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+    assert proc.returncode != 0, text
+    assert rel in text and "not a regular file" in text and "Traceback" not in text, text
+
+
 @pytest.mark.parametrize("kind", ["fifo", "link-to-fifo", "link-to-passwd"])
 def test_tool_verify_refuses_a_special_result_pack_promptly(good_run: Built,
                                                             kind: str) -> None:
