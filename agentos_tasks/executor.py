@@ -35,6 +35,7 @@ from agentos_tasks.landing import CheckedOut, am_in_private, checked_out, move_b
 from agentos_tasks.model import Change, Request, Step
 from agentos_tasks.runctx import RunContext
 from agentos_tasks.tape import Tape
+from agentos_tasks.termsafe import escape
 
 SCHEMA_VERSION = 1
 
@@ -290,7 +291,7 @@ def remove_worktree(ctx: RunContext) -> None:
     wt = ctx.paths.worktree
     if wt.exists():
         shutil.rmtree(wt)
-    print(f"removed worktree {wt}")
+    print(escape(f"removed worktree {wt}"))
 
 
 def init_demo_repo(req: Request) -> None:
@@ -339,7 +340,7 @@ def run_step(ctx: RunContext, step: Step) -> None:
     if reusable_manifest(ctx, git, step, parent, spec_sha):
         # doit's DB is written at the end of an invocation; after a crash it forgets steps
         # that did complete. Their manifests (written last, atomically) are the truth.
-        print(f"{step.id}: reusing its manifest from an interrupted invocation")
+        print(escape(f"{step.id}: reusing its manifest from an interrupted invocation"))
         return
     if ctx.paths.manifest(step.id).exists():
         # re-executing: whatever came after this step is no longer valid
@@ -868,8 +869,8 @@ def rollback_task(ctx: RunContext) -> None:
     write_result(ctx, "rolled_back")
     tape(ctx).append("run_end", status="rolled_back",
                      execution_result_sha256=sha256_file(ctx.paths.execution_result))
-    print(f"rolled back {branch} to {applied['pre_apply_head'][:12]}; "
-          "`doit run` would apply the run again")
+    print(escape(f"rolled back {branch} to {applied['pre_apply_head'][:12]}; "
+                 "`doit run` would apply the run again"))
 
 
 # ---------------------------------------------------------------- checksums + result
