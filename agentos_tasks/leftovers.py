@@ -3,8 +3,10 @@
 After every run and tool step, before git looks at the worktree, `survey_step` walks
 everything the step left (tracked, untracked and gitignored) exactly once:
 
-- it refuses a worktree-relative path longer than ``limits.path_length`` bytes (and
-  removes that subtree, so nothing later trips over it), more than ``limits.files``
+- it refuses a worktree-relative path longer than ``limits.path_length`` bytes (or than
+  the host can open by absolute path) or deeper than ``limits.path_depth`` levels (and
+  removes that subtree, so nothing later trips over it: `git clean` takes a minute for a
+  2,000-level tree, and Python's own rmtree recurses per level), more than ``limits.files``
   entries (files, directories, links, other nodes: every inode) and more than
   ``limits.bytes`` bytes (sizes of files and links) beyond what the parent commit's own
   tree holds, and stops at the first limit it exceeds: a step that leaves 200,000 files
@@ -244,7 +246,8 @@ def survey(worktree: Path, limits: Limits, baseline: Baseline | Callable[[], Bas
     `baseline` (or a function computing it, called only when the bare limits are
     exceeded, so the common small step costs no git call) is what the parent holds.
 
-    Raises PolicyViolation (``limits.path_length``, ``limits.files``, ``limits.bytes``)
+    Raises PolicyViolation (``limits.path_length``, ``limits.path_depth``, ``limits.files``,
+    ``limits.bytes``)
     at the first limit exceeded, after locking the worktree to its owner (0700): the walk
     stopped, so bits it did not reach may still be set. Special files it defused are
     returned in `Survey.defused` for the caller to fail the step with.
@@ -270,6 +273,12 @@ def survey(worktree: Path, limits: Limits, baseline: Baseline | Callable[[], Bas
             raise _Exceeded("limits.files", f"step {step_id} left more than {limits.files} "
                             f"entries (files, directories, links) {beyond} "
                             f"({held().entries}); counting stopped there")
+        depth = rel.count("/") + 1
+        if depth > limits.path_depth:
+            remove_at(dir_fd, name)  # git clean slows down with the cube of the depth
+            raise _Exceeded("limits.path_depth", f"step {step_id} left a path deeper than "
+                            f"limits.path_depth={limits.path_depth} levels: {_shown(rel)} "
+                            "(removed)")
         length = len(os.fsencode(rel))
         if length > path_limit:
             remove_at(dir_fd, name)  # nothing deeper is walked, and the tree stays cleanable

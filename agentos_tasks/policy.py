@@ -55,7 +55,8 @@ RESERVED_RULE_IDS: frozenset[str] = frozenset({
     "paths.parent", "paths.git", "paths.symlink", "paths.hardlink", "paths.name",
     "paths.executable", "paths.setuid", "paths.special", "commands.default",
     "tools.default", "tool.paths", "limits.max_steps", "limits.max_file_bytes",
-    "limits.max_changed_files", "limits.path_length", "limits.files", "limits.bytes",
+    "limits.max_changed_files", "limits.path_length", "limits.path_depth", "limits.files",
+    "limits.bytes",
 })
 
 _SYMLINK_MODE = "120000"
@@ -87,9 +88,9 @@ DEFAULT_LIMITS: dict[str, int | float] = {
     "max_steps": 500, "output_bytes": 1_048_576, "memory_bytes": 4_294_967_296,
     "max_processes": 256, "max_open_files": 1024,
     # what a run/tool step may leave in its worktree, ignored files included (leftovers.py):
-    # the longest worktree-relative path in bytes, and entries (files, directories, links:
-    # inodes) and bytes beyond what the parent commit's own tree holds
-    "path_length": 4096, "files": 100_000, "bytes": 1_073_741_824,
+    # the longest worktree-relative path in bytes and in levels, and entries (files,
+    # directories, links: inodes) and bytes beyond what the parent commit's own tree holds
+    "path_length": 4096, "path_depth": 256, "files": 100_000, "bytes": 1_073_741_824,
 }
 
 _LIMITS = {
@@ -167,6 +168,7 @@ class Limits:
     max_processes: int
     max_open_files: int
     path_length: int = 4096
+    path_depth: int = 256
     files: int = 100_000
     bytes: int = 1_073_741_824
 
@@ -571,6 +573,11 @@ def _check_step(policy: Policy, step: Step) -> Decision:
             return Decision(False, "limits.path_length", f"a path of {len(os.fsencode(path))} "
                             f"bytes exceeds limits.path_length={policy.limits.path_length}",
                             decision.subject)
+        levels = decision.subject.count("/") + 1
+        if levels > policy.limits.path_depth:
+            return Decision(False, "limits.path_depth", f"a path of {levels} levels exceeds "
+                            f"limits.path_depth={policy.limits.path_depth}",
+                            decision.subject[:200])
     if step.op == "write" and step.content is not None \
             and len(step.content) > policy.limits.max_file_bytes:
         return Decision(False, "limits.max_file_bytes", f"{len(step.content)} bytes exceed "

@@ -674,7 +674,8 @@ def test_shipped_deny_policy_denies_the_demo() -> None:
 
 def test_new_limits_have_defaults_and_are_validated(tmp_path: Path) -> None:
     limits = load_policy(write_policy(tmp_path, "version: 1\nid: p\n")).limits
-    assert (limits.path_length, limits.files, limits.bytes) == (4096, 100_000, 1 << 30)
+    assert (limits.path_length, limits.path_depth, limits.files, limits.bytes) == \
+        (4096, 256, 100_000, 1 << 30)
     custom = load_policy(write_policy(tmp_path, "version: 1\nid: p\nlimits: {files: 5, "
                                                 "bytes: 10, path_length: 20}\n", "c.yaml"))
     assert (custom.limits.files, custom.limits.bytes, custom.limits.path_length) == (5, 10, 20)
@@ -686,7 +687,7 @@ def test_new_limits_have_defaults_and_are_validated(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("rule_id", ["paths.name", "paths.executable", "paths.setuid",
                                      "paths.special", "limits.files", "limits.bytes",
-                                     "limits.path_length"])
+                                     "limits.path_length", "limits.path_depth"])
 def test_new_builtin_rule_ids_are_reserved(tmp_path: Path, rule_id: str) -> None:
     path = write_policy(tmp_path, f"version: 1\nid: p\npaths:\n  executable:\n"
                                   f"    - {{id: {rule_id}, glob: 'x'}}\n")
@@ -757,3 +758,15 @@ def test_reaches_below_distinguishes_anchored_from_floating_globs() -> None:
     assert below("a/**/b", "a/x/y") and below("**", "anything")
     assert not below("**/.env", "src") and not below("**/*.pem", "src/certs")
     assert not below("secrets/**", "src") and not below("a/**/b", "x/a")
+
+
+def test_declared_paths_over_the_length_or_depth_limits_are_denied_up_front(
+        tmp_path: Path) -> None:
+    tight = load_policy(write_policy(tmp_path, BASE.replace(
+        "limits: {max_file_bytes: 100,", "limits: {path_length: 30, path_depth: 3, "
+                                         "max_file_bytes: 100,")))
+    long_write = step("write", path="docs/" + "x" * 30, content=b"x")
+    assert check_request(tight, request(long_write)).rule_id == "limits.path_length"
+    deep_write = step("write", path="docs/a/b/c.md", content=b"x")
+    assert check_request(tight, request(deep_write)).rule_id == "limits.path_depth"
+    assert check_request(tight, request(step("write", path="docs/a/b.md", content=b"x"))).allowed

@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,14 @@ def landed(tmp_path: Path) -> list[str]:
     return out.splitlines()
 
 
-def default_like_policy(tmp_path: Path, **paths: Any) -> Path:
+def default_like_policy(tmp_path: Path, limits: dict[str, int] | None = None,
+                        **paths: Any) -> Path:
     """The shipped default's path rules, with python3 allowed for run steps."""
     rules = {"allow": DEFAULT_POLICY["paths"]["allow"] + ["build/**", "scripts/**", "/.gitignore"],
              "deny": DEFAULT_POLICY["paths"]["deny"], "ask": DEFAULT_POLICY["paths"]["ask"],
              **paths}
-    return write_policy(tmp_path / "policy.yaml", paths=rules)
+    return write_policy(tmp_path / "policy.yaml", paths=rules,
+                        limits={"step_seconds": 60, **(limits or {})})
 
 
 def failed_with(proc: subprocess.CompletedProcess[str], rule: str) -> bool:
@@ -252,21 +255,27 @@ def deep_code(component: str, total: int) -> str:
             "open('leaf', 'w').write('x')\n")
 
 
-@pytest.mark.parametrize("component", ["x" * 49, "d"], ids=["wide", "narrow-10k-levels"])
+@pytest.mark.parametrize(("component", "rule"), [("x" * 49, "limits.path_length"),
+                                               ("d", "limits.path_depth")],
+                         ids=["wide", "narrow-10k-levels"])
 def test_deep_nested_path_fails_cleanly_and_the_next_run_resumes(
-        tmp_path: Path, component: str) -> None:
+        tmp_path: Path, component: str, rule: str) -> None:
     """Class 12 (path length). A 20 kB nested path: the first invocation ended in a
-    traceback (ENAMETOOLONG in the special-file walk), every later one in `git clean`
-    before writing anything, until `doit clean`."""
+    traceback (ENAMETOOLONG, or RecursionError for 10,000 one-letter levels, in the
+    special-file walk), every later one in `git clean` before writing anything, until
+    `doit clean`. Within 4,096 bytes a 2,000-level tree still cost every later `git clean`
+    a minute (it slows with the cube of the depth): limits.path_depth (256) bounds that."""
     default_like_policy(tmp_path)
     steps: list[dict[str, Any]] = [
         {"id": "ign", "write": {"path": ".gitignore", "content": "build/\n"}},
         {"id": "deep", "run": py(deep_code(component, 20_000))}, WRITE_DOC]
     write_request(tmp_path, steps)
     for _ in range(2):  # the failure repeats cleanly: no traceback, never stuck in cleanup
+        started = time.monotonic()
         proc = doit(tmp_path, "run", "request=req.yaml")
         out = proc.stdout + proc.stderr
-        assert failed_with(proc, "limits.path_length"), out[-1500:]
+        assert failed_with(proc, rule), out[-1500:]
+        assert time.monotonic() - started < 20, "the reset before the step stays fast"
         assert "Traceback" not in out and "git clean" not in out, out[-1500:]
         assert len(out) < 4000, "the error names the path, it does not print 20 kB of it"
     steps[1] = {"id": "deep", "run": py("print('fixed')")}
@@ -318,7 +327,7 @@ def test_deep_tree_within_the_path_limit_is_judged_without_a_traceback(tmp_path:
     """Class 12 (depth). 1,500 levels stay under limits.path_length, but git lists a nested
     repository as one directory entry and the check expanded it with a recursive os.walk:
     RecursionError, a traceback instead of the nested-repository refusal."""
-    default_like_policy(tmp_path)
+    default_like_policy(tmp_path, limits={"path_depth": 5000})
     code = ("import os, subprocess\nsubprocess.run(['git', 'init', '-q', 'src/sub'], check=True)\n"
             "os.chdir('src/sub')\nfor _ in range(1500):\n    os.mkdir('d'); os.chdir('d')\n"
             "open('leaf', 'w').write('x')\n")
@@ -326,6 +335,9 @@ def test_deep_tree_within_the_path_limit_is_judged_without_a_traceback(tmp_path:
     proc = doit(tmp_path, "run", "request=req.yaml")
     out = proc.stdout + proc.stderr
     assert failed_with(proc, "paths.git") and "Traceback" not in out, out[-1500:]
+    from agentos_tasks.leftovers import remove_tree
+
+    remove_tree(tmp_path / "out" / "r1" / "worktree")  # pytest's own rmtree would recurse
 
 
 def test_many_leftover_files_hit_the_files_limit_and_the_rerun_works(tmp_path: Path) -> None:
