@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agentos_tasks import sandbox
+from agentos_tasks import cgroup_guard, sandbox, seccomp
 from agentos_tasks.errors import EXIT_STEP, AgentosError
 
 # Upper bound of one trusted host program (git on a large repository included).
@@ -287,14 +287,44 @@ def _find_cgroup_parent() -> _CgroupParent | None:
             parent = _CgroupParent(directory, version, memory)
             break
         _cgroup_parent.append(parent)
+        if parent is not None:  # an executor that died before us left these behind
+            cgroup_guard.sweep(parent.path)
         return parent
+
+
+_guards: dict[int, subprocess.Popen[bytes]] = {}  # executor pid -> its guard process
+_owner_starts: dict[int, str] = {}
+
+
+def _owner_start() -> str:
+    """This process's start time: with the pid it names the owner of our cgroups."""
+    pid = os.getpid()
+    if pid not in _owner_starts:
+        _owner_starts[pid] = cgroup_guard.start_time(pid) or "0"
+    return _owner_starts[pid]
+
+
+def _ensure_guard(parent: _CgroupParent) -> None:
+    """Start (once per process, again if it died) the guard that removes our cgroups and
+    kills their tasks when we die: nothing sandboxed outlives the executor."""
+    pid = os.getpid()
+    with _cgroup_lock:
+        guard = _guards.get(pid)
+        if guard is not None and guard.poll() is None:
+            return
+        _guards[pid] = subprocess.Popen(
+            [sys.executable, "-I", "-S", cgroup_guard.__file__, "watch", str(parent.path),
+             str(pid), _owner_start()],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd="/", env={}, start_new_session=True)
 
 
 class _Cgroup:
     """One run's cgroup: bounds its tasks, and lists every task left to kill."""
 
     def __init__(self, parent: _CgroupParent, max_tasks: int, memory_bytes: int) -> None:
-        self.path = parent.path / f"agentos-{os.getpid()}-{next(_cgroup_counter)}"
+        self.path = parent.path / cgroup_guard.owner_name(os.getpid(), _owner_start(),
+                                                          next(_cgroup_counter))
         self.path.mkdir()
         try:
             (self.path / "pids.max").write_text(str(max_tasks))
@@ -306,45 +336,23 @@ class _Cgroup:
         self.procs = str(self.path / "cgroup.procs")
 
     def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in Path(self.procs).read_text().split()]
-        except OSError:
-            return []
+        return cgroup_guard.tasks(self.path)
 
     def kill_all(self) -> None:
         """SIGKILL every task still in the cgroup until it is empty (bounded)."""
-        kill_file = self.path / "cgroup.kill"
-        for attempt in range(200):
-            remaining = self.pids()
-            if not remaining:
-                return
-            if kill_file.exists():
-                with contextlib.suppress(OSError):
-                    kill_file.write_text("1")
-            for pid in remaining:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            # After a normal exit the tasks are usually gone within a fraction of a
-            # millisecond: poll fast first (a flat 5 ms cost every step ~4 ms).
-            time.sleep(min(0.0002 * 2 ** attempt, 0.005))
+        cgroup_guard.kill_tasks(self.path)
 
     def remove(self) -> None:
         """rmdir the cgroup; the kernel may need a moment to release exited tasks."""
-        for attempt in range(200):
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                self.kill_all()
-                time.sleep(min(0.001 * (attempt + 1), 0.02))
+        cgroup_guard.remove(self.path)
 
 
 # --- the child side of the fork, before exec ------------------------------------------
 
 _libc: list[ctypes.CDLL] = []
 _PR_SET_PDEATHSIG = 1
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+_ENOSYS = 38
 
 
 def _libc_handle() -> ctypes.CDLL:
@@ -370,9 +378,16 @@ def _rlimits(spec: ConfinedSpec, nproc: int | None) -> list[tuple[int, int]]:
     return limits
 
 
+def _keyctl_number() -> int | None:
+    arch = seccomp.ARCHES.get(os.uname().machine)
+    return arch.numbers["keyctl"] if arch is not None else None
+
+
 def _child_setup(cgroup_procs: str | None, limits: Sequence[tuple[int, int]],
-                 libc: ctypes.CDLL) -> Callable[[], None]:
-    """Runs in the forked child before exec: join the cgroup, die with us, lower rlimits."""
+                 libc: ctypes.CDLL, parent: int) -> Callable[[], None]:
+    """Runs in the forked child before exec: join the cgroup, die with us (`parent`, our
+    pid before the fork), a new empty session keyring, lower rlimits."""
+    keyctl = _keyctl_number()
 
     def setup() -> None:
         if cgroup_procs is not None:
@@ -382,6 +397,16 @@ def _child_setup(cgroup_procs: str | None, limits: Sequence[tuple[int, int]],
             finally:
                 os.close(fd)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the executor died before the prctl: follow it now
+            os.kill(os.getpid(), signal.SIGKILL)
+        if keyctl is not None:
+            # The executor's session keyring (its `user` keys) is not the step's: join a
+            # new anonymous one. ENOSYS: a kernel without keys has nothing to share.
+            joined = libc.syscall(ctypes.c_long(keyctl),
+                                  ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
+                                  ctypes.c_void_p(None))
+            if joined < 0 and ctypes.get_errno() != _ENOSYS:
+                raise OSError(ctypes.get_errno(), "cannot join a new session keyring")
         for res, value in limits:
             resource.setrlimit(res, (value, value))
 
@@ -556,6 +581,7 @@ def run_confined(argv: Sequence[str], spec: ConfinedSpec, output_path: Path) -> 
     if plan.program is None:
         return _not_started(argv, output_path, f"program not found: {argv[0]} (PATH="
                             f"{spec.env.get('PATH', '')})", backend.name, notes)
+    seccomp_filter = _seccomp_filter(backend, spec, notes)
 
     max_processes = spec.max_processes or DEFAULT_MAX_PROCESSES
     memory_bytes = spec.memory_bytes or DEFAULT_MEMORY_BYTES
@@ -567,6 +593,7 @@ def run_confined(argv: Sequence[str], spec: ConfinedSpec, output_path: Path) -> 
             cgroup = _Cgroup(cgroup_parent, max_processes + overhead, memory_bytes)
             notes.append(f"processes: cgroup v{cgroup_parent.version} pids.max="
                          f"{max_processes + overhead}")
+            _ensure_guard(cgroup_parent)
         except OSError as exc:
             notes.append(f"processes: cgroup unavailable ({exc})")
     nproc: int | None = None
@@ -596,19 +623,28 @@ def run_confined(argv: Sequence[str], spec: ConfinedSpec, output_path: Path) -> 
             info_fd, info_write = os.pipe()
             parent_fds.append(info_fd)
             pass_fds.append(info_write)
+            seccomp_fd = None
+            if seccomp_filter is not None:
+                seccomp_fd, seccomp_write = os.pipe()
+                pass_fds.append(seccomp_fd)
+                os.write(seccomp_write, seccomp_filter)  # about 1 kB: fits the pipe
+                os.close(seccomp_write)
             wrapper = sandbox.build_bwrap_argv(argv, spec, backend.probe.bwrap, plan=plan,
                                                data_fds=data_fds, info_fd=info_write,
-                                               userns=backend.probe.userns)
-            setup = _child_setup(cgroup.procs if cgroup else None, limits, _libc_handle())
+                                               userns=backend.probe.userns,
+                                               seccomp_fd=seccomp_fd)
+            setup = _child_setup(cgroup.procs if cgroup else None, limits, _libc_handle(),
+                                 os.getpid())
         else:
             config = json.dumps({"rlimits": limits})
             wrapper = [sys.executable, "-I", "-S", "-c", REAPER_SOURCE, config, "--", *argv]
-            setup = _child_setup(cgroup.procs if cgroup else None, [], _libc_handle())
+            setup = _child_setup(cgroup.procs if cgroup else None, [], _libc_handle(),
+                                 os.getpid())
         try:
             proc = subprocess.Popen(
                 wrapper, cwd=worktree, env=dict(spec.env), stdin=subprocess.DEVNULL,
                 stdout=write_fd, stderr=write_fd, pass_fds=pass_fds,
-                preexec_fn=setup,  # noqa: PLW1509 - only open/write/prctl/setrlimit, no locks
+                preexec_fn=setup,  # noqa: PLW1509 - open/write/prctl/keyctl/setrlimit, no locks
                 start_new_session=True)
         except (OSError, subprocess.SubprocessError) as exc:
             if cgroup is not None:
@@ -648,6 +684,25 @@ def run_confined(argv: Sequence[str], spec: ConfinedSpec, output_path: Path) -> 
     return ConfinedResult(tuple(argv), code, timed_out, time.monotonic() - started,
                           state.kept, state.truncated, backend.name, tuple(wrapper),
                           tuple(notes))
+
+
+def _seccomp_filter(backend: SandboxBackend, spec: ConfinedSpec,
+                    notes: list[str]) -> bytes | None:
+    """The seccomp filter bwrap loads (noted); none for backend none. No table for this
+    machine: fail closed under isolation: required, else run without one (noted)."""
+    if backend.name != "bwrap":
+        return None
+    try:
+        data = seccomp.filter_bytes()
+    except seccomp.UnsupportedArch as exc:
+        if spec.isolation == "required":
+            raise AgentosError(f"isolation: required but {exc}", code=EXIT_STEP,
+                               hint="run on x86_64 or aarch64, or use a policy with "
+                                    "isolation: best-effort") from None
+        notes.append(f"seccomp: NONE ({exc})")
+        return None
+    notes.append(seccomp.describe(data))
+    return data
 
 
 def _kill_tree(proc: subprocess.Popen[bytes], backend: str, info_fd: int | None,

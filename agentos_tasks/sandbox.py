@@ -712,12 +712,14 @@ def build_bwrap_argv(
     data_fds: Mapping[str, int] | None = None,
     info_fd: int | None = None,
     userns: bool = True,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The full bwrap command line for `argv` under `spec` (order of mounts matters).
 
     `data_fds` maps a path inside the sandbox (e.g. /etc/passwd) to an fd the caller opened
     with its content (`--ro-bind-data`); `info_fd` receives bwrap's JSON with the host pid
-    of the namespace init, which the caller kills to end the whole process tree.
+    of the namespace init, which the caller kills to end the whole process tree;
+    `seccomp_fd` holds the seccomp filter (seccomp.filter_bytes) bwrap loads before exec.
     """
     worktree = os.path.abspath(spec.worktree)
     plan = plan or plan_program(argv[0], spec.env, Path(worktree))
@@ -763,6 +765,8 @@ def build_bwrap_argv(
     args += [*remounts, "--remount-ro", "/", "--chdir", worktree]
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
+    if seccomp_fd is not None:  # the filter (seccomp.py), loaded right before the exec
+        args += ["--seccomp", str(seccomp_fd)]
     return [*args, "--", *argv]
 
 
