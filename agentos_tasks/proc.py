@@ -593,9 +593,13 @@ def run_confined(argv: Sequence[str], spec: ConfinedSpec, output_path: Path) -> 
             cgroup = _Cgroup(cgroup_parent, max_processes + overhead, memory_bytes)
             notes.append(f"processes: cgroup v{cgroup_parent.version} pids.max="
                          f"{max_processes + overhead}")
-            _ensure_guard(cgroup_parent)
         except OSError as exc:
             notes.append(f"processes: cgroup unavailable ({exc})")
+    if cgroup is not None and cgroup_parent is not None:
+        try:
+            _ensure_guard(cgroup_parent)
+        except OSError as exc:  # still PDEATHSIG, and the next executor's sweep
+            notes.append(f"processes: no guard for the executor's death ({exc})")
     nproc: int | None = None
     if cgroup is None:
         if os.getuid() == 0:
