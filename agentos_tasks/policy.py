@@ -602,8 +602,10 @@ def check_changes(policy: Policy, worktree: Path, changes: Sequence[Change], *,
 
     Judges every path (and the old path of a rename) with `decide_path`, inside the tool's
     own globs for tool steps; refuses symlinks that are absolute or point outside the
-    worktree or into .git, hard-linked files, nested repositories (gitlinks), files above
-    `limits.max_file_bytes` and more than `limits.max_changed_files` landing changes.
+    worktree, into .git or at its root, or resolve to what deny/ask rules cover (under
+    that rule's id), hard-linked files, nested repositories (gitlinks), files landing
+    executable outside ``paths.executable``, files above `limits.max_file_bytes`, more
+    than `limits.max_changed_files` landing changes, and changes the host cannot open.
     """
     root = worktree.resolve()
     changes = _expand_directories(root, changes)
