@@ -607,3 +607,25 @@ def test_run_step_uses_git_in_its_worktree_but_not_the_real_config(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-800:]
     assert out.startswith("?? new.txt\nw\n"), out
     assert "core.repositoryformatversion=0" in out and "SECRET" not in out
+
+
+# --- the seccomp tables against the kernel headers, where they are installed -------------
+
+@pytest.mark.parametrize(("arch", "header", "pattern"), [
+    ("x86_64", "/usr/include/x86_64-linux-gnu/asm/unistd_64.h", r"#define __NR_(\w+)\s+(\d+)"),
+    ("aarch64", "/usr/include/asm-generic/unistd.h", r"#define __NR(?:3264)?_(\w+)\s+(\d+)"),
+])
+def test_seccomp_numbers_match_the_kernel_headers(arch: str, header: str, pattern: str) -> None:
+    import re
+
+    from agentos_tasks import seccomp
+
+    if not os.path.isfile(header):
+        pytest.skip(f"{header} not installed")
+    numbers = {m.group(1): int(m.group(2))
+               for m in re.finditer(pattern, Path(header).read_text())}
+    table = seccomp.ARCHES[arch].numbers
+    checked = {name: (number, numbers[name]) for name, number in table.items()
+               if name in numbers}
+    assert {k: v for k, v in checked.items() if v[0] != v[1]} == {}
+    assert len(checked) >= len(table) - 3  # a few are newer than old headers
