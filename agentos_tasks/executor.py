@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from agentos_tasks.fsutil import (
 )
 from agentos_tasks.git import Git, init_private_repo
 from agentos_tasks.landing import CheckedOut, am_in_private, checked_out, move_branch, pack_into
+from agentos_tasks.leftovers import remove_tree
 from agentos_tasks.model import Change, Request, Step
 from agentos_tasks.runctx import RunContext
 from agentos_tasks.tape import Tape
@@ -256,7 +256,7 @@ def worktree_task(ctx: RunContext) -> None:
                   "git_common_dir": str(git.common_dir())}
     wt = ctx.paths.worktree
     if wt.exists():
-        shutil.rmtree(wt)
+        remove_tree(wt)  # whatever depth a crashed step left
     # the run's own git dir: our config, the target's objects as a read-only alternate;
     # objects the run makes stay here until apply packs the landed ones into the target
     common = Path(record["git_common_dir"])
@@ -290,7 +290,7 @@ def remove_worktree(ctx: RunContext) -> None:
     """`doit clean`: remove the worktree only, never evidence."""
     wt = ctx.paths.worktree
     if wt.exists():
-        shutil.rmtree(wt)
+        remove_tree(wt)
     print(escape(f"removed worktree {wt}"))
 
 
@@ -611,7 +611,9 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
         else:
             check_tree_is_judged(git, step, parent, tree, landing)
             message_file = ctx.paths.state / "commit-message"
-            atomic_write(message_file, step.message.encode("utf-8"))
+            # ending in one newline, as mailinfo ends it: `git am` of this commit's patch
+            # then makes this very commit again (same id), so what lands is what was tested
+            atomic_write(message_file, step.message.rstrip("\n").encode("utf-8") + b"\n")
             # one date for author and committer: `git am --committer-date-is-author-date`
             # then lands a commit identical to this one
             commit = git.commit_tree(tree, parent, message_file,

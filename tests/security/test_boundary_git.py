@@ -297,6 +297,8 @@ def test_every_landed_commit_carries_its_step_commits_tree(tmp_path: Path) -> No
         step_commit = json.loads(manifest)["commit"]
         assert host_git(repo, "rev-parse", f"{commit}^{{tree}}") == \
             host_git(repo, "rev-parse", f"{step_commit}^{{tree}}")
+        # more than the tree: the branch holds the tested commits themselves
+        assert commit == step_commit
 
 
 
@@ -320,7 +322,7 @@ def test_landing_refuses_a_commit_that_am_made_differently_from_its_step(
     (work / "a.md").write_text("a\n")
     git.run("add", "a.md")
     message = tmp_path / "msg"
-    message.write_text("s1")
+    message.write_text("s1\n")
     step = git.commit_tree(git.out("write-tree"), base, message, date="@1700000000 +0000")
     good = git.commit_patch(step)
     assert am_in_private(git, base, [_write(tmp_path / "good.patch", good)], [step],

@@ -81,10 +81,14 @@ def test_escape_attempts_as_run_steps(tmp_path: Path) -> None:
                 f"os.symlink({str(host / 'target.txt')!r}, 'link')\n"
                 f"attempt('symlink', {write('link')})\n"
                 "os.remove('link')"),
+        # the git dir a step sees (the run's private one, named by .git) is read-only; the
+        # target's own git dir is not in the sandbox at all (checked on the host below)
         py_step("gitdir_write",
-                f"attempt('hook', {write(str(gitdir / 'hooks' / 'pre-commit'))})\n"
-                f"attempt('config', {write(str(gitdir / 'config'))})\n"
-                f"attempt('ref', {write(str(gitdir / 'refs' / 'heads' / 'main'))})"),
+                "own = open('.git').read().split(': ', 1)[1].strip()\n"
+                "attempt('hook', lambda: open(own + '/hooks/pre-commit', 'w').write('x'))\n"
+                "attempt('config', lambda: open(own + '/config', 'w').write('x'))\n"
+                "attempt('ref', lambda: open(own + '/refs/heads/main', 'w').write('x'))\n"
+                f"attempt('target', {write(str(gitdir / 'hooks' / 'pre-commit'))})"),
         py_step("environ_read",
                 "blob = open('/proc/1/environ', 'rb').read()\n"
                 "print('ENV-READ', len(blob) > 0)\n"
@@ -140,7 +144,7 @@ def test_escape_attempts_as_run_steps(tmp_path: Path) -> None:
         return (logs / f"{step_id}.out").read_text()
 
     for step_id, names in {"abs_write": ["abs", "root"], "symlink_write": ["symlink"],
-                           "gitdir_write": ["hook", "config", "ref"],
+                           "gitdir_write": ["hook", "config", "ref", "target"],
                            "tcp_connect": ["tcp"]}.items():
         text = log(step_id)
         for name in names:
