@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import itertools
 import json
 import os
@@ -352,7 +353,6 @@ class _Cgroup:
 _libc: list[ctypes.CDLL] = []
 _PR_SET_PDEATHSIG = 1
 _KEYCTL_JOIN_SESSION_KEYRING = 1
-_ENOSYS = 38
 
 
 def _libc_handle() -> ctypes.CDLL:
@@ -405,7 +405,7 @@ def _child_setup(cgroup_procs: str | None, limits: Sequence[tuple[int, int]],
             joined = libc.syscall(ctypes.c_long(keyctl),
                                   ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
                                   ctypes.c_void_p(None))
-            if joined < 0 and ctypes.get_errno() != _ENOSYS:
+            if joined < 0 and ctypes.get_errno() != errno.ENOSYS:
                 raise OSError(ctypes.get_errno(), "cannot join a new session keyring")
         for res, value in limits:
             resource.setrlimit(res, (value, value))
