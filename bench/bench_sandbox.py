@@ -90,7 +90,7 @@ def _drop_data_binds(argv: list[str]) -> list[str]:
         if skip:
             skip -= 1
             continue
-        if arg == "--info-fd":
+        if arg in ("--info-fd", "--seccomp"):
             skip = 1
             continue
         if arg == "--perms" and i + 2 < len(argv) and argv[i + 2] == "--ro-bind-data":
