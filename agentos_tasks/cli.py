@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agentos_tasks.errors import EXIT_GATES, AgentosError
+from agentos_tasks.errors import EXIT_GATES, AgentosError, internal_error
 from agentos_tasks.termsafe import escape
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def out(text: str) -> None:
@@ -115,7 +117,7 @@ def cmd_tool_verify(ns: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from agentos_tasks.fsutil import check_received_tree, refuse_special
-    from agentos_tasks.tools.verifier import locate, render, verify_result_pack
+    from agentos_tasks.tools.pack_check import locate, render, verify_result_pack
 
     pack = Path(ns.result)
     refuse_special(pack)  # a FIFO would block the read, a symlink could point anywhere
@@ -187,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # the last resort: one block and a log, no traceback
+        err = internal_error(exc)
+        sys.stderr.write(err.render() + "\n")
+        return err.code
 
 
 if __name__ == "__main__":

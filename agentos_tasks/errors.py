@@ -21,6 +21,7 @@ EXIT_POLICY = 3  # policy violation (pre-run or post-step)
 EXIT_STEP = 4  # a step failed (command exit, patch does not apply, timeout)
 EXIT_GATES = 5  # one or more gates failed, or verification failed
 EXIT_STATE = 6  # run state refuses the action (sealed run, dirty target, moved branch, lock)
+EXIT_INTERNAL = 70  # a bug in agentos (EX_SOFTWARE): the traceback is in a log file
 
 
 class AgentosError(Exception):
@@ -61,3 +62,34 @@ class PolicyViolation(AgentosError):
                          code=EXIT_POLICY)
         self.rule_id = rule_id
         self.what = what
+
+
+def internal_error(exc: BaseException) -> AgentosError:
+    """The last resort for an exception nobody expected: the traceback goes to a log file
+    (never the terminal), the user gets one block saying what failed, where the log is
+    and how to report it."""
+    import datetime
+    import os
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                            ".local", "state")
+    log_path = "(could not write a log)"
+    for directory in (os.path.join(base, "agentos"), tempfile.gettempdir()):
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            path = os.path.join(directory, f"agentos-crash-{stamp}-{os.getpid()}.log")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            log_path = path
+            break
+        except OSError:
+            continue
+    return AgentosError(f"internal error: {type(exc).__name__}: {exc}", code=EXIT_INTERNAL,
+                        hint=f"this is a bug in agentos, not in your request; the full "
+                             f"traceback is in {log_path}; please report it with that file "
+                             "(README: Reporting a bug)")

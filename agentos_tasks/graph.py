@@ -8,18 +8,20 @@ run task: `doit gates` re-checks evidence, it does not regenerate it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
-from agentos_tasks.errors import AgentosError
+from agentos_tasks.errors import AgentosError, internal_error
 from agentos_tasks.fsutil import canonical_json, refuse_special, write_if_changed
 from agentos_tasks.runctx import RunContext, build_context
 from agentos_tasks.termsafe import escape
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 # AgentosErrors raised by actions in this process, so `agentos` can exit with their code.
 RAISED: list[AgentosError] = []
@@ -32,6 +34,10 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         try:
             fn(*args)
         except AgentosError as err:
+            RAISED.append(err)
+            return TaskFailed(err.render())
+        except Exception as exc:  # the last resort: one block and a log, no traceback
+            err = internal_error(exc)
             RAISED.append(err)
             return TaskFailed(err.render())
         return None
@@ -87,7 +93,7 @@ def doit_config(ctx: RunContext) -> dict[str, Any]:
 
 def tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
     """All doit tasks of one run."""
-    from agentos_tasks import executor
+    from agentos_tasks import apply, evidence, start, steps
 
     if ctx.request is not None:
         req = ctx.request
@@ -99,28 +105,28 @@ def tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
         yield {
             "basename": "policy",
             "doc": "check the whole request against the policy before anything runs",
-            "actions": [guarded(executor.policy_task, ctx)],
+            "actions": [guarded(start.policy_task, ctx)],
             "file_dep": policy_deps,
             "targets": [str(paths.policy_record)],
         }
         yield {
             "basename": "worktree",
             "doc": "create the run's git worktree at the base commit",
-            "actions": [guarded(executor.worktree_task, ctx)],
+            "actions": [guarded(start.worktree_task, ctx)],
             "task_dep": ["policy"],
-            "uptodate": [lambda: executor.worktree_uptodate(ctx)],
+            "uptodate": [lambda: start.worktree_uptodate(ctx)],
             "targets": [str(paths.base_record)],
-            "clean": [(executor.remove_worktree, [ctx])],
+            "clean": [(start.remove_worktree, [ctx])],
         }
         previous = str(paths.base_record)
         for step in req.steps:
             spec_file = paths.spec(step.id)
-            write_if_changed(spec_file, canonical_json(executor.step_spec(ctx, step)))
+            write_if_changed(spec_file, canonical_json(evidence.step_spec(ctx, step)))
             manifest = str(paths.manifest(step.id))
             yield {
                 "basename": f"step:{step.id}",
                 "doc": escape(f"{step.op}: {step.message}"),  # `doit list` prints it
-                "actions": [guarded(executor.run_step, ctx, step)],
+                "actions": [guarded(steps.run_step, ctx, step)],
                 "file_dep": [str(spec_file), *map(str, step.input_files), previous],
                 "targets": [manifest],
             }
@@ -129,29 +135,29 @@ def tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
         yield {
             "basename": "apply",
             "doc": "git am every step's patch onto the target branch (once)",
-            "actions": [guarded(executor.apply_task, ctx)],
+            "actions": [guarded(apply.apply_task, ctx)],
             "file_dep": manifests,
             "targets": [str(paths.applied_record)],
         }
         yield {
             "basename": "checksums",
             "doc": "sha256 of the final tree's changed files and of every artifact",
-            "actions": [guarded(executor.checksums_task, ctx)],
+            "actions": [guarded(evidence.checksums_task, ctx)],
             "file_dep": [str(paths.applied_record)],
             "targets": [str(paths.checksums), str(paths.sha256sums)],
         }
         yield {
             "basename": "result",
             "doc": "write execution_result.json and close the tape (run_end)",
-            "actions": [guarded(executor.result_task, ctx)],
+            "actions": [guarded(evidence.result_task, ctx)],
             "file_dep": [str(paths.checksums)],
-            "uptodate": [lambda: executor.run_closed_as_applied(ctx)],
+            "uptodate": [lambda: evidence.run_closed_as_applied(ctx)],
             "targets": [str(paths.execution_result)],
         }
         yield {
             "basename": "rollback",
             "doc": "undo an applied run (branch back to its pre-apply head, with proof)",
-            "actions": [guarded(executor.rollback_task, ctx)],
+            "actions": [guarded(apply.rollback_task, ctx)],
             "uptodate": [False],
             "verbosity": 2,
         }
@@ -231,6 +237,10 @@ def load_for_doit() -> tuple[dict[str, Any], Callable[[], Iterator[dict[str, Any
         config = doit_config(ctx)
         task_list = list(tasks(ctx))
     except AgentosError as err:
+        sys.stderr.write(err.render() + "\n")
+        raise SystemExit(err.code) from None
+    except Exception as exc:  # the last resort: one block and a log, no traceback
+        err = internal_error(exc)
         sys.stderr.write(err.render() + "\n")
         raise SystemExit(err.code) from None
 
