@@ -15,15 +15,18 @@ Without answers, a request with questions stops before any step executes
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
 
 from agentos_tasks.errors import EXIT_STATE, AgentosError
+from agentos_tasks.evidence import write_result
 from agentos_tasks.fsutil import atomic_write, sha256_file
-from agentos_tasks.model import Request
-from agentos_tasks.runctx import RunContext
 from agentos_tasks.yamlsrc import load_with_marks, validate
+
+if TYPE_CHECKING:
+    from agentos_tasks.model import Request
+    from agentos_tasks.runctx import RunContext
 
 
 def _timestamp(value: Any) -> str:
@@ -56,9 +59,7 @@ def load_answers(ctx: RunContext) -> dict[str, Any] | None:
 
 def check_answers(ctx: RunContext, req: Request) -> str | None:
     """Stop before any step when a question is unanswered; record the answers otherwise."""
-    from agentos_tasks.executor import tape, write_result
-
-    t = tape(ctx)
+    t = ctx.tape
     data = load_answers(ctx)
     answered = (data or {}).get("answers", {})
     missing = [q.id for q in req.questions if q.id not in answered]
@@ -74,7 +75,8 @@ def check_answers(ctx: RunContext, req: Request) -> str | None:
             where=f"{req.source}:{req.lines.get('questions', 1)}",
             hint="write answers: {<id>: {by: ..., at: <ISO time>, text: ...}} to a YAML file "
                  "and re-run with answers=FILE")
-    assert ctx.answers_path is not None
+    if ctx.answers_path is None:  # every question answered means a file was given
+        raise AgentosError("answers were found without an answers file", code=EXIT_STATE)
     unknown = sorted(set(answered) - {q.id for q in req.questions})
     if unknown:
         raise AgentosError(f"answers for unknown question(s): {', '.join(unknown)}",

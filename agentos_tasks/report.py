@@ -17,27 +17,18 @@ neutralised, so the report shows what the artifacts say and nothing hidden.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import atomic_write, is_regular, read_regular, sha256_regular
+from agentos_tasks.layout import KEY_ARTIFACTS
 from agentos_tasks.termsafe import escape
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 REPORT_RELPATH = "reports/report.md"
 MISSING = "MISSING"
-
-# Artifacts whose digests the report lists, in the order a reviewer checks them.
-KEY_ARTIFACTS = (
-    "audit/tape_head.json",
-    "audit/run_tape.jsonl",
-    "audit/checksums.json",
-    "audit/SHA256SUMS",
-    "execution_result.json",
-    "reports/gates.json",
-    "audit/request.yaml",
-    "audit/policy.yaml",
-)
 
 _MAX_FILES_IN_CELL = 5
 

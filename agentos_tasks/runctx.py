@@ -13,90 +13,18 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from agentos_tasks.errors import EXIT_STATE, AgentosError
 from agentos_tasks.fsutil import read_json, refuse_special
 from agentos_tasks.git import Git
-from agentos_tasks.model import Request, Step
+from agentos_tasks.layout import RunPaths
 from agentos_tasks.tape import Tape
 
+if TYPE_CHECKING:
+    from agentos_tasks.model import Request, Step
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def audit(self) -> Path:
-        return self.root / "audit"
-
-    @property
-    def state(self) -> Path:
-        return self.root / ".state"
-
-    @property
-    def worktree(self) -> Path:
-        return self.root / "worktree"
-
-    @property
-    def run_git_dir(self) -> Path:
-        """The run's private git dir: the worktree's objects, index and HEAD (see
-        git.init_private_repo). The target's objects are its read-only alternate, so a
-        step sees only what the target holds and what this run made."""
-        return self.state / "repo.git"
-
-    @property
-    def tape(self) -> Path:
-        return self.audit / "run_tape.jsonl"
-
-    @property
-    def tape_head(self) -> Path:
-        return self.audit / "tape_head.json"
-
-    @property
-    def checksums(self) -> Path:
-        return self.audit / "checksums.json"
-
-    @property
-    def sha256sums(self) -> Path:
-        return self.audit / "SHA256SUMS"
-
-    @property
-    def execution_result(self) -> Path:
-        return self.root / "execution_result.json"
-
-    @property
-    def base_record(self) -> Path:
-        return self.state / "base.json"
-
-    @property
-    def applied_record(self) -> Path:
-        return self.state / "applied.json"
-
-    @property
-    def policy_record(self) -> Path:
-        return self.state / "policy.json"
-
-    @property
-    def gates_json(self) -> Path:
-        return self.root / "reports" / "gates.json"
-
-    def manifest(self, step_id: str) -> Path:
-        return self.root / "steps" / f"{step_id}.json"
-
-    def patch(self, step_id: str) -> Path:
-        return self.root / "patches" / f"{step_id}.patch"
-
-    def log(self, step_id: str) -> Path:
-        return self.root / "logs" / f"{step_id}.out"
-
-    def tool_dir(self, step_id: str) -> Path:
-        return self.root / "tools" / step_id
-
-    def spec(self, step_id: str) -> Path:
-        return self.state / "specs" / f"{step_id}.json"
 
 
 def resolve_cli_path(raw: str, cwd: Path) -> Path:
@@ -138,6 +66,12 @@ class RunContext:
         target's config, never discovery from the worktree)."""
         return Git(self.paths.worktree, self.need_request().author,
                    private_dir=self.paths.run_git_dir, work_tree=self.paths.worktree)
+
+    @cached_property
+    def target_git(self) -> Git:
+        """git in the target repository (plumbing only; its config is vetted once per
+        invocation, see git.Git)."""
+        return Git(self.need_request().repo, self.need_request().author)
 
     @property
     def steps(self) -> tuple[Step, ...]:

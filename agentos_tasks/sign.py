@@ -60,6 +60,7 @@ from agentos_tasks.fsutil import (
     read_regular,
     sha256_regular,
 )
+from agentos_tasks.layout import REQUIRED_SUBJECTS, SUBJECT_GLOBS
 from agentos_tasks.report import write_report
 from agentos_tasks.tape import verify_chain
 from agentos_tasks.termsafe import escape
@@ -68,37 +69,6 @@ PREDICATE_TYPE = "https://agentos-tasks.dev/attestation/run-report/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 ENVELOPE_RELPATH = "signature/envelope.dsse.json"
 STATEMENT_RELPATH = "signature/statement.json"
-
-# Every file of a run that the signature binds (those that exist). Globs are relative to
-# the run directory. `verify_signature` also uses them the other way round: a file that
-# matches one of them but is not a subject (a patch added after signing) fails.
-SUBJECT_GLOBS: tuple[str, ...] = (
-    "patches/*.patch",
-    "audit/run_tape.jsonl",
-    "audit/tape_head.json",
-    "audit/checksums.json",
-    "audit/SHA256SUMS",
-    "audit/rollback_proof.json",
-    "execution_result.json",
-    "reports/gates.json",
-    "reports/gates.xml",
-    "reports/report.md",
-    "audit/request.yaml",
-    "audit/request.json",
-    "audit/inputs/*",
-    "audit/policy.yaml",
-    "audit/answers.yaml",
-    "steps/*.json",
-    "logs/*",
-    "tools/*/*",
-)
-
-# Without these a statement says nothing worth signing; sign refuses, verify fails.
-REQUIRED_SUBJECTS: tuple[str, ...] = (
-    "execution_result.json",
-    "audit/run_tape.jsonl",
-    "reports/gates.json",
-)
 
 GATE_STATUSES = ("PASS", "FAIL", "NOT_APPLICABLE")
 _KEY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")

@@ -27,6 +27,7 @@ from typing import Any
 
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import is_regular, read_regular
+from agentos_tasks.layout import EVIDENCE_DIRS, EVIDENCE_FILES
 from agentos_tasks.sign import (
     ENVELOPE_RELPATH,
     Check,
@@ -37,11 +38,6 @@ from agentos_tasks.sign import (
 )
 from agentos_tasks.termsafe import escape
 from gates import FAIL, REGISTRY, Gate, GateContext, Missing
-
-# Evidence a verifier relies on; each must be a signed subject or listed in the signed
-# checksums.json. `.state/`, `worktree/`, `reports/` (regenerated) and `signature/` are not.
-EVIDENCE_DIRS = ("audit", "steps", "patches", "logs", "tools")
-EVIDENCE_FILES = ("execution_result.json",)
 
 
 def verify_run(run_dir: Path, pub_path: Path) -> list[Check]:

@@ -204,7 +204,8 @@ def r3_evidence(ctx: GateContext) -> Verdict:
 
 
 def check_checksums(ctx: GateContext, count: int) -> Verdict:
-    from agentos_tasks.executor import artifact_files, tree_digests
+    from agentos_tasks.evidence import tree_digests
+    from agentos_tasks.layout import artifact_files
 
     sums = ctx.json("audit/checksums.json")
     listed: dict[str, str] = sums.get("artifacts", {})

@@ -408,7 +408,7 @@ def tl_c(ts: ToolStep, strict: bool) -> Verdict:
     if sha256_bytes(git.commit_patch(commit)) != actual_patch:
         raise Fail(f"{ts.id}: the patch regenerated from commit {commit[:12]} differs from "
                    f"{ts.patch_rel}")
-    from agentos_tasks.executor import tree_digests
+    from agentos_tasks.evidence import tree_digests
 
     wanted = sorted({str(f["path"]) for f in pack["diff"]["files"]})
     actual = tree_digests(git, commit, wanted)

@@ -31,7 +31,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
-from agentos_tasks.executor import artifact_files  # noqa: E402
+from agentos_tasks.layout import artifact_files  # noqa: E402
 from agentos_tasks.fsutil import canonical_json  # noqa: E402
 from gates import FAIL, NA, PASS, GateResult, evaluate  # noqa: E402
 from gates import REGISTRY as GATE_REGISTRY  # noqa: E402

@@ -32,7 +32,7 @@ from conftest import (
 from test_tool_verify import _tool_build  # noqa: F401  (session fixture: a reviewed tool run)
 
 import gates as gates_pkg
-from agentos_tasks.executor import tree_digests
+from agentos_tasks.evidence import tree_digests
 from agentos_tasks.git import Git
 from agentos_tasks.model import Author
 from agentos_tasks.sign import keygen, sign_run

@@ -28,19 +28,21 @@ import dataclasses
 import os
 import shutil
 import stat
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentos_tasks import proc, sandbox
 from agentos_tasks.errors import EXIT_STEP, AgentosError, PolicyViolation
 from agentos_tasks.fsutil import atomic_write, sha256_bytes
-from agentos_tasks.model import Step, ToolSpec
-from agentos_tasks.runctx import RunContext
+from agentos_tasks.stepkit import confined_spec, file_entry, parent_commit
 from agentos_tasks.tools import adapters, packs
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from agentos_tasks.model import Step, ToolSpec
     from agentos_tasks.policy import Decision
+    from agentos_tasks.runctx import RunContext
 
 TRANSCRIPT_NAME = "transcript.jsonl"
 VERSION_OUTPUT_NAME = "version.out"
@@ -321,7 +323,6 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
     tool's own claims admit; PolicyViolation (paths.git) when the git dir changed. In each
     case the result pack has been written first.
     """
-    from agentos_tasks.executor import confined_spec, parent_commit
     from agentos_tasks.policy import step_env, tool_network
 
     tool = _tool_spec(step)
@@ -435,10 +436,9 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
 def _write_failure_pack(ctx: RunContext, step: Step, facts: dict[str, Any],
                         failure: AgentosError) -> None:
     """The result pack of a failed tool step: the diff as the tool left it, judged afresh."""
-    from agentos_tasks.executor import file_entry, worktree_git
     from agentos_tasks.policy import Decision, check_changes
 
-    changes = worktree_git(ctx).status_changes()
+    changes = ctx.worktree_git.status_changes()
     decision = check_changes(ctx.policy, ctx.paths.worktree, changes, step=step)
     if isinstance(failure, PolicyViolation) and decision.allowed:
         decision = Decision(False, failure.rule_id, failure.what, step=step.id)
