@@ -24,7 +24,6 @@ from agentos_tasks.tape import Tape
 if TYPE_CHECKING:
     from agentos_tasks.model import Request, Step
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve_cli_path(raw: str, cwd: Path) -> Path:
@@ -140,7 +139,8 @@ def build_context(
     from agentos_tasks.request import load_request
 
     cwd = cwd or Path.cwd()
-    outputs_dir = resolve_cli_path(outputs, cwd) if outputs else PROJECT_ROOT / "outputs"
+    # nothing is found relative to a checkout: an installed agentos writes where it runs
+    outputs_dir = resolve_cli_path(outputs, cwd) if outputs else cwd / "outputs"
     req = load_request(resolve_cli_path(request, cwd)) if request else None
     if req is None and not run:
         raise AgentosError("request= (or run= for an existing run) is required",
