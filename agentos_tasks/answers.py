@@ -25,7 +25,10 @@ from agentos_tasks.fsutil import atomic_write, sha256_file
 from agentos_tasks.yamlsrc import load_with_marks, validate
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from agentos_tasks.model import Request
+    from agentos_tasks.records import Manifest
     from agentos_tasks.runctx import RunContext
 
 
@@ -88,7 +91,7 @@ def check_answers(ctx: RunContext, req: Request) -> str | None:
     return digest
 
 
-def check_approvals(ctx: RunContext, req: Request, manifests: list[dict[str, Any]]) -> None:
+def check_approvals(ctx: RunContext, req: Request, manifests: Sequence[Manifest]) -> None:
     """Apply only when every step the policy says needs review has an approval of its patch."""
     from agentos_tasks.policy import needs_approval
 

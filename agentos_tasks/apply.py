@@ -25,6 +25,7 @@ from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
     from agentos_tasks.git import Git
+    from agentos_tasks.records import Manifest
     from agentos_tasks.runctx import RunContext
 
 
@@ -58,7 +59,7 @@ def target_checkout(ctx: RunContext, git: Git, branch: str, head: str) -> Checke
                        extra_objects=(ctx.paths.run_git_dir / "objects",))
 
 
-def _checked_manifests(ctx: RunContext) -> tuple[list[dict[str, Any]], list[Path]]:
+def _checked_manifests(ctx: RunContext) -> tuple[list[Manifest], list[Path]]:
     """Every step's manifest (all must exist), approvals checked, and the patch files of
     the changed steps, each still what its manifest recorded."""
     req = ctx.need_request()
@@ -70,7 +71,7 @@ def _checked_manifests(ctx: RunContext) -> tuple[list[dict[str, Any]], list[Path
         manifests.append(manifest)
     check_approvals(ctx, req, manifests)
     changed = [m for m in manifests if m["status"] == "changed"]
-    patches = [ctx.paths.root / m["patch"] for m in changed]
+    patches = [ctx.paths.root / str(m["patch"]) for m in changed]
     for manifest, patch in zip(changed, patches, strict=True):
         if not patch.exists() or sha256_file(patch) != manifest["patch_sha256"]:
             raise AgentosError(f"cannot apply: {patch} is missing or differs from its manifest",
@@ -87,7 +88,7 @@ def _finish_interrupted(ctx: RunContext, branch: str, pre: str, post: str) -> No
         checkout.move(pre, post)
 
 
-def _land(ctx: RunContext, branch: str, pre: str, *, changed: list[dict[str, Any]],
+def _land(ctx: RunContext, branch: str, pre: str, *, changed: list[Manifest],
           patches: list[Path], expected_tree: str, interrupted: bool) -> str:
     """am in private, check, pack into the target, move its checkout, move the branch;
     returns the new head (== pre when nothing changed)."""
@@ -106,7 +107,7 @@ def _land(ctx: RunContext, branch: str, pre: str, *, changed: list[dict[str, Any
     if wt_git.tree_of(post) != expected_tree:
         raise AgentosError(f"the landed tree {wt_git.tree_of(post)[:12]} differs from "
                            f"the tested worktree {expected_tree[:12]}", code=EXIT_STATE)
-    base = ctx.base() or {}
+    base: dict[str, Any] = dict(ctx.base() or {})
     objects = Path(str(base.get("git_common_dir"))) / "objects"
     pack_into(wt_git, objects, [post, str(changed[-1]["commit"])], pre)
     write_json(ctx.paths.state / "apply_started.json", {"pre": pre, "post": post},

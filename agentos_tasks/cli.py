@@ -190,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the last resort: one block and a log, no traceback
-        err = internal_error(exc)
-        sys.stderr.write(err.render() + "\n")
-        return err.code
+        crash = internal_error(exc)
+        sys.stderr.write(crash.render() + "\n")
+        return crash.code
 
 
 if __name__ == "__main__":

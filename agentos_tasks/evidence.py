@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agentos_tasks.errors import EXIT_STATE, AgentosError
 from agentos_tasks.fsutil import (
@@ -25,6 +25,7 @@ from agentos_tasks.layout import artifact_files
 if TYPE_CHECKING:
     from agentos_tasks.git import Git
     from agentos_tasks.model import Request, Step
+    from agentos_tasks.records import ExecutionResult, Manifest, StepSummary
     from agentos_tasks.runctx import RunContext
 
 SCHEMA_VERSION = 1
@@ -79,15 +80,16 @@ def input_digests(req: Request) -> dict[str, str]:
     return {s.id: sha256_file(f) for s in req.steps for f in s.input_files}
 
 
-def load_manifest(ctx: RunContext, step_id: str) -> dict[str, Any] | None:
+def load_manifest(ctx: RunContext, step_id: str) -> Manifest | None:
+    """A step's manifest as written (None when absent or unreadable: the step must run)."""
     try:
-        return dict(read_json(ctx.paths.manifest(step_id)))
+        return cast("Manifest", read_json(ctx.paths.manifest(step_id)))
     except (FileNotFoundError, ValueError):
         return None
 
 
 def sealed_error(ctx: RunContext, what: str) -> AgentosError:
-    applied = ctx.applied() or {}
+    applied: dict[str, Any] = dict(ctx.applied() or {})
     commits = applied.get("commits", [])
     span = f"{commits[0][:10]}..{commits[-1][:10]}" if commits else "none"
     return AgentosError(
@@ -127,7 +129,7 @@ def checksums_task(ctx: RunContext) -> None:
     req = ctx.need_request()
     final_paths: set[str] = set()
     for step in req.steps:
-        manifest = load_manifest(ctx, step.id) or {}
+        manifest: dict[str, Any] = dict(load_manifest(ctx, step.id) or {})
         final_paths.update(f["path"] for f in manifest.get("files", []))
     tree = tree_digests(ctx.target_git, applied["post_apply_head"], sorted(final_paths))
     artifacts = {rel: sha256_file(ctx.paths.root / rel) for rel in artifact_files(ctx.paths.root)}
@@ -161,9 +163,9 @@ def result_task(ctx: RunContext) -> None:
 
 def write_result(ctx: RunContext, status: str, failure: dict[str, Any] | None = None) -> None:
     req = ctx.need_request()
-    base = ctx.base() or {}
-    applied = ctx.applied() or {}
-    steps: list[dict[str, Any]] = []
+    base: dict[str, Any] = dict(ctx.base() or {})
+    applied: dict[str, Any] = dict(ctx.applied() or {})
+    steps: list[StepSummary] = []
     for step in req.steps:
         manifest = load_manifest(ctx, step.id)
         if manifest is None:
@@ -178,11 +180,11 @@ def write_result(ctx: RunContext, status: str, failure: dict[str, Any] | None = 
                       "files": [{k: f[k] for k in ("path", "status", "sha256")}
                                 for f in manifest["files"]],
                       "exit_code": manifest["exit_code"]})
-    backends = sorted({m.get("sandbox", {}).get("backend") for m in
+    backends = sorted({str(m["sandbox"]["backend"]) for m in
                        filter(None, (load_manifest(ctx, s.id) for s in req.steps))
-                       if m.get("sandbox")})
+                       if "sandbox" in m})
     policy = ctx.policy
-    result = {
+    result: ExecutionResult = {
         "schema_version": SCHEMA_VERSION, "run": ctx.run_id, "status": status,
         "request": {"path": str(req.source), "sha256": req.sha256},
         "policy": {"path": str(policy.source), "sha256": policy.sha256, "id": policy.id,

@@ -37,9 +37,9 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
             RAISED.append(err)
             return TaskFailed(err.render())
         except Exception as exc:  # the last resort: one block and a log, no traceback
-            err = internal_error(exc)
-            RAISED.append(err)
-            return TaskFailed(err.render())
+            crash = internal_error(exc)
+            RAISED.append(crash)
+            return TaskFailed(crash.render())
         return None
 
     action.__name__ = fn.__name__
@@ -240,9 +240,9 @@ def load_for_doit() -> tuple[dict[str, Any], Callable[[], Iterator[dict[str, Any
         sys.stderr.write(err.render() + "\n")
         raise SystemExit(err.code) from None
     except Exception as exc:  # the last resort: one block and a log, no traceback
-        err = internal_error(exc)
-        sys.stderr.write(err.render() + "\n")
-        raise SystemExit(err.code) from None
+        crash = internal_error(exc)
+        sys.stderr.write(crash.render() + "\n")
+        raise SystemExit(crash.code) from None
 
     def task_agentos() -> Iterator[dict[str, Any]]:
         yield from task_list

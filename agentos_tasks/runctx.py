@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, cast
 
 from agentos_tasks.errors import EXIT_STATE, AgentosError
 from agentos_tasks.fsutil import read_json, refuse_special
@@ -23,6 +23,8 @@ from agentos_tasks.tape import Tape
 
 if TYPE_CHECKING:
     from agentos_tasks.model import Request, Step
+    from agentos_tasks.policy import Policy
+    from agentos_tasks.records import AppliedRecord, BaseRecord
 
 
 
@@ -47,7 +49,7 @@ class RunContext:
     clean_at: str | None = None
 
     @cached_property
-    def policy(self) -> Any:
+    def policy(self) -> Policy:
         from agentos_tasks.policy import load_policy
 
         if self.policy_path is None:
@@ -86,15 +88,15 @@ class RunContext:
     def sealed(self) -> bool:
         return self.paths.applied_record.exists()
 
-    def applied(self) -> dict[str, Any] | None:
+    def applied(self) -> AppliedRecord | None:
         try:
-            return dict(read_json(self.paths.applied_record))
+            return cast("AppliedRecord", read_json(self.paths.applied_record))
         except FileNotFoundError:
             return None
 
-    def base(self) -> dict[str, Any] | None:
+    def base(self) -> BaseRecord | None:
         try:
-            return dict(read_json(self.paths.base_record))
+            return cast("BaseRecord", read_json(self.paths.base_record))
         except FileNotFoundError:
             return None
 

@@ -36,7 +36,7 @@ def policy_task(ctx: RunContext) -> None:
     policy = ctx.policy
     decision = check_request(policy, req)
     if ctx.sealed:
-        applied = ctx.applied() or {}
+        applied: dict[str, Any] = dict(ctx.applied() or {})
         if (applied.get("request_sha256") == req.sha256
                 and applied.get("policy_sha256") == policy.sha256
                 and applied.get("inputs") == input_digests(req)):

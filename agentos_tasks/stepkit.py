@@ -20,6 +20,7 @@ from agentos_tasks.fsutil import (
 
 if TYPE_CHECKING:
     from agentos_tasks.model import Change, Step
+    from agentos_tasks.records import FileEntry
     from agentos_tasks.runctx import RunContext
 
 
@@ -50,7 +51,7 @@ def confined_spec(ctx: RunContext, *, network: bool,
     from agentos_tasks.policy import step_env
 
     policy = ctx.policy
-    base = ctx.base() or {}
+    base: dict[str, Any] = dict(ctx.base() or {})
     limits = policy.limits
     return proc.ConfinedSpec(
         worktree=ctx.paths.worktree,
@@ -66,7 +67,7 @@ def confined_spec(ctx: RunContext, *, network: bool,
     )
 
 
-def file_entry(wt: Path, change: Change) -> dict[str, Any]:
+def file_entry(wt: Path, change: Change) -> FileEntry:
     target = wt / change.path
     digest: str | None = None
     if change.status != "D":

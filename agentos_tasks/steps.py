@@ -40,6 +40,7 @@ from agentos_tasks.termsafe import escape
 if TYPE_CHECKING:
     from agentos_tasks.git import Git
     from agentos_tasks.model import Change, Step
+    from agentos_tasks.records import Manifest
     from agentos_tasks.runctx import RunContext
 
 
@@ -156,7 +157,7 @@ def reusable_manifest(ctx: RunContext, git: Git, step: Step, parent: str, spec_s
 def attributes_may_apply(ctx: RunContext, changes: list[Change]) -> bool:
     """Could a .gitattributes (or info/attributes) change these files on their way into a
     blob? Checked on the file system only, so the common case costs no git call."""
-    base = ctx.base() or {}
+    base: dict[str, Any] = dict(ctx.base() or {})
     common = Path(str(base.get("git_common_dir", "")))
     if (common / "info" / "attributes").exists():
         return True
@@ -174,7 +175,7 @@ def attributes_may_apply(ctx: RunContext, changes: list[Change]) -> bool:
 
 def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: list[Change],  # noqa: PLR0917
                 outcome: dict[str, Any], spec_sha: str, rule_id: str,
-                elapsed: float) -> dict[str, Any]:
+                elapsed: float) -> Manifest:
     wt = ctx.paths.worktree
     landing = [c for c in changes if not c.ignored]
     patch_path = ctx.paths.patch(step.id)
@@ -222,7 +223,7 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
             patch_sha = sha256_bytes(patch)
     if commit is None:
         patch_path.unlink(missing_ok=True)
-    manifest: dict[str, Any] = {
+    manifest: Manifest = {
         "schema_version": SCHEMA_VERSION, "run": ctx.run_id, "step": step.id,
         "index": step.index, "op": step.op, "message": step.message,
         "status": "changed" if commit else "unchanged",
@@ -240,12 +241,28 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
 
         manifest["tool_result_pack_sha256"] = write_result_pack(
             ctx, step, outcome, files, Decision(True, rule_id, "allowed"), patch_sha)
-    for key in ("log", "log_sha256", "output_bytes", "output_truncated", "sandbox", "timed_out",
-                "tool"):
-        if key in outcome:
-            manifest[key] = outcome[key]
+    _record_program_facts(manifest, outcome)
     write_json(ctx.paths.manifest(step.id), manifest)
     return manifest
+
+
+def _record_program_facts(manifest: Manifest, outcome: dict[str, Any]) -> None:
+    """What a run or tool step's program did, from the op's facts (absent for write,
+    delete and patch: the executor itself acted there)."""
+    if "log" in outcome:
+        manifest["log"] = str(outcome["log"])
+    if "log_sha256" in outcome:
+        manifest["log_sha256"] = str(outcome["log_sha256"])
+    if "output_bytes" in outcome:
+        manifest["output_bytes"] = int(outcome["output_bytes"])
+    if "output_truncated" in outcome:
+        manifest["output_truncated"] = bool(outcome["output_truncated"])
+    if "sandbox" in outcome:
+        manifest["sandbox"] = outcome["sandbox"]
+    if "timed_out" in outcome:
+        manifest["timed_out"] = bool(outcome["timed_out"])
+    if "tool" in outcome:
+        manifest["tool"] = dict(outcome["tool"])
 
 
 def check_tree_is_judged(git: Git, step: Step, parent: str, tree: str,

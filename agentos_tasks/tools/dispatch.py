@@ -38,10 +38,11 @@ from agentos_tasks.stepkit import confined_spec, file_entry, parent_commit
 from agentos_tasks.tools import adapters, packs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from agentos_tasks.model import Step, ToolSpec
     from agentos_tasks.policy import Decision
+    from agentos_tasks.records import FileEntry
     from agentos_tasks.runctx import RunContext
 
 TRANSCRIPT_NAME = "transcript.jsonl"
@@ -121,7 +122,7 @@ def _git_dirs(ctx: RunContext) -> tuple[Path | None, Path | None]:
     pointer = head.decode("utf-8", "replace").strip()
     if pointer.startswith("gitdir: "):
         worktree_gitdir = Path(pointer.removeprefix("gitdir: "))
-    base = ctx.base() or {}
+    base: dict[str, Any] = dict(ctx.base() or {})
     common = base.get("git_common_dir")
     return worktree_gitdir, Path(common) if common else None
 
@@ -447,7 +448,7 @@ def _write_failure_pack(ctx: RunContext, step: Step, facts: dict[str, Any],
 
 
 def write_result_pack(  # noqa: PLR0917 - the executor's positional call
-        ctx: RunContext, step: Step, outcome: dict[str, Any], files: list[dict[str, Any]],
+        ctx: RunContext, step: Step, outcome: dict[str, Any], files: Sequence[FileEntry],
         decision: Decision, patch_sha256: str | None) -> str:
     """Write `tools/<step>/tool_result_pack.json` atomically; return its sha256.
 
