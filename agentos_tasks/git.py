@@ -27,13 +27,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentos_tasks import proc
 from agentos_tasks.errors import EXIT_USAGE, AgentosError
 from agentos_tasks.model import Author, Change
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 HARDENING: tuple[str, ...] = (
     "core.hooksPath=/dev/null",
@@ -238,9 +241,6 @@ class Git:
         common = Path(self.out("rev-parse", "--git-common-dir"))
         return common if common.is_absolute() else (self.cwd / common).resolve()
 
-    def toplevel(self) -> Path:
-        return Path(self.out("rev-parse", "--show-toplevel"))
-
     def current_branch(self) -> str | None:
         result = self.run("symbolic-ref", "-q", "--short", "HEAD", check=False)
         return result.text.strip() or None
@@ -255,12 +255,6 @@ class Git:
     def commits_between(self, old: str, new: str) -> list[str]:
         text = self.out("rev-list", "--reverse", "--topo-order", f"{old}..{new}")
         return text.split() if text else []
-
-    def patch_id(self, patch: bytes) -> str | None:
-        """`git patch-id --stable` of a patch text (None when it holds no diff)."""
-        result = self.run("patch-id", "--stable", input=patch)
-        line = result.text.strip().split("\n")[0]
-        return line.split()[0] if line else None
 
     def patch_ids(self, text: bytes) -> list[tuple[str, str]]:
         """(patch id, commit) for every patch in `text` (format-patch mbox or `log -p`)."""
@@ -382,32 +376,6 @@ def parse_status_v2(raw: bytes) -> list[Change]:
         elif kind == b"u":
             path = entry.split(b" ", 10)[10].decode("utf-8", "surrogateescape")
             changes.append(Change(path=path, status="M"))
-    return changes
-
-
-def parse_raw_diff(raw: bytes) -> list[Change]:
-    """Parse `git diff --raw -z` output into Changes (modes, status, paths)."""
-    changes: list[Change] = []
-    fields = raw.split(b"\0")
-    i = 0
-    while i < len(fields) and fields[i]:
-        meta = fields[i].decode()
-        parts = meta[1:].split(" ")
-        old_mode, new_mode, _old_sha, _new_sha, status = parts[:5]
-        path = fields[i + 1].decode("utf-8", "surrogateescape")
-        i += 2
-        kind = status[0]
-        if kind in ("R", "C"):
-            new_path = fields[i].decode("utf-8", "surrogateescape")
-            i += 1
-            changes.append(Change(path=new_path, status="R", old_path=path,
-                                  old_mode=old_mode, new_mode=new_mode))
-            continue
-        changes.append(Change(
-            path=path, status=kind if kind in ("A", "M", "D", "T") else "M",  # type: ignore[arg-type]
-            old_mode=None if old_mode == "000000" else old_mode,
-            new_mode=None if new_mode == "000000" else new_mode,
-        ))
     return changes
 
 

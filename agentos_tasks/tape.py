@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.fsutil import RefusedFile, fsync_dir, read_regular, sha256_bytes, write_json
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 GENESIS = "0" * 64
 EVENTS = frozenset({
@@ -46,12 +47,6 @@ def encode_event(seq: int, event: str, prev: str, fields: dict[str, Any]) -> byt
     # a file name that is not UTF-8 (surrogate-escaped) becomes a JSON \udcXX escape
     return json.dumps(record, sort_keys=False, ensure_ascii=False,
                       separators=(",", ":")).encode("utf-8", "backslashreplace")
-
-
-def iter_lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        for line in handle:
-            yield line.rstrip(b"\n")
 
 
 class Tape:

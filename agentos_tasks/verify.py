@@ -69,11 +69,6 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def passed(checks: list[Check]) -> bool:
-    """True when there is at least one check and every check holds."""
-    return verification_passed(checks)
-
-
 # ------------------------------------------------------------------ coverage
 
 
@@ -154,4 +149,4 @@ def _repo_or_none(ctx: GateContext) -> Path | None:
         return None
 
 
-__all__ = ["Check", "check_coverage", "gate_check", "passed", "render", "verify_run"]
+__all__ = ["Check", "check_coverage", "gate_check", "render", "verify_run"]
