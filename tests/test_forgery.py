@@ -36,7 +36,8 @@ from agentos_tasks.evidence import tree_digests
 from agentos_tasks.git import Git
 from agentos_tasks.model import Author
 from agentos_tasks.sign import keygen, sign_run
-from agentos_tasks.verify import passed, render, verify_run
+from agentos_tasks.sign import verification_passed as passed
+from agentos_tasks.verify import render, verify_run
 from gates import FAIL, NA, PASS, REGISTRY, gate_inputs_digest, run_all, write_reports
 
 # ------------------------------------------------------------------ verdict helpers

@@ -9,7 +9,8 @@ import pytest
 from conftest import Built, git, read_events, rechain, reseal
 
 from agentos_tasks.sign import Check, keygen, sign_run
-from agentos_tasks.verify import passed, render, verify_run
+from agentos_tasks.sign import verification_passed as passed
+from agentos_tasks.verify import render, verify_run
 from gates import write_reports
 
 
