@@ -30,14 +30,14 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from agentos_tasks.errors import EXIT_STEP, AgentosError, PolicyViolation
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agentos_tasks.git import Git
-    from agentos_tasks.policy import Limits
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SETID = stat.S_ISUID | stat.S_ISGID
@@ -47,6 +47,23 @@ Ident = tuple[int, int]
 Visit = Callable[[int, str, str, os.stat_result], bool]
 """visit(dir_fd, rel, name, lstat) -> descend? `name` is valid relative to `dir_fd` only
 during the call; `rel` is the worktree-relative path."""
+
+
+class SurveyLimits(Protocol):
+    """The limits the survey enforces: `policy.Limits` has them (and more).
+
+    A protocol, not an import: the policy checks call this module's walk, so this module
+    stays below the policy and never imports it.
+    """
+
+    @property
+    def path_length(self) -> int: ...
+    @property
+    def path_depth(self) -> int: ...
+    @property
+    def files(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -239,7 +256,8 @@ def tree_baseline(git: Git, commit: str) -> Baseline:
     return Baseline(entries, total)
 
 
-def survey(worktree: Path, limits: Limits, baseline: Baseline | Callable[[], Baseline], *,
+def survey(worktree: Path, limits: SurveyLimits,
+           baseline: Baseline | Callable[[], Baseline], *,
            step_id: str = "the step") -> Survey:
     """Walk what a step left (once, bounded); defuse special files; enforce the limits.
 
@@ -263,8 +281,7 @@ def survey(worktree: Path, limits: Limits, baseline: Baseline | Callable[[], Bas
 
     def held() -> Baseline:
         if not parent:
-            assert not isinstance(baseline, Baseline)
-            parent.append(baseline())
+            parent.append(baseline if isinstance(baseline, Baseline) else baseline())
         return parent[0]
 
     def visit(dir_fd: int, rel: str, name: str, info: os.stat_result) -> bool:
@@ -319,7 +336,8 @@ def survey(worktree: Path, limits: Limits, baseline: Baseline | Callable[[], Bas
     return found
 
 
-def survey_step(worktree: Path, limits: Limits, git: Git, parent: str, step_id: str) -> Survey:
+def survey_step(worktree: Path, limits: SurveyLimits, git: Git, parent: str,
+                step_id: str) -> Survey:
     """The executor's call after a run/tool step: survey against the parent's tree, and
     fail the step (first defused file named) when anything had to be defused."""
     found = survey(worktree, limits, lambda: tree_baseline(git, parent), step_id=step_id)
@@ -363,5 +381,5 @@ def clean_worktree(git: Git, worktree: Path) -> None:
     git.run("clean", "-ffdxq")
 
 
-__all__ = ["Baseline", "Survey", "clean_worktree", "host_path_room", "remove_at",
-           "remove_tree", "survey", "survey_step", "tree_baseline", "walk"]
+__all__ = ["Baseline", "Survey", "SurveyLimits", "clean_worktree", "host_path_room",
+           "remove_at", "remove_tree", "survey", "survey_step", "tree_baseline", "walk"]

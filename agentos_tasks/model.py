@@ -11,6 +11,9 @@ from typing import Literal
 
 Op = Literal["write", "delete", "patch", "run", "tool"]
 OPS: tuple[Op, ...] = ("write", "delete", "patch", "run", "tool")
+# The coding-agent adapters a tool step may name: the request and policy schemas, the
+# task/result packs and tools/adapters/ all use this one tuple.
+ADAPTERS: tuple[str, ...] = ("claude", "codex", "opencode", "command")
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,12 @@ from typing import Any
 
 import voluptuous as vol
 
-from agentos_tasks.model import OPS, Author, Question, Request, Step, ToolSpec
+from agentos_tasks.model import ADAPTERS, OPS, Author, Question, Request, Step, ToolSpec
 from agentos_tasks.yamlsrc import MarkedDoc, load_with_marks, validate
 
 # no leading dot: ids name files and directories (steps/<id>.json, tools/<id>/), so
 # `.`, `..` and hidden names are refused
 ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
-ADAPTERS = ("claude", "codex", "opencode", "command")
 
 _ident = vol.All(str, vol.Match(ID_PATTERN, msg="must match [A-Za-z0-9_-][A-Za-z0-9_.-]*"),
                  vol.Length(min=1, max=100))

@@ -748,7 +748,7 @@ def test_symlink_targets_are_judged_by_deny_and_ask(policy: Policy, worktree: Pa
 
 
 def test_reaches_below_distinguishes_anchored_from_floating_globs() -> None:
-    from agentos_tasks.aliases import reaches_below
+    from agentos_tasks.policy.aliases import reaches_below
 
     def below(glob: str, directory: str) -> bool:
         return reaches_below(glob, directory.split("/"), ignore_case=True)

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pathspec import GitIgnoreSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _DOUBLE_STAR = "**"
 

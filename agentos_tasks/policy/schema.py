@@ -1,0 +1,292 @@
+"""The policy file: its voluptuous schema, the records it compiles to, and `load_policy`.
+
+A version-1 policy (YAML or JSON) is validated against `POLICY_SCHEMA` (also the source of
+the shipped JSON Schema), every mistake reported at file:line; then its globs are compiled
+once (`paths.compile_glob`) and each rule gets its id: the user's own, or a stable generated
+one such as ``paths.deny[0]``. A user-given id is unique and never one of
+`RESERVED_RULE_IDS`, the built-in rules' ids, so every decision names one rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import voluptuous as vol
+
+from agentos_tasks import yamlsrc
+from agentos_tasks.model import ADAPTERS, OPS
+from agentos_tasks.policy.paths import compile_glob
+
+if TYPE_CHECKING:
+    import re
+
+WHAT = "policy"
+ISOLATION_LEVELS: tuple[str, ...] = ("required", "best-effort")
+DEFAULT_ENV: tuple[str, ...] = ("PATH", "LANG")
+
+# Fixed rule ids; a user-given `id` may not reuse one (it would make decisions ambiguous).
+RESERVED_RULE_IDS: frozenset[str] = frozenset({
+    "allow", "operations", "paths.default", "paths.ignored", "paths.invalid", "paths.absolute",
+    "paths.parent", "paths.git", "paths.symlink", "paths.hardlink", "paths.name",
+    "paths.executable", "paths.setuid", "paths.special", "commands.default",
+    "tools.default", "tool.paths", "limits.max_steps", "limits.max_file_bytes",
+    "limits.max_changed_files", "limits.path_length", "limits.path_depth", "limits.files",
+    "limits.bytes",
+})
+
+
+# --------------------------------------------------------------------------- schema
+
+def _strict_int(value: Any) -> Any:
+    """YAML `true` is an int to Python; a limit or version must be a real number."""
+    if isinstance(value, bool):
+        raise vol.Invalid("expected an integer, got a boolean")
+    return value
+
+
+_RULE_ID = vol.All(str, vol.Match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                                  msg="rule id must match [A-Za-z0-9][A-Za-z0-9_.-]*"))
+_GLOB = vol.All(str, vol.Length(min=1, msg="a glob must not be empty"))
+_PATH_RULE = vol.Any(_GLOB, {vol.Optional("id"): _RULE_ID, vol.Required("glob"): _GLOB})
+_ARGV = vol.All([str], vol.Length(min=1, msg="argv must list at least one token"))
+
+
+_INT = vol.All(_strict_int, int, vol.Range(min=1))
+_SECONDS = vol.All(_strict_int, vol.Any(int, float), vol.Range(min=0, min_included=False))
+
+DEFAULT_LIMITS: dict[str, int | float] = {
+    "step_seconds": 120, "max_file_bytes": 1_048_576, "max_changed_files": 200,
+    "max_steps": 500, "output_bytes": 1_048_576, "memory_bytes": 4_294_967_296,
+    "max_processes": 256, "max_open_files": 1024,
+    # what a run/tool step may leave in its worktree, ignored files included (leftovers.py):
+    # the longest worktree-relative path in bytes and in levels, and entries (files,
+    # directories, links: inodes) and bytes beyond what the parent commit's own tree holds
+    "path_length": 4096, "path_depth": 256, "files": 100_000, "bytes": 1_073_741_824,
+}
+
+_LIMITS = {
+    vol.Optional(name, default=default): (_SECONDS if name == "step_seconds" else _INT)
+    for name, default in DEFAULT_LIMITS.items()
+}
+
+POLICY_SCHEMA = vol.Schema(
+    {
+        vol.Required("version"): vol.All(_strict_int, int, vol.In([1], msg="only version 1 "
+                                                                      "is supported")),
+        vol.Required("id"): _RULE_ID,
+        vol.Optional("operations", default=list): [vol.In(list(OPS))],
+        vol.Optional("paths", default=dict): {
+            vol.Optional("allow", default=list): [_PATH_RULE],
+            vol.Optional("deny", default=list): [_PATH_RULE],
+            vol.Optional("ask", default=list): [_PATH_RULE],
+            vol.Optional("executable", default=list): [_PATH_RULE],
+        },
+        vol.Optional("commands", default=list): [
+            {vol.Optional("id"): _RULE_ID, vol.Required("argv"): _ARGV}
+        ],
+        vol.Optional("tools", default=list): [
+            {
+                vol.Optional("id"): _RULE_ID,
+                vol.Required("adapter"): vol.In(list(ADAPTERS)),
+                vol.Optional("network", default=False): bool,
+                vol.Optional("review", default=False): bool,
+                vol.Optional("argv"): _ARGV,
+            }
+        ],
+        vol.Optional("network", default=False): bool,
+        vol.Optional("isolation", default="required"): vol.In(list(ISOLATION_LEVELS)),
+        vol.Optional("limits", default=dict): _LIMITS,
+        vol.Optional("env", default=lambda: list(DEFAULT_ENV)): [
+            vol.All(str, vol.Match(r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                   msg="not an environment variable name"))
+        ],
+        vol.Optional("require_approval", default=list): [vol.In(list(OPS))],
+    },
+    extra=vol.PREVENT_EXTRA,
+)
+"""Voluptuous schema of a version-1 policy file (also the source of the shipped JSON Schema)."""
+
+
+# --------------------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; the executor and sandbox enforce them, they are not advisory."""
+
+    step_seconds: float
+    max_file_bytes: int
+    max_changed_files: int
+    max_steps: int
+    output_bytes: int
+    memory_bytes: int
+    max_processes: int
+    max_open_files: int
+    path_length: int = 4096
+    path_depth: int = 256
+    files: int = 100_000
+    bytes: int = 1_073_741_824
+
+
+@dataclass(frozen=True)
+class PathRule:
+    """One glob of `paths.allow|deny|ask`, compiled once."""
+
+    rule_id: str
+    glob: str
+    regex: re.Pattern[str] = field(compare=False, repr=False)
+
+    def matches(self, path: str) -> bool:
+        """True when the glob matches `path` or any parent directory of it (gitignore).
+
+        pathspec's regexes already end in ``(/|$)``, so a match on a directory prefix
+        covers everything below it, as in .gitignore.
+        """
+        return self.regex.search(path) is not None
+
+
+@dataclass(frozen=True)
+class CommandRule:
+    """`commands[i]`: an argv prefix that run steps may start with."""
+
+    rule_id: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ToolRule:
+    """`tools[i]`: an adapter that tool steps may use, and what it gets."""
+
+    rule_id: str
+    adapter: str
+    network: bool = False
+    review: bool = False
+    argv: tuple[str, ...] | None = None  # `command` adapter only: required argv prefix
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A loaded, validated policy; `sha256` is of the raw file bytes (what the tape records)."""
+
+    source: Path
+    sha256: str
+    id: str
+    version: int
+    operations: tuple[str, ...]
+    allow: tuple[PathRule, ...]
+    deny: tuple[PathRule, ...]
+    ask: tuple[PathRule, ...]
+    commands: tuple[CommandRule, ...]
+    tools: tuple[ToolRule, ...]
+    network: bool
+    isolation: str
+    limits: Limits
+    env: tuple[str, ...]
+    require_approval: tuple[str, ...]
+    executable: tuple[PathRule, ...] = ()  # where a file may land executable (100755)
+
+    def tool_rule(self, adapter: str) -> ToolRule | None:
+        """The (single) tools rule for `adapter`, if the policy lists it."""
+        return next((rule for rule in self.tools if rule.adapter == adapter), None)
+
+
+# --------------------------------------------------------------------------- loading
+
+def default_policy_path() -> Path:
+    """The default policy, shipped inside the package (agentos_tasks/policies/; the
+    checkout's `policies/` is a link to it)."""
+    return Path(__file__).resolve().parents[1] / "policies" / "sandbox_policy.yaml"
+
+
+def load_policy(path: Path) -> Policy:
+    """Read, validate and compile a policy file; any mistake is an AgentosError at file:line."""
+    doc = yamlsrc.load_with_marks(path, WHAT)
+    data = yamlsrc.validate(doc, POLICY_SCHEMA, WHAT)
+    raw = path.read_bytes()
+    _check_rule_ids(doc, data)
+
+    path_rules: dict[str, tuple[PathRule, ...]] = {}
+    for kind in ("deny", "ask", "allow", "executable"):
+        compiled = []
+        for index, entry in enumerate(data["paths"][kind]):
+            where: tuple[Any, ...] = ("paths", kind, index)
+            glob = entry if isinstance(entry, str) else entry["glob"]
+            explicit = None if isinstance(entry, str) else entry.get("id")
+            glob_where = where if isinstance(entry, str) else (*where, "glob")
+            try:
+                regex = compile_glob(glob, ignore_case=kind in ("deny", "ask"))
+            except ValueError as exc:
+                raise doc.error(f"{WHAT}: paths.{kind}[{index}]: {exc}", glob_where,
+                                hint="globs use .gitignore syntax, e.g. 'src/**' or "
+                                     "'**/.env'") from None
+            compiled.append(PathRule(explicit or f"paths.{kind}[{index}]", glob, regex))
+        path_rules[kind] = tuple(compiled)
+
+    commands = tuple(
+        CommandRule(entry.get("id") or f"commands[{index}]", tuple(entry["argv"]))
+        for index, entry in enumerate(data["commands"])
+    )
+
+    tools: list[ToolRule] = []
+    for index, entry in enumerate(data["tools"]):
+        where = ("tools", index)
+        if any(rule.adapter == entry["adapter"] for rule in tools):
+            raise doc.error(f"{WHAT}: tools: adapter {entry['adapter']!r} listed twice",
+                            (*where, "adapter"), hint="one rule per adapter")
+        if "argv" in entry and entry["adapter"] != "command":
+            raise doc.error(f"{WHAT}: tools[{index}].argv is only for the 'command' adapter",
+                            (*where, "argv"), hint="the other adapters build their own argv")
+        tools.append(ToolRule(entry.get("id") or f"tools[{index}]",
+                              entry["adapter"], entry["network"], entry["review"],
+                              tuple(entry["argv"]) if "argv" in entry else None))
+
+    return Policy(
+        source=path.resolve(),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        id=data["id"],
+        version=data["version"],
+        operations=tuple(dict.fromkeys(data["operations"])),
+        allow=path_rules["allow"],
+        deny=path_rules["deny"],
+        ask=path_rules["ask"],
+        commands=commands,
+        tools=tuple(tools),
+        network=data["network"],
+        isolation=data["isolation"],
+        limits=Limits(**{name: data["limits"][name] for name in DEFAULT_LIMITS}),
+        env=tuple(dict.fromkeys(data["env"])),
+        require_approval=tuple(dict.fromkeys(data["require_approval"])),
+        executable=path_rules["executable"],
+    )
+
+
+def _check_rule_ids(doc: yamlsrc.MarkedDoc, data: dict[str, Any]) -> None:
+    """User-given rule ids are unique and never a built-in id; errors in file order."""
+    located: list[tuple[int, str, tuple[Any, ...]]] = []
+    sections: list[tuple[tuple[Any, ...], list[Any]]] = [
+        (("paths", kind), data["paths"][kind])
+        for kind in ("allow", "deny", "ask", "executable")
+    ] + [(("commands",), data["commands"]), (("tools",), data["tools"])]
+    for prefix, entries in sections:
+        for index, entry in enumerate(entries):
+            if isinstance(entry, dict) and "id" in entry:
+                where = (*prefix, index, "id")
+                located.append((doc.lines.get(where, 0), entry["id"], where))
+    seen: dict[str, tuple[Any, ...]] = {}
+    for _line, explicit, where in sorted(located, key=lambda item: item[0]):
+        if explicit in RESERVED_RULE_IDS:
+            raise doc.error(f"{WHAT}: rule id {explicit!r} is reserved", where,
+                            hint="choose another id; reserved ids name built-in rules")
+        if explicit in seen:
+            raise doc.error(f"{WHAT}: duplicate rule id {explicit!r} (first at "
+                            f"{doc.where(seen[explicit])})", where)
+        seen[explicit] = where
+
+
+__all__ = [
+    "DEFAULT_ENV", "DEFAULT_LIMITS", "ISOLATION_LEVELS", "POLICY_SCHEMA", "RESERVED_RULE_IDS",
+    "CommandRule", "Limits", "PathRule", "Policy", "ToolRule", "default_policy_path",
+    "load_policy",
+]
