@@ -24,7 +24,7 @@ the tape, the step manifest, the patch file and the commit in git.
   review of this step.
 
 `check_tool_step` evaluates one step (used by `agentos tool verify` through
-agentos_tasks.tools.verifier with `strict=True`: a step that did not land fails TL-C);
+agentos_tasks.tools.pack_check with `strict=True`: a step that did not land fails TL-C);
 the gates run it over every tool step the run started (a failed step passes TL-B/TL-C
 only when nothing of it landed).
 """

@@ -18,17 +18,18 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
 
 from agentos_tasks.errors import AgentosError
-from agentos_tasks.model import Change
-from agentos_tasks.tools.adapters import ADAPTERS
+from agentos_tasks.model import ADAPTERS, Change
 from agentos_tasks.yamlsrc import MarkedDoc, load_with_marks, validate
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 SCHEMA_VERSION = 1
 TASK_PACK_NAME = "tool_task_pack.json"
