@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import voluptuous_openapi
 
+import agentos_tasks
 from agentos_tasks.errors import EXIT_POLICY, AgentosError, PolicyViolation
 from agentos_tasks.model import Author, Change, Request, Step, ToolSpec
 from agentos_tasks.policy import (
@@ -616,7 +617,9 @@ def test_safe_target(worktree: Path, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- shipped policies
 
 def test_default_policy_path_is_the_shipped_one() -> None:
-    assert default_policy_path() == POLICIES / "sandbox_policy.yaml"
+    # shipped inside the package; the checkout's policies/ links to the same files
+    assert default_policy_path() == (POLICIES / "sandbox_policy.yaml").resolve()
+    assert default_policy_path().is_relative_to(Path(agentos_tasks.__file__).parent)
     assert default_policy_path().is_file()
 
 
