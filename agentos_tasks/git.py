@@ -318,7 +318,7 @@ def init_private_repo(git_dir: Path, *, fmt_config: Path, alternates: Sequence[P
 
     Objects git writes through it stay in `git_dir/objects` until someone packs them
     elsewhere; the alternates are never written."""
-    from agentos_tasks.sandbox import read_repository_format
+    from agentos_tasks.sandbox.gitview import read_repository_format
 
     core, extensions = read_repository_format(str(fmt_config))
     lines = ["[core]", f"\trepositoryformatversion = {core.pop('repositoryformatversion', '0')}"]

@@ -10,13 +10,13 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentos_tasks import proc
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.evidence import load_manifest
 from agentos_tasks.fsutil import (
     sha256_bytes,
     sha256_file,
 )
+from agentos_tasks.sandbox.spec import ConfinedSpec
 
 if TYPE_CHECKING:
     from agentos_tasks.model import Change, Step
@@ -47,13 +47,13 @@ def parent_commit(ctx: RunContext, step: Step) -> str:
 
 
 def confined_spec(ctx: RunContext, *, network: bool,
-                  extra_readonly: tuple[Path, ...] = ()) -> proc.ConfinedSpec:
+                  extra_readonly: tuple[Path, ...] = ()) -> ConfinedSpec:
     from agentos_tasks.policy import step_env
 
     policy = ctx.policy
     base: dict[str, Any] = dict(ctx.base() or {})
     limits = policy.limits
-    return proc.ConfinedSpec(
+    return ConfinedSpec(
         worktree=ctx.paths.worktree,
         # the run's private git dir (shown with a synthesized config, no hooks) and the
         # target's objects (its alternate); never the target's git dir itself

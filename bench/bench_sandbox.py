@@ -18,8 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agentos_tasks import sandbox
-from agentos_tasks.proc import ConfinedSpec, run_confined
+from agentos_tasks.proc import run_confined
+from agentos_tasks.sandbox.bwrap import build_bwrap_argv
+from agentos_tasks.sandbox.hostfs import resolve_on_path
+from agentos_tasks.sandbox.program import plan_program
+from agentos_tasks.sandbox.spec import ConfinedSpec
 
 
 def timed_ms(action: object, n: int) -> list[float]:
@@ -34,7 +37,7 @@ def timed_ms(action: object, n: int) -> list[float]:
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    true_path = sandbox.resolve_on_path("true", env["PATH"])
+    true_path = resolve_on_path("true", env["PATH"])
     with tempfile.TemporaryDirectory() as tmp:
         worktree = Path(tmp) / "wt"
         worktree.mkdir()
@@ -54,8 +57,8 @@ def main() -> int:
             run_confined(["true"], spec, log)
 
         def plan_only() -> None:
-            sandbox.build_bwrap_argv(["true"], spec, Path("/x/bwrap"),
-                                     plan=sandbox.plan_program("true", env, worktree))
+            build_bwrap_argv(["true"], spec, Path("/x/bwrap"),
+                                     plan=plan_program("true", env, worktree))
 
         bare_argv = _drop_data_binds(list(first.wrapper_argv))
 

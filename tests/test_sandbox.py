@@ -17,9 +17,16 @@ from security.conftest import (  # reused skip/fail-under-CI logic
     requires_bwrap,
 )
 
-from agentos_tasks import proc, sandbox
 from agentos_tasks.errors import EXIT_STEP, AgentosError
-from agentos_tasks.proc import ConfinedResult, ConfinedSpec, run_confined
+from agentos_tasks.proc import run_confined
+from agentos_tasks.sandbox import bwrap
+from agentos_tasks.sandbox.backend import SANDBOX_ENV_VAR
+from agentos_tasks.sandbox.bwrap import build_bwrap_argv, probe_argv, synthesized_etc
+from agentos_tasks.sandbox.gitview import git_view_config, read_repository_format
+from agentos_tasks.sandbox.hostfs import SYSTEM_DIRS, is_system_path
+from agentos_tasks.sandbox.program import ProgramPlan, plan_program, program_binds
+from agentos_tasks.sandbox.pyenv import shim_root
+from agentos_tasks.sandbox.spec import ConfinedResult, ConfinedSpec
 
 HOST_PATH = os.environ.get("PATH", "/usr/bin:/bin")
 
@@ -60,7 +67,7 @@ def test_argv_has_every_isolation_flag_and_binds_in_order(tmp_path: Path) -> Non
     (worktree / ".git").write_text(f"gitdir: {gitdir}\n")
     spec = make_spec(worktree, readonly_paths=(gitdir, worktree / ".git"),
                      env={"PATH": "/usr/bin:/bin", "LANG": "C"})
-    argv = sandbox.build_bwrap_argv(["true"], spec, Path("/x/bwrap"), userns=True)
+    argv = build_bwrap_argv(["true"], spec, Path("/x/bwrap"), userns=True)
     assert argv[0] == "/x/bwrap" and argv[-2:] == ["--", "true"]
     for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
                  "--disable-userns"):
@@ -81,7 +88,7 @@ def test_argv_has_every_isolation_flag_and_binds_in_order(tmp_path: Path) -> Non
 
 def test_network_adds_share_net_and_name_resolution(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, network=True)
-    argv = sandbox.build_bwrap_argv(["true"], spec, Path("/x/bwrap"), userns=False)
+    argv = build_bwrap_argv(["true"], spec, Path("/x/bwrap"), userns=False)
     assert "--share-net" in argv and "--disable-userns" not in argv
     if os.path.exists("/etc/resolv.conf"):
         assert "/etc/resolv.conf" in argv
@@ -91,15 +98,15 @@ def test_home_is_private_and_never_bound(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     spec = make_spec(tmp_path / "wt", env={"PATH": "/usr/bin", "HOME": str(home)})
-    argv = sandbox.build_bwrap_argv(["true"], spec, Path("/x/bwrap"))
+    argv = build_bwrap_argv(["true"], spec, Path("/x/bwrap"))
     assert any(argv[j] == "--tmpfs" and argv[j + 1] == str(home) for j in range(len(argv) - 1))
     assert not any(argv[j] in ("--bind", "--ro-bind") and argv[j + 1] == str(home)
                    for j in range(len(argv) - 1))
 
 
 def test_system_symlinks_are_recreated_not_bound() -> None:
-    argv = sandbox.probe_argv(Path("/x/bwrap"), userns=False)
-    for system_dir in sandbox.SYSTEM_DIRS:
+    argv = probe_argv(Path("/x/bwrap"), userns=False)
+    for system_dir in SYSTEM_DIRS:
         if os.path.islink(system_dir):
             i = argv.index(system_dir)
             assert argv[i - 2] == "--symlink" and argv[i - 1] == os.readlink(system_dir)
@@ -111,7 +118,7 @@ def test_fake_cli_dir_is_bound_but_not_its_parent(tmp_path: Path) -> None:
     script = cli_dir / "fakecli"
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o755)
-    binds = sandbox.program_binds("fakecli", f"{cli_dir}:/usr/bin:/bin", tmp_path / "wt")
+    binds = program_binds("fakecli", f"{cli_dir}:/usr/bin:/bin", tmp_path / "wt")
     assert binds == [cli_dir]
 
 
@@ -120,7 +127,7 @@ def test_program_in_parent_of_worktree_binds_only_the_file(tmp_path: Path) -> No
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o755)
     (tmp_path / "secret.txt").write_text("s3cret")
-    plan = sandbox.plan_program(str(script), {"PATH": "/usr/bin"}, tmp_path / "wt")
+    plan = plan_program(str(script), {"PATH": "/usr/bin"}, tmp_path / "wt")
     assert plan.binds == (script,)
 
 
@@ -128,24 +135,24 @@ def shim_path() -> str:
     """A PATH whose `python` is a pyenv shim (as in a login shell), or skip."""
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
     shim = root / "shims" / "python3"
-    if not shim.is_file() or sandbox._pyenv_root_of_shim(shim) is None:
+    if not shim.is_file() or shim_root(shim) is None:
         pytest.skip("no pyenv shims on this machine")
     return f"{root / 'shims'}:/usr/bin:/bin"
 
 
 def test_pyenv_shim_resolves_to_real_interpreter(tmp_path: Path) -> None:
     path_env = shim_path()
-    plan = sandbox.plan_program("python", {"PATH": path_env}, tmp_path)
+    plan = plan_program("python", {"PATH": path_env}, tmp_path)
     assert plan.program is not None and "/shims/" not in str(plan.program)
     assert plan.path_prefix == (str(plan.program.parent),)
-    assert plan.binds and all(not sandbox.is_system_path(b) for b in plan.binds)
+    assert plan.binds and all(not is_system_path(b) for b in plan.binds)
     assert "/shims" not in " ".join(map(str, plan.binds))
 
 
 def test_hostile_python_version_file_cannot_pick_a_host_dir(tmp_path: Path) -> None:
     path_env = shim_path()
     (tmp_path / ".python-version").write_text("../../../../etc\n")
-    plan = sandbox.plan_program("python3", {"PATH": path_env}, tmp_path)
+    plan = plan_program("python3", {"PATH": path_env}, tmp_path)
     assert all(not str(b).startswith("/etc") for b in plan.binds)
 
 
@@ -159,7 +166,7 @@ def test_python_through_pyenv_shim_runs_in_sandbox(tmp_path: Path) -> None:
 
 
 def test_synthesized_passwd_lists_only_the_sandbox_user() -> None:
-    files = sandbox.synthesized_etc(0, 0)
+    files = synthesized_etc(0, 0)
     assert files["/etc/passwd"].startswith(b"root:x:0:0:")
     assert len(files["/etc/passwd"].splitlines()) == 2
 
@@ -306,7 +313,7 @@ def test_readonly_path_inside_worktree_stays_readonly(tmp_path: Path) -> None:
 
 def test_required_without_bwrap_fails_closed(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
+    monkeypatch.setattr(bwrap, "find_bwrap", lambda: None)
     with pytest.raises(AgentosError) as caught:
         run(tmp_path, ["true"])
     assert caught.value.code == EXIT_STEP
@@ -315,7 +322,7 @@ def test_required_without_bwrap_fails_closed(tmp_path: Path,
 
 def test_forcing_none_with_required_is_refused(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(proc.SANDBOX_ENV_VAR, "none")
+    monkeypatch.setenv(SANDBOX_ENV_VAR, "none")
     with pytest.raises(AgentosError) as caught:
         run(tmp_path, ["true"])
     assert caught.value.code == EXIT_STEP
@@ -323,7 +330,7 @@ def test_forcing_none_with_required_is_refused(tmp_path: Path,
 
 def test_best_effort_without_bwrap_runs_unsandboxed_and_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
+    monkeypatch.setattr(bwrap, "find_bwrap", lambda: None)
     result, out = run(tmp_path, ["sh", "-c", "echo hi; exit 5"], isolation="best-effort")
     assert (result.backend, result.exit_code, out) == ("none", 5, "hi\n")
     assert any("UNSANDBOXED" in note for note in result.notes)
@@ -331,7 +338,7 @@ def test_best_effort_without_bwrap_runs_unsandboxed_and_says_so(
 
 @pytest.fixture
 def none_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(proc.SANDBOX_ENV_VAR, "none")
+    monkeypatch.setenv(SANDBOX_ENV_VAR, "none")
 
 
 @pytest.mark.usefixtures("none_backend")
@@ -389,11 +396,11 @@ def test_worktree_script_shebang_never_binds_a_private_dir(tmp_path: Path,
     script = worktree / "check.sh"
     script.write_text(shebang.format(helper=helper) + "\n")
     script.chmod(0o755)
-    plan = sandbox.plan_program("./check.sh", {"PATH": "/usr/bin:/bin"}, worktree)
+    plan = plan_program("./check.sh", {"PATH": "/usr/bin:/bin"}, worktree)
     assert plan.program == script
     assert plan.binds == ()
     # control: the same interpreter on the step's PATH is bound by the normal rules
-    plan = sandbox.plan_program("./check.sh", {"PATH": f"{helper.parent}:/usr/bin"}, worktree)
+    plan = plan_program("./check.sh", {"PATH": f"{helper.parent}:/usr/bin"}, worktree)
     assert plan.binds == (helper.parent,)
 
 
@@ -402,11 +409,11 @@ def test_worktree_symlink_to_a_private_program_binds_nothing(tmp_path: Path) -> 
     worktree = tmp_path / "wt"
     worktree.mkdir()
     (worktree / "tool").symlink_to(helper)
-    plan = sandbox.plan_program("./tool", {"PATH": "/usr/bin:/bin"}, worktree)
+    plan = plan_program("./tool", {"PATH": "/usr/bin:/bin"}, worktree)
     assert plan.binds == ()
     # a link to a system program is fine: nothing to bind, it is visible anyway
     (worktree / "sh").symlink_to("/bin/sh")
-    assert sandbox.plan_program("./sh", {"PATH": "/usr/bin"}, worktree).binds == ()
+    assert plan_program("./sh", {"PATH": "/usr/bin"}, worktree).binds == ()
 
 
 def test_untrusted_interpreter_chain_is_not_followed(tmp_path: Path) -> None:
@@ -418,7 +425,7 @@ def test_untrusted_interpreter_chain_is_not_followed(tmp_path: Path) -> None:
     script = tools / "run.sh"
     script.write_text(f"#!{helper}\n")
     script.chmod(0o755)
-    plan = sandbox.plan_program(str(script), {"PATH": "/usr/bin:/bin"}, tmp_path / "wt")
+    plan = plan_program(str(script), {"PATH": "/usr/bin:/bin"}, tmp_path / "wt")
     assert plan.binds == (tools,)
     assert helper.parent not in plan.binds
 
@@ -433,7 +440,7 @@ def test_cli_found_on_path_still_gets_its_interpreter(tmp_path: Path) -> None:
     cli = cli_dir / "agent"
     cli.write_text(f"#!{interpreter}\n")
     cli.chmod(0o755)
-    plan = sandbox.plan_program("agent", {"PATH": f"{cli_dir}:/usr/bin"}, tmp_path / "wt")
+    plan = plan_program("agent", {"PATH": f"{cli_dir}:/usr/bin"}, tmp_path / "wt")
     assert set(plan.binds) == {cli_dir, venv_bin}  # installed, not written by the repo
 
 
@@ -441,8 +448,8 @@ def test_fifo_in_place_of_a_script_does_not_hang_the_plan(tmp_path: Path) -> Non
     worktree = tmp_path / "wt"
     worktree.mkdir()
     os.mkfifo(worktree / "check.sh")
-    done: list[sandbox.ProgramPlan] = []
-    thread = threading.Thread(target=lambda: done.append(sandbox.plan_program(
+    done: list[ProgramPlan] = []
+    thread = threading.Thread(target=lambda: done.append(plan_program(
         "./check.sh", {"PATH": "/usr/bin"}, worktree)), daemon=True)
     thread.start()
     thread.join(5)
@@ -540,7 +547,7 @@ def test_git_view_binds_no_symlinked_entry_on_the_host(tmp_path: Path) -> None:
     private.mkdir()
     (common / "info").rename(tmp_path / "info-moved")
     (common / "info").symlink_to(private)
-    argv = sandbox.build_bwrap_argv(["true"], make_spec(worktree, **git_spec(common, worktree)),
+    argv = build_bwrap_argv(["true"], make_spec(worktree, **git_spec(common, worktree)),
                                     Path("/x/bwrap"), data_fds={str(common / "config"): 7})
     assert str(private) not in [argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
     link = argv.index(str(common / "info"))
@@ -562,10 +569,10 @@ def test_repository_format_reader_keeps_only_word_values(tmp_path: Path) -> None
         "[core \"sub\"]\n\tfilemode = true\n"
         "[Extensions] objectFormat = sha256\n\tworktreeConfig\n\tpartialclone = a b\n"
         "[remote \"origin\"]\n\turl = https://u:SECRET@x\n[include]\n\tpath = other\n")
-    core, extensions = sandbox.read_repository_format(str(config))
+    core, extensions = read_repository_format(str(config))
     assert core == {"repositoryformatversion": "1", "filemode": "false"}
     assert extensions == {"objectformat": "sha256", "worktreeconfig": "true"}
-    text = sandbox.git_view_config(str(tmp_path)).decode()
+    text = git_view_config(str(tmp_path)).decode()
     assert text == ("[core]\n\trepositoryformatversion = 1\n\tfilemode = false\n"
                     "\tbare = false\n[extensions]\n\tobjectformat = sha256\n")
 
@@ -618,7 +625,7 @@ def test_run_step_uses_git_in_its_worktree_but_not_the_real_config(tmp_path: Pat
 def test_seccomp_numbers_match_the_kernel_headers(arch: str, header: str, pattern: str) -> None:
     import re
 
-    from agentos_tasks import seccomp
+    from agentos_tasks.sandbox import seccomp
 
     if not os.path.isfile(header):
         pytest.skip(f"{header} not installed")

@@ -1,30 +1,37 @@
-"""No sandboxed process outlives the executor: run cgroups are owned, watched and swept.
+"""Per-run cgroups: a hard bound on processes, and nothing sandboxed outlives the executor.
 
-Every confined run gets its own cgroup (proc._Cgroup), named after its owner, the
-executor process: `agentos-<pid>-<starttime>-<n>` (starttime from /proc/<pid>/stat, so a
-reused pid is not mistaken for the owner). Two things remove the cgroups of an executor
-that died without cleaning up (SIGKILL, OOM kill, a crash while bwrap was still setting
-the sandbox up, when bwrap's own --die-with-parent does not reach its child yet):
+A run's cgroup (`Cgroup`) bounds its tasks with pids.max (RLIMIT_NPROC does not bind root)
+and, where the memory controller is delegated, memory.max; it lists every task left to
+kill when the run ends. `find_parent` probes once per process whether we may create one.
+
+Every run cgroup is named after its owner, the executor process:
+`agentos-<pid>-<starttime>-<n>` (starttime from /proc/<pid>/stat, so a reused pid is not
+mistaken for the owner). Two things remove the cgroups of an executor that died without
+cleaning up (SIGKILL, OOM kill, a crash while bwrap was still setting the sandbox up, when
+bwrap's own --die-with-parent does not reach its child yet):
 
 - the guard: one small process per executor process, started by proc.py in its own
   session, that waits for the executor to die (a pidfd, else polling its parent pid) and
   then kills every task of that executor's cgroups and removes them, at once;
-- the sweep: at the first confined run of every executor, the cgroups whose owner is dead
-  (including old-style `agentos-<pid>-<n>` names and probe dirs) are killed and removed,
-  in case a guard was killed as well.
+- the sweep: at the first confined run of every executor (`find_parent`), the cgroups
+  whose owner is dead (including old-style `agentos-<pid>-<n>` names and probe dirs) are
+  killed and removed, in case a guard was killed as well.
 
-Stdlib only and no package imports: proc.py runs this file as a script
-(`python -I -S cgroup_guard.py watch ...`). Nothing here starts a process.
+Stdlib only and no package imports: proc.py runs this file as the guard
+(`python -I -S cgroups.py watch ...`). Nothing here starts a process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import select
 import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "agentos-"
@@ -127,6 +134,132 @@ def sweep(parent: Path, owner: tuple[int, str] | None = None) -> list[str]:
     return removed
 
 
+# --- a run's cgroup, under a parent we may create children in ------------------------
+
+@dataclass(frozen=True)
+class CgroupParent:
+    path: Path
+    version: int  # 1 (pids hierarchy) or 2 (unified, pids delegated)
+    memory: bool  # v2 with the memory controller delegated: memory.max is enforced too
+
+
+_lock = threading.Lock()
+_parent: list[CgroupParent | None] = []  # [] = not probed yet
+_counter = itertools.count()
+_owner_starts: dict[int, str] = {}
+
+
+def _own_cgroup_dirs() -> list[tuple[int, Path]]:
+    """Our cgroup directory in a pids-capable hierarchy: v2 first, then v1 `pids`."""
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+        own = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return []
+    mounts: dict[str, tuple[str, str]] = {}
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3:
+            continue
+        if rfields[0] == "cgroup2":
+            mounts.setdefault("v2", (fields[3], fields[4]))
+        elif rfields[0] == "cgroup" and "pids" in rfields[2].split(","):
+            mounts.setdefault("v1", (fields[3], fields[4]))
+    found: list[tuple[int, Path]] = []
+    for line in own.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, cg_path = rest.partition(":")
+        key = "v2" if hierarchy == "0" and controllers == "" else (
+            "v1" if "pids" in controllers.split(",") else "")
+        if key not in mounts:
+            continue
+        mount_root, mount_point = mounts[key]
+        if mount_root != "/" and not cg_path.startswith(mount_root):
+            continue
+        relative = cg_path[len(mount_root):] if mount_root != "/" else cg_path
+        found.append((2 if key == "v2" else 1, Path(mount_point + "/" + relative.lstrip("/"))))
+    return sorted(found, key=lambda item: -item[0])
+
+
+def _usable_parent(version: int, directory: Path) -> CgroupParent | None:
+    """`directory` as a parent when pids is delegated and a child with pids.max can be
+    made in it (tried with a probe dir, removed at once)."""
+    memory = False
+    if version == 2:
+        try:
+            delegated = (directory / "cgroup.subtree_control").read_text().split()
+        except OSError:
+            return None
+        if "pids" not in delegated:
+            return None
+        memory = "memory" in delegated
+    probe_dir = directory / f"{PROBE_PREFIX}{os.getpid()}"
+    try:
+        probe_dir.mkdir()
+        try:
+            (probe_dir / "pids.max").write_text("max")
+        finally:
+            probe_dir.rmdir()
+    except OSError:
+        return None
+    return CgroupParent(directory, version, memory)
+
+
+def find_parent() -> CgroupParent | None:
+    """Probe once whether we may create a child cgroup with pids.max here; the first time
+    a parent is found, sweep the leftovers of dead executors from it."""
+    with _lock:
+        if _parent:
+            return _parent[0]
+        parent: CgroupParent | None = None
+        for version, directory in _own_cgroup_dirs():
+            parent = _usable_parent(version, directory)
+            if parent is not None:
+                break
+        _parent.append(parent)
+        if parent is not None:  # an executor that died before us left these behind
+            sweep(parent.path)
+        return parent
+
+
+def owner_start() -> str:
+    """This process's start time: with the pid it names the owner of our cgroups."""
+    pid = os.getpid()
+    if pid not in _owner_starts:
+        _owner_starts[pid] = start_time(pid) or "0"
+    return _owner_starts[pid]
+
+
+class Cgroup:
+    """One run's cgroup: bounds its tasks, and lists every task left to kill."""
+
+    def __init__(self, parent: CgroupParent, max_tasks: int, memory_bytes: int) -> None:
+        self.path = parent.path / owner_name(os.getpid(), owner_start(), next(_counter))
+        self.path.mkdir()
+        try:
+            (self.path / "pids.max").write_text(str(max_tasks))
+            if parent.memory:
+                (self.path / "memory.max").write_text(str(memory_bytes))
+        except OSError:
+            self.path.rmdir()
+            raise
+        self.procs = str(self.path / "cgroup.procs")
+
+    def pids(self) -> list[int]:
+        return tasks(self.path)
+
+    def kill_all(self) -> None:
+        """SIGKILL every task still in the cgroup until it is empty (bounded)."""
+        kill_tasks(self.path)
+
+    def remove(self) -> None:
+        """rmdir the cgroup; the kernel may need a moment to release exited tasks."""
+        remove(self.path)
+
+
+# --- the guard, run as a script by proc.py --------------------------------------------
+
 def _wait_for_death(pid: int) -> None:
     """Return once process `pid`, our parent, has exited."""
     pidfd = None
@@ -156,7 +289,7 @@ def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[1] == "watch":
         watch(Path(argv[2]), int(argv[3]), argv[4])
         return 0
-    sys.stderr.write("usage: cgroup_guard.py watch PARENT PID STARTTIME\n")
+    sys.stderr.write("usage: cgroups.py watch PARENT PID STARTTIME\n")
     return 2
 
 

@@ -1,4 +1,11 @@
-"""Which host files belong to a program installed under a home directory.
+"""Which host paths of a program's installation are bound read-only so it runs.
+
+`visible_paths(program)` decides for a program file found on the host. Nothing of the
+system dirs (visible anyway) and nothing at or below /proc, /sys or /dev. Outside home
+directories an installation prefix (`<prefix>/bin/<program>` with `<prefix>/lib`) is bound
+whole, so an interpreter finds its stdlib and site-packages; otherwise the program's
+directory; a file directly in a directory that is never bound whole (`/tmp`, `/opt`, ...
+NEVER_BIND_WHOLE) or that holds a guarded path (the worktree) is bound alone.
 
 A home directory holds credentials next to programs (`~/.local/share/opencode/auth.json`
 beside `~/.local/share/claude/versions/X`, `~/.config`, `~/.ssh`), so the sandbox never
@@ -14,13 +21,39 @@ binds a directory of it because a program lives there. It binds the program's ow
 
 Directories are only chosen when they are their own real path (no symlinked component
 could make the bind show something else) and are never one of the shared dirs of a home
-(`~`, `~/.local`, `~/.local/share`, `~/.config`, ...). Pure functions: nothing is started.
+(`~`, `~/.local`, `~/.local/share`, `~/.config`, ...). A symlink among a program's own
+files is recreated as a link inside (a bound link would become a copy of its target, and
+the program would look for its files beside the link), and its target is made visible
+in turn. Pure functions: nothing is started.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agentos_tasks.sandbox.hostfs import (
+    HOME_ROOTS,
+    home_of,
+    host_home_dirs,
+    in_pseudo_fs,
+    is_system_path,
+    within,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+# Host directories that are never bound as a whole, even when a program lives directly in
+# one of them (then only the program file itself is bound).
+NEVER_BIND_WHOLE: tuple[str, ...] = (
+    "/", "/root", "/home", "/tmp", "/var", "/var/tmp", "/etc",  # noqa: S108 - host paths
+    "/proc", "/sys", "/dev",
+    "/run", "/mnt", "/media", "/srv", "/opt", "/boot",
+)
 
 # Directories of a home that are shared by many programs and data: never bound as a whole
 # even when they look like an installation (a venv made in ~/.local, say).
@@ -32,10 +65,7 @@ SHARED_HOME_DIRS: tuple[str, ...] = (
     "node_modules", ".node_modules", "Documents", "Downloads", "Desktop",
 )
 _PYTHON_NAME = re.compile(r"python(\d+(\.\d+)?)?")
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+_MAX_LINK_HOPS = 8
 
 
 def _is_own_real_dir(path: str) -> bool:
@@ -47,7 +77,7 @@ def _is_own_real_dir(path: str) -> bool:
 
 def _may_bind_dir(directory: str, home: str) -> bool:
     """A directory strictly below `home`, its own real path, and not a shared home dir."""
-    if directory == home or not _within(directory, home):
+    if directory == home or not within(directory, home):
         return False
     relative = os.path.relpath(directory, home)
     if relative in SHARED_HOME_DIRS or relative.startswith(".."):
@@ -58,7 +88,7 @@ def _may_bind_dir(directory: str, home: str) -> bool:
 def _venv_of(path: str, home: str) -> str | None:
     """The nearest enclosing dir (below `home`) holding a pyvenv.cfg file."""
     directory = os.path.dirname(path)
-    while directory != home and _within(directory, home):
+    while directory != home and within(directory, home):
         if os.path.isfile(os.path.join(directory, "pyvenv.cfg")):
             return directory
         parent = os.path.dirname(directory)
@@ -110,7 +140,7 @@ def _python_files(path: str) -> list[str] | None:
               if name.startswith("libpython") and ".so" in name]
     for name in bin_entries:  # python, python3, python3.11: each resolving into the prefix
         entry = os.path.join(directory, name)
-        if _PYTHON_NAME.fullmatch(name) and _within(os.path.realpath(entry), prefix):
+        if _PYTHON_NAME.fullmatch(name) and within(os.path.realpath(entry), prefix):
             files.append(entry)
     return files
 
@@ -129,7 +159,72 @@ def own_files(path: str, home: str) -> list[str]:
     python = _python_files(path)
     if python is not None:
         prefix = os.path.dirname(os.path.dirname(path))
-        if _within(prefix, home) and prefix != home:
+        if within(prefix, home) and prefix != home:
             binds += [p for p in python
                       if not os.path.isdir(p) or _may_bind_dir(p, home)]
     return binds
+
+
+def may_bind_whole(directory: str, guarded: Iterable[str],
+                   homes: Iterable[str] | None = None) -> bool:
+    """A directory may be bound as a whole unless it is, or contains, something private,
+    or lies in a home directory (then only a program's own files are bound)."""
+    directory = os.path.normpath(directory)
+    if directory in NEVER_BIND_WHOLE or in_pseudo_fs(directory):
+        return False
+    homes = host_home_dirs() if homes is None else set(homes)
+    if home_of(directory, homes) is not None or \
+            home_of(os.path.realpath(directory), homes) is not None:
+        return False
+    for private in (*homes, *HOME_ROOTS, *guarded):
+        if within(os.path.normpath(private), directory):
+            return False  # binding it would expose $HOME, the worktree's siblings, ...
+    return True
+
+
+@dataclass
+class Visible:
+    """What a plan makes visible: read-only binds and symlinks recreated inside."""
+
+    binds: list[Path] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (target as written, path)
+
+
+def visible_paths(program: Path, guarded: Sequence[str],
+                  homes: Iterable[str] | None = None) -> Visible:
+    """Read-only binds (and symlinks) that make `program`, a host path, runnable (see the
+    module docstring); the program as written and with its links resolved."""
+    homes = host_home_dirs() if homes is None else set(homes)
+    visible = Visible()
+    for candidate in dict.fromkeys((os.path.normpath(os.path.abspath(program)),
+                                    os.path.realpath(program))):
+        _make_visible(candidate, guarded, homes, visible, 0)
+    return visible
+
+
+def _make_visible(candidate: str, guarded: Sequence[str], homes: set[str],
+                  visible: Visible, hops: int) -> None:
+    if is_system_path(candidate) or in_pseudo_fs(candidate) or not os.path.lexists(candidate):
+        return
+    home = home_of(candidate, homes)
+    if home is not None:
+        for path in own_files(candidate, home):
+            if in_pseudo_fs(path):
+                continue
+            if not os.path.islink(path):
+                visible.binds.append(Path(path))
+            elif hops < _MAX_LINK_HOPS:
+                target = os.readlink(path)
+                visible.links.append((target, path))
+                hop = os.path.normpath(os.path.join(os.path.dirname(path), target))
+                _make_visible(hop, guarded, homes, visible, hops + 1)
+        return
+    directory = os.path.dirname(candidate)
+    prefix = os.path.dirname(directory)
+    if (os.path.basename(directory) == "bin" and os.path.isdir(os.path.join(prefix, "lib"))
+            and may_bind_whole(prefix, guarded, homes)):
+        visible.binds.append(Path(prefix))
+    elif may_bind_whole(directory, guarded, homes):
+        visible.binds.append(Path(directory))
+    else:
+        visible.binds.append(Path(candidate))

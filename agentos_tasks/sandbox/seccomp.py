@@ -27,8 +27,11 @@ import errno
 import hashlib
 import os
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # <linux/audit.h>, <linux/seccomp.h>, <linux/bpf_common.h>
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -72,8 +75,6 @@ _COMMON_NEW = {  # numbered alike on every architecture since Linux 5.1
     "fspick": 433, "clone3": 435, "pidfd_getfd": 438, "mount_setattr": 442,
     "quotactl_fd": 443, "open_tree_attr": 467,
 }
-
-
 
 
 @dataclass(frozen=True)

