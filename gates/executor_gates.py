@@ -271,7 +271,7 @@ def tool_dirs(ctx: GateContext) -> list[str]:
 
 def wrapped_argv(wrapper: Any, argv: list[str]) -> bool:
     """True when a sandbox wrapper argv ends with `-- <argv>` (bwrap and the `none`
-    reaper both end so: agentos_tasks.sandbox.build_bwrap_argv, proc.run_confined)."""
+    reaper both end so: agentos_tasks.sandbox.bwrap.build_bwrap_argv, proc.run_confined)."""
     return isinstance(wrapper, list) and len(wrapper) > len(argv) and \
         wrapper[len(wrapper) - len(argv) - 1:] == ["--", *argv]
 

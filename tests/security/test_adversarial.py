@@ -259,7 +259,7 @@ def test_relative_path_entry_does_not_run_a_planted_git_on_the_host(tmp_path: Pa
 
 
 def test_shebang_in_the_repository_cannot_bind_a_private_host_directory(tmp_path: Path) -> None:
-    """HOLE. For a program inside the worktree, sandbox.plan_program follows its shebang
+    """HOLE. For a program inside the worktree, sandbox.program.plan_program follows its shebang
     and binds the interpreter's directory (or install prefix) read-only. The shebang is
     written by the untrusted repository, so it picks ANY host directory holding an
     executable (~/.local/bin, ~/bin, a tool dir next to credentials) and reads what lies
