@@ -405,6 +405,13 @@ def _bound_processes(spec: ConfinedSpec, backend: str,
     cgroup: cgroups.Cgroup | None = None
     cgroup_parent = cgroups.find_parent()
     if cgroup_parent is not None:
+        # the guard first: a cgroup that exists always has a guard process that will
+        # remove it, however early the executor dies (one that finds us gone sweeps)
+        guard_note = None
+        try:
+            _ensure_guard(cgroup_parent)
+        except OSError as exc:  # still PDEATHSIG, and the next executor's sweep
+            guard_note = f"processes: no guard for the executor's death ({exc})"
         try:
             cgroup = cgroups.Cgroup(cgroup_parent, max_processes + overhead, memory_bytes)
         except OSError as exc:
@@ -412,10 +419,8 @@ def _bound_processes(spec: ConfinedSpec, backend: str,
         else:
             notes.append(f"processes: cgroup v{cgroup_parent.version} pids.max="
                          f"{max_processes + overhead}")
-            try:
-                _ensure_guard(cgroup_parent)
-            except OSError as exc:  # still PDEATHSIG, and the next executor's sweep
-                notes.append(f"processes: no guard for the executor's death ({exc})")
+            if guard_note:
+                notes.append(guard_note)
             return cgroup, None
     if os.getuid() == 0:
         notes.append("processes: NOT bounded (root ignores RLIMIT_NPROC, no cgroup)")
