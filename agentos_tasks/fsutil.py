@@ -19,10 +19,12 @@ import json
 import os
 import stat
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.errors import EXIT_GATES, AgentosError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def fsync_dir(path: Path) -> None:

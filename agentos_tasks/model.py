@@ -6,8 +6,10 @@ No behaviour here: loaders build these, everyone else reads them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 Op = Literal["write", "delete", "patch", "run", "tool"]
 OPS: tuple[Op, ...] = ("write", "delete", "patch", "run", "tool")
