@@ -20,7 +20,14 @@ from agentos_tasks.fsutil import (
     sha256_file,
     write_json,
 )
-from agentos_tasks.landing import CheckedOut, am_in_private, checked_out, move_branch, pack_into
+from agentos_tasks.landing import (
+    CheckedOut,
+    am_in_private,
+    checked_out,
+    move_branch,
+    pack_into,
+    refuse_links_in_target,
+)
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
@@ -108,7 +115,9 @@ def _land(ctx: RunContext, branch: str, pre: str, *, changed: list[Manifest],
         raise AgentosError(f"the landed tree {wt_git.tree_of(post)[:12]} differs from "
                            f"the tested worktree {expected_tree[:12]}", code=EXIT_STATE)
     base: dict[str, Any] = dict(ctx.base() or {})
-    objects = Path(str(base.get("git_common_dir"))) / "objects"
+    common = Path(str(base.get("git_common_dir")))
+    refuse_links_in_target(common, git.git_dir(), branch)  # again: it is written now
+    objects = common / "objects"
     pack_into(wt_git, objects, [post, str(changed[-1]["commit"])], pre)
     write_json(ctx.paths.state / "apply_started.json", {"pre": pre, "post": post},
                durable=True)
@@ -170,6 +179,7 @@ def reset_branch(ctx: RunContext, git: Git, branch: str, target: str,
                  reason: str) -> dict[str, Any]:
     """Move `branch` back to `target` (and its checkout, if any); prove it
     (rollback_proof.json, tape)."""
+    refuse_links_in_target(git.common_dir(), git.git_dir(), branch)
     before_head = git.rev_parse(f"refs/heads/{branch}")
     before_tree = git.tree_of(before_head)
     checkout = target_checkout(ctx, git, branch, before_head)

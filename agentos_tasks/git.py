@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,6 +79,17 @@ HARDENING: tuple[str, ...] = (
     "status.submoduleSummary=false",
     "fetch.recurseSubmodules=false",
     "core.alternateRefsCommand=",
+    # keys that name files git reads: a repository could name a FIFO (a hang) or /dev/zero
+    # (unbounded memory); agentos needs none of them
+    "core.attributesFile=/dev/null",
+    "core.excludesFile=/dev/null",
+    "diff.orderFile=/dev/null",
+    "mailmap.file=/dev/null",
+    "mailmap.blob=",
+    "blame.ignoreRevsFile=",
+    "commit.template=",
+    "notes.displayRef=",
+    "core.notesRef=refs/notes/agentos-none",
     "init.templateDir=",
     "user.useConfigOnly=false",
     "log.showSignature=false",
@@ -333,6 +345,37 @@ def init_private_repo(git_dir: Path, *, fmt_config: Path, alternates: Sequence[P
     (git_dir / "objects" / "info" / "alternates").write_text(
         "".join(f"{os.path.abspath(a)}\n" for a in alternates))
     (git_dir / "HEAD").write_text(f"{head}\n")
+
+
+_PRIVATE_OBJECTS_MAX_ENTRIES = 500_000
+
+
+def private_objects_usable(objects: Path, alternate: Path) -> bool:
+    """May a run's private object dir from a received run directory be read as an
+    alternate? Only when it is what init_private_repo makes: a real directory of plain
+    directories and files (no link, FIFO or device anywhere, bounded), whose only
+    alternate is the target's own object dir: git follows `info/alternates` chains, so
+    anything else could point a reader at a FIFO or another repository."""
+    try:
+        if not stat.S_ISDIR(os.lstat(objects).st_mode):
+            return False
+        listed = (objects / "info" / "alternates")
+        if not stat.S_ISREG(os.lstat(listed).st_mode):
+            return False
+        lines = listed.read_bytes()[:65536].decode("utf-8", "replace").split()
+    except OSError:
+        return False
+    if lines != [os.path.abspath(alternate)]:
+        return False
+    count = 0
+    for root, dirs, files in os.walk(objects):  # never follows links
+        for name in (*dirs, *files):
+            count += 1
+            mode = os.lstat(os.path.join(root, name)).st_mode
+            if count > _PRIVATE_OBJECTS_MAX_ENTRIES or not (
+                    stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                return False
+    return True
 
 
 def parse_numstat_z(raw: bytes) -> list[str]:

@@ -16,10 +16,12 @@ Invariants:
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentos_tasks.errors import EXIT_STATE, AgentosError
+from agentos_tasks.errors import EXIT_STATE, EXIT_USAGE, AgentosError
 from agentos_tasks.fsutil import RefusedFile, read_regular
 from agentos_tasks.git import Git, find_branch_worktree, init_private_repo
 
@@ -129,6 +131,36 @@ def am_in_private(git: Git, pre: str, patches: list[Path], step_commits: list[st
                 code=EXIT_STATE, hint="a commit message may not contain diff or mail header "
                                       "lines; the branch was not touched")
     return post
+
+
+def refuse_links_in_target(common: Path, git_dir: Path, branch: str) -> None:
+    """Everything of the target's git dir that landing writes (the branch's loose ref and
+    its parent dirs, the reflogs git appends to, the pack dir, packed-refs) must be what it
+    looks like: a directory or a regular file, never a symlink, FIFO or device. git
+    follows links there, so a repository could otherwise point a write at any host file."""
+    parts = branch.split("/")
+    dirs = [common / "refs", common / "refs" / "heads", common / "logs",
+            common / "logs" / "refs", common / "logs" / "refs" / "heads",
+            common / "objects", common / "objects" / "pack", common / "objects" / "info",
+            git_dir / "logs"]
+    dirs += [common / "refs" / "heads" / Path(*parts[:i]) for i in range(1, len(parts))]
+    dirs += [common / "logs" / "refs" / "heads" / Path(*parts[:i])
+             for i in range(1, len(parts))]
+    files = [common / "refs" / "heads" / branch, common / "logs" / "refs" / "heads" / branch,
+             common / "logs" / "HEAD", git_dir / "logs" / "HEAD", common / "packed-refs",
+             common / "HEAD", git_dir / "HEAD"]
+    for path, want in [*((d, stat.S_ISDIR) for d in dirs), *((f, stat.S_ISREG) for f in files)]:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not want(mode):
+            kind = "a symlink" if stat.S_ISLNK(mode) else "not a plain file or directory"
+            raise AgentosError(
+                f"the target's git dir has {path} as {kind}: landing would write through it",
+                code=EXIT_USAGE, where=str(path),
+                hint="agentos never writes through links in a repository's git dir; replace "
+                     "the link by the file or directory it stands for")
 
 
 def pack_into(git: Git, objects_dir: Path, tips: list[str], exclude: str) -> None:

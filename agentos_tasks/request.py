@@ -25,6 +25,11 @@ ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 _ident = vol.All(str, vol.Match(ID_PATTERN, msg="must match [A-Za-z0-9_-][A-Za-z0-9_.-]*"),
                  vol.Length(min=1, max=100))
 _nonempty = vol.All(str, vol.Length(min=1))
+# A commit identity lands in commits and reflogs: no control characters, no `<>` (git's
+# own delimiters), no shell syntax a later reader of a log might evaluate.
+_identity = vol.All(str, vol.Length(min=1, max=200),
+                    vol.Match(r"^[^\x00-\x1f\x7f<>$`\\]+$",
+                              msg="no control characters, <, >, $, ` or \\ allowed"))
 
 
 def _arg(value: object) -> str:
@@ -73,7 +78,7 @@ REQUEST_SCHEMA = vol.Schema({
     vol.Optional("base"): _nonempty,
     vol.Optional("branch"): _nonempty,
     vol.Optional("policy"): _nonempty,
-    vol.Optional("author"): {vol.Required("name"): _nonempty, vol.Required("email"): _nonempty},
+    vol.Optional("author"): {vol.Required("name"): _identity, vol.Required("email"): _identity},
     vol.Required("steps"): vol.All([STEP_SCHEMA], vol.Length(min=1, msg="at least one step")),
     vol.Optional("questions"): [{vol.Required("id"): _ident, vol.Required("text"): _nonempty}],
 })

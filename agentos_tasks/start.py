@@ -20,6 +20,7 @@ from agentos_tasks.fsutil import (
     write_json,
 )
 from agentos_tasks.git import Git, init_private_repo
+from agentos_tasks.landing import refuse_links_in_target
 from agentos_tasks.leftovers import remove_tree
 from agentos_tasks.termsafe import escape
 
@@ -148,6 +149,8 @@ def worktree_task(ctx: RunContext) -> None:
     # the run's own git dir: our config, the target's objects as a read-only alternate;
     # objects the run makes stay here until apply packs the landed ones into the target
     common = Path(record["git_common_dir"])
+    # before anything runs: landing will write there, never through a link
+    refuse_links_in_target(common, git.git_dir(), record["branch"])
     init_private_repo(ctx.paths.run_git_dir, fmt_config=common / "config",
                       alternates=[common / "objects"], head=record["base"])
     wt.mkdir(parents=True)

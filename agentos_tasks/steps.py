@@ -104,9 +104,7 @@ def run_step(ctx: RunContext, step: Step) -> None:
             raise PolicyViolation(decision.rule_id, f"step {step.id} changed "
                                   f"{decision.subject or '?'}: {decision.reason}")
         landing = [c for c in changes if not c.ignored]
-        for change in landing:
-            if change.new_mode == "160000" or (ctx.paths.worktree / change.path / ".git").exists():
-                raise PolicyViolation("paths.git", f"{change.path} is a nested git repository")
+        refuse_nested_repositories(ctx.paths.worktree, landing)
         manifest = commit_step(ctx, git, step, parent, changes, outcome, spec_sha,
                                decision.rule_id, time.monotonic() - started)
     except AgentosError as err:
@@ -123,6 +121,33 @@ def run_step(ctx: RunContext, step: Step) -> None:
              head=manifest["head"], manifest_sha256=sha256_file(ctx.paths.manifest(step.id)),
              **({"tool_result_pack_sha256": manifest["tool_result_pack_sha256"]}
                 if "tool_result_pack_sha256" in manifest else {}))
+
+
+def _looks_like_git_dir(directory: Path) -> bool:
+    """git's own test for a repository directory (bare or a `.git`): HEAD, objects/, refs/."""
+    return ((directory / "HEAD").is_file() and (directory / "objects").is_dir()
+            and (directory / "refs").is_dir())
+
+
+def refuse_nested_repositories(worktree: Path, landing: list[Change]) -> None:
+    """No change may land inside a repository of its own: a `.git` dir or file, a gitlink,
+    or a bare repository's layout (HEAD + objects/ + refs/), whose config a later git run
+    in the target's checkout would obey (an fsmonitor, a hook path)."""
+    seen: set[Path] = set()
+    for change in landing:
+        target = worktree / change.path
+        if change.new_mode == "160000" or (target / ".git").exists():
+            raise PolicyViolation("paths.git", f"{change.path} is a nested git repository")
+        for directory in (target, *target.parents):
+            if directory == worktree or worktree not in directory.parents:
+                break
+            if directory in seen:
+                break
+            seen.add(directory)
+            if _looks_like_git_dir(directory):
+                rel = directory.relative_to(worktree).as_posix()
+                raise PolicyViolation("paths.git", f"{change.path} lies in {rel}, which is laid "
+                                      "out as a git repository (HEAD, objects/, refs/)")
 
 
 def reusable_manifest(ctx: RunContext, git: Git, step: Step, parent: str, spec_sha: str) -> bool:

@@ -43,7 +43,17 @@ class MarkedDoc:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader: no Python object tags, ever."""
+    """SafeLoader: no Python object tags, ever, and no aliases: `*name` makes the loader
+    build the node it names again at every use, so ten nested anchors are a billion
+    nodes (an alias bomb). None of agentos' files needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed here; write the "
+                "value out", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _construct(node: yaml.Node, path: PathKey, doc: MarkedDoc, loader: _Loader) -> Any:
@@ -92,6 +102,10 @@ def load_with_marks(path: Path, what: str) -> MarkedDoc:
                            where=f"{path}:{line}") from None
     except yaml.YAMLError as exc:
         raise AgentosError(f"invalid YAML: {exc}", where=f"{path}:1") from None
+    except RecursionError:
+        raise AgentosError(f"{what} file is nested too deeply to read", where=f"{path}:1",
+                           hint="a request, policy or answers file is a few levels deep"
+                           ) from None
     finally:
         loader.dispose()
     return doc

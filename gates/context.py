@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agentos_tasks.fsutil import RefusedFile, check_received_tree, is_regular, read_regular
-from agentos_tasks.git import Git
+from agentos_tasks.git import Git, private_objects_usable
 from agentos_tasks.tape import ChainReport, verify_chain
 
 
@@ -299,7 +299,10 @@ class GateContext:
         """git in the target repository; a run's objects that never landed (a failed or
         not yet applied run) are read from its private git dir, as an alternate."""
         own = self.run_dir / ".state" / "repo.git" / "objects"
-        return Git(self.repo_path(), alternates=(own,) if own.is_dir() else ())
+        target = Git(self.repo_path())
+        if own.is_dir() and private_objects_usable(own, target.common_dir() / "objects"):
+            return Git(self.repo_path(), alternates=(own,))
+        return target
 
     def branch(self) -> str:
         """The target branch: the request's, or the one the worktree task recorded; every

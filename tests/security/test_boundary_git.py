@@ -336,3 +336,14 @@ def test_landing_refuses_a_commit_that_am_made_differently_from_its_step(
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_a_commit_identity_with_shell_or_control_syntax_is_refused(tmp_path: Path) -> None:
+    """The request's author lands in commits and in the target's reflog: no `$(...)`,
+    backticks, `<>` or control characters (review: a reflog line is text someone may
+    one day evaluate)."""
+    for name in ("x $(id) y", "a`id`", "a <b>", "line\nbreak"):
+        write_request(tmp_path, [WRITE_DOC], author={"name": name, "email": "a@x"})
+        proc = doit(tmp_path, "run", "request=req.yaml")
+        assert proc.returncode != 0 and "author.name" in proc.stderr, (name, proc.stderr)
+        assert not (tmp_path / "repo").exists()
