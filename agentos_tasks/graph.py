@@ -170,7 +170,8 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
     No file_dep/task_dep on run tasks (doit would turn those into dependencies and
     regenerate evidence); an `uptodate` digest of the inputs instead.
     """
-    from gates import REGISTRY, InputsUnchanged, gate_inputs_digest, run_gate, write_reports
+    from agentos_tasks.gates.report import write_reports
+    from agentos_tasks.gates.runner import REGISTRY, InputsUnchanged, gate_inputs_digest, run_gate
 
     run_dir = ctx.paths.root
     names = []
@@ -211,7 +212,8 @@ def sign_action(ctx: RunContext) -> None:
                            "doit sign request=... key=agentos.key")
     # never trust a cached gate result: recompute every gate from the evidence now,
     # write the reports from exactly those results, then sign (refused on any FAIL)
-    from gates import run_all, write_reports
+    from agentos_tasks.gates.report import write_reports
+    from agentos_tasks.gates.runner import run_all
 
     write_reports(ctx.paths.root, run_all(ctx.paths.root))
     envelope = sign_run(ctx.paths.root, ctx.key_path)

@@ -4,8 +4,8 @@
 `run_confined` starts untrusted programs (run steps, coding-agent CLIs) inside the
 sandbox that `agentos_tasks.sandbox` plans (the mount plan, the seccomp filter, the
 cgroup, the child's setup before exec); that package starts nothing and never imports
-this module. Nothing else in agentos_tasks or gates may import subprocess, fork or exec;
-the static gate (gates/static.py) proves it. That is why the reaper of backend none,
+this module. Nothing else in agentos_tasks may import subprocess, fork or exec; the static
+gate (agentos_tasks/gates/static.py) proves it. That is why the reaper of backend none,
 which forks and execs the step's program in its own interpreter, is written here.
 """
 

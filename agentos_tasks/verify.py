@@ -27,6 +27,9 @@ from typing import Any
 
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import is_regular, read_regular
+from agentos_tasks.gates.common import FAIL, Gate
+from agentos_tasks.gates.context import GateContext, Missing
+from agentos_tasks.gates.runner import REGISTRY
 from agentos_tasks.layout import EVIDENCE_DIRS, EVIDENCE_FILES
 from agentos_tasks.sign import (
     ENVELOPE_RELPATH,
@@ -37,7 +40,6 @@ from agentos_tasks.sign import (
     verify_signature,
 )
 from agentos_tasks.termsafe import escape
-from gates import FAIL, REGISTRY, Gate, GateContext, Missing
 
 
 def verify_run(run_dir: Path, pub_path: Path) -> list[Check]:

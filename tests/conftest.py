@@ -31,10 +31,11 @@ PROJECT = Path(__file__).resolve().parent.parent
 if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
-from agentos_tasks.layout import artifact_files  # noqa: E402
 from agentos_tasks.fsutil import canonical_json  # noqa: E402
-from gates import FAIL, NA, PASS, GateResult, evaluate  # noqa: E402
-from gates import REGISTRY as GATE_REGISTRY  # noqa: E402
+from agentos_tasks.gates.common import FAIL, NA, PASS, GateResult  # noqa: E402
+from agentos_tasks.gates.runner import REGISTRY as GATE_REGISTRY  # noqa: E402
+from agentos_tasks.gates.runner import evaluate  # noqa: E402
+from agentos_tasks.layout import artifact_files  # noqa: E402
 
 GENESIS = "0" * 64
 

@@ -16,7 +16,8 @@ from conftest import (
     sha256,
 )
 
-from gates import FAIL, run_all
+from agentos_tasks.gates.common import FAIL
+from agentos_tasks.gates.runner import run_all
 
 
 def _answers(run: Built) -> Any:

@@ -24,7 +24,7 @@ from conftest import (
     write_json,
 )
 
-from gates import run_all
+from agentos_tasks.gates.runner import run_all
 
 # ------------------------------------------------------------------ helpers
 
@@ -477,8 +477,8 @@ def _events_with(run: Built, step: str, **changes: Any) -> list[dict[str, Any]]:
 def test_format_patch_of_the_range_is_the_executor_patches_joined(good_run: Built) -> None:
     """EX-D regenerates every patch in one format-patch call with FORMAT_PATCH_OPTIONS;
     this fails when those options drift from Git.commit_patch (which wrote the files)."""
+    from agentos_tasks.gates.gitlog import FORMAT_PATCH_OPTIONS
     from agentos_tasks.git import Git
-    from gates.executor_gates import FORMAT_PATCH_OPTIONS
 
     result = read_json(good_run.run_dir / "execution_result.json")
     commits = [s["commit"] for s in result["steps"] if s["status"] == "changed"]

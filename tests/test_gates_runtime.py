@@ -20,7 +20,8 @@ from conftest import (
     write_json,
 )
 
-from gates import FAIL, PASS, run_all
+from agentos_tasks.gates.common import FAIL, PASS
+from agentos_tasks.gates.runner import run_all
 
 # ------------------------------------------------------------------ baselines
 

@@ -8,22 +8,22 @@ from pathlib import Path
 import pytest
 from conftest import Built, assert_pass
 
-from gates.static import package_files, scan_package, scan_source
+from agentos_tasks.gates.static import package_files, scan_package, scan_source
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def package_copy(tmp_path: Path) -> Path:
-    """agentos_tasks/ and gates/ copied, so a test can plant a process start in them."""
-    for name in ("agentos_tasks", "gates"):
+    """agentos_tasks/ (the gates included) copied, so a test can plant a process start in it."""
+    for name in ("agentos_tasks",):
         shutil.copytree(PROJECT / name, tmp_path / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted((root / "agentos_tasks").rglob("*.py")) + sorted((root / "gates").rglob("*.py"))
+    return sorted((root / "agentos_tasks").rglob("*.py"))
 
 
 def test_the_installed_package_is_clean(good_run: Built) -> None:
@@ -41,9 +41,9 @@ def test_a_clean_copy_is_clean_and_proc_is_allowed(package_copy: Path) -> None:
 
 
 @pytest.mark.parametrize(("module", "source", "expected"), [
-    ("agentos_tasks/executor.py", "import subprocess\n", "import subprocess"),
+    ("agentos_tasks/steps.py", "import subprocess\n", "import subprocess"),
     ("agentos_tasks/git.py", "from subprocess import run\n", "from subprocess import"),
-    ("gates/runtime.py", "import os\nos.system('id')\n", "os.system"),
+    ("agentos_tasks/gates/policy.py", "import os\nos.system('id')\n", "os.system"),
     ("agentos_tasks/tape.py", "import os as o\no.execv('/bin/sh', ['sh'])\n", "os.execv"),
     ("agentos_tasks/report.py", "from os import fork\n", "from os import fork"),
     ("agentos_tasks/sign.py", "import plumbum\n", "import plumbum"),
@@ -55,7 +55,7 @@ def test_a_clean_copy_is_clean_and_proc_is_allowed(package_copy: Path) -> None:
      "getattr(os, 'posix_spawn')"),
     ("agentos_tasks/verify.py", "import asyncio\nasyncio.create_subprocess_exec('x')\n",
      "asyncio.create_subprocess_exec"),
-    ("gates/executor_gates.py", "import multiprocessing.pool\n", "multiprocessing"),
+    ("agentos_tasks/gates/common.py", "import multiprocessing.pool\n", "multiprocessing"),
     ("agentos_tasks/tools/__init__.py", "import pty\n", "import pty"),
 ])
 def test_a_planted_process_start_is_found(package_copy: Path, module: str, source: str,

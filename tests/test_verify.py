@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import Built, git, read_events, rechain, reseal
 
+from agentos_tasks.gates.report import write_reports
 from agentos_tasks.sign import Check, keygen, sign_run
 from agentos_tasks.sign import verification_passed as passed
 from agentos_tasks.verify import render, verify_run
-from gates import write_reports
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,21 @@ and no audit/answers.yaml.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gates import Gate
-from gates.context import GateContext
-from gates.executor_gates import Fail, require_chain, status_of, verdict
+from agentos_tasks.gates.common import (
+    NA,
+    PASS,
+    Fail,
+    Gate,
+    Verdict,
+    require_chain,
+    status_of,
+    verdict,
+)
 
-PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
-Verdict = tuple[str, str]
-
-
+if TYPE_CHECKING:
+    from agentos_tasks.gates.context import GateContext
 
 
 def request_yaml_questions(ctx: GateContext) -> list[str]:
@@ -222,16 +227,11 @@ def a3_evidence(ctx: GateContext) -> Verdict:
     return PASS, f"{len(asked)} question(s) answered by {names}, matching resume_applied"
 
 
-def _gates() -> list[Gate]:
-    inputs = ("audit/*", "execution_result.json")
-    return [
-        Gate("A1", "with unanswered questions no step executed (questions_blocked)",
-             a1_blocked, inputs),
-        Gate("A2", "with an answers file the run resumed and then executed", a2_resumed,
-             inputs),
-        Gate("A3", "every question has an answer with who, when and text", a3_evidence,
-             inputs),
-    ]
-
-
-GATES = _gates()
+# A1-A3 read the request records, the answers file and the tape
+INPUTS: tuple[str, ...] = ("audit/*", "execution_result.json")
+A1 = Gate("A1", "with unanswered questions no step executed (questions_blocked)",
+          a1_blocked, INPUTS)
+A2 = Gate("A2", "with an answers file the run resumed and then executed", a2_resumed,
+          INPUTS)
+A3 = Gate("A3", "every question has an answer with who, when and text", a3_evidence,
+          INPUTS)

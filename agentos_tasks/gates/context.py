@@ -18,110 +18,22 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agentos_tasks.fsutil import RefusedFile, check_received_tree, is_regular, read_regular
+from agentos_tasks.fsutil import RefusedFile, check_received_tree, read_regular
+from agentos_tasks.gates.request_record import parse_request_yaml, record_disagreement
 from agentos_tasks.git import Git, private_objects_usable
-from agentos_tasks.tape import ChainReport, verify_chain
+from agentos_tasks.tape import verify_chain
+
+if TYPE_CHECKING:
+    from agentos_tasks.tape import ChainReport
 
 
 class Missing(Exception):
     """An artifact a gate needs does not exist (or does not parse)."""
 
 
-def _arg_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def record_disagreement(record: dict[str, Any], raw_yaml: bytes, inputs: Path) -> str | None:
-    """First field where the normalised request record differs from the request file."""
-    from agentos_tasks.fsutil import sha256_bytes
-    from agentos_tasks.model import OPS
-    from agentos_tasks.request import patch_paths
-
-    if sha256_bytes(raw_yaml) != record.get("sha256"):
-        return "sha256 of request.yaml"
-    doc = parse_request_yaml(raw_yaml)
-    if doc is None:
-        return "request.yaml does not parse"
-    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
-        return "request.yaml has no steps"
-    source_dir = Path(str(record.get("source", ""))).parent
-    repo = str(doc.get("repo", ""))
-    candidates = {str((source_dir / repo).resolve()), os.path.normpath(source_dir / repo)}
-    if str(record.get("repo")) not in candidates:
-        return "repo"
-    author = doc.get("author") or {"name": "agentos", "email": "agentos@localhost"}
-    top = {"id": doc.get("id"), "branch": doc.get("branch"), "base": doc.get("base"),
-           "init_repo": bool(doc.get("init_repo", False)), "author": author,
-           "questions": [{"id": q.get("id"), "text": q.get("text")}
-                         for q in doc.get("questions") or [] if isinstance(q, dict)]}
-    for key, value in top.items():
-        if record.get(key) != value:
-            return key
-    steps = record.get("steps")
-    if not isinstance(steps, list) or len(steps) != len(doc["steps"]):
-        return "number of steps"
-    for index, (raw, rec) in enumerate(zip(doc["steps"], steps, strict=True)):
-        if not isinstance(raw, dict) or not isinstance(rec, dict):
-            return f"steps[{index}]"
-        ops = [op for op in OPS if op in raw]
-        expected: dict[str, Any] = {"id": raw.get("id"), "index": index,
-                                    "op": ops[0] if len(ops) == 1 else None,
-                                    "message": raw.get("message", raw.get("id"))}
-        op = expected["op"]
-        if op in ("write", "delete"):
-            expected["path"] = (raw[op] or {}).get("path")
-        if op == "write" and "content" in (raw["write"] or {}):
-            expected["content_sha256"] = sha256_bytes(str(raw["write"]["content"]).encode())
-        if op == "run":
-            expected["argv"] = [_arg_text(a) for a in raw["run"] or []]
-        if op in ("run", "tool"):
-            expected["expect_exit"] = raw.get("expect_exit", 0)
-        if op == "tool":
-            tool = raw["tool"] or {}
-            expected["tool"] = {"adapter": tool.get("adapter"), "prompt": tool.get("prompt"),
-                                "paths": list(tool.get("paths") or []),
-                                "argv": [_arg_text(a) for a in tool.get("argv") or []],
-                                "model": tool.get("model")}
-        for key, value in expected.items():
-            if rec.get(key) != value:
-                return f"steps[{index}].{key}"
-        if op == "write" and "content_file" in (raw["write"] or {}):
-            if not is_regular(inputs / str(rec.get("content_sha256"))):
-                return f"steps[{index}]: recorded input audit/inputs/{rec.get('content_sha256')}"
-        if op == "patch":
-            recorded = inputs / str(rec.get("patch_sha256"))
-            try:
-                patch_bytes = read_regular(recorded)
-            except (OSError, RefusedFile):
-                return f"steps[{index}]: recorded patch input is missing or differs"
-            if sha256_bytes(patch_bytes) != rec.get("patch_sha256"):
-                return f"steps[{index}]: recorded patch input is missing or differs"
-            if list(patch_paths(patch_bytes)) != rec.get("patch_paths"):
-                return f"steps[{index}].patch_paths"
-    return None
-
-
 _AGREEMENT: dict[tuple[object, ...], str | None] = {}
-_YAML_DOCS: dict[str, Any] = {}
-
-
-def parse_request_yaml(raw: bytes) -> Any:
-    """The recorded request file as plain data (libyaml when available), parsed once per
-    content digest; None when it does not parse."""
-    import yaml
-
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest not in _YAML_DOCS:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        try:
-            _YAML_DOCS[digest] = yaml.load(raw, Loader=loader)  # noqa: S506 - safe loader
-        except yaml.YAMLError:
-            _YAML_DOCS[digest] = None
-    return _YAML_DOCS[digest]
 
 
 class GateContext:

@@ -1,4 +1,14 @@
-"""R1 policy, R2 worktree proof, R3 evidence chain: recomputed from artifacts and git."""
+"""R1 and EX-A: the recorded policy, re-decided over the recorded request and over what
+every step changed.
+
+R1 recomputes the pre-run decision from audit/request.json + audit/policy.yaml: a denied
+run exited denied, the tape has policy_denied with that rule, no step started and the
+branch did not move. EX-A re-decides every operation and path (rename sources too) under
+the recorded policy, checks that what each step did is what its request step fixes (a
+write lands exactly its path and content, a run step ran exactly its argv, ...), and that
+the policy digest on the tape, in every manifest and in execution_result is
+sha256(audit/policy.yaml).
+"""
 
 from __future__ import annotations
 
@@ -6,43 +16,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.fsutil import sha256_bytes
-from agentos_tasks.model import Author, Request, Step, ToolSpec
-from gates.context import GateContext
+from agentos_tasks.gates.common import (
+    FAIL,
+    NA,
+    PASS,
+    RUN_INPUTS,
+    Fail,
+    Gate,
+    Verdict,
+    executed_manifests,
+    last_step_end,
+    patch_paths,
+    recorded_policy,
+    request_from_record,
+    require_chain,
+    verdict,
+    wrapped_argv,
+)
+from agentos_tasks.policy import check_request, decide_path, normalize_path
 
 if TYPE_CHECKING:
-    from gates import Gate, Missing
+    from collections.abc import Callable
 
-PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
-Verdict = tuple[str, str]
-
-
-def request_from_record(record: dict[str, Any]) -> Request:
-    """Rebuild the request (as far as the policy needs it) from audit/request.json."""
-    steps = []
-    for raw in record["steps"]:
-        tool = raw.get("tool")
-        steps.append(Step(
-            id=raw["id"], index=raw["index"], op=raw["op"], message=raw["message"],
-            line=raw.get("line", 0), path=raw.get("path"),
-            patch_paths=tuple(raw.get("patch_paths", ())), argv=tuple(raw.get("argv", ())),
-            expect_exit=raw.get("expect_exit", 0),
-            tool=ToolSpec(tool["adapter"], tool["prompt"], tuple(tool["paths"]),
-                          tuple(tool["argv"]), tool.get("model")) if tool else None,
-        ))
-    return Request(source=Path(record["source"]), sha256=record["sha256"], version=1,
-                   id=record["id"], repo=Path(record["repo"]), init_repo=record["init_repo"],
-                   base=record.get("base"), branch=record.get("branch"), policy=None,
-                   author=Author(**record["author"]), steps=tuple(steps))
-
-
-def recorded_policy(ctx: GateContext) -> Any:
-    from agentos_tasks.policy import load_policy
-
-    ctx.note("audit/policy.yaml")
-    path = ctx.run_dir / "audit" / "policy.yaml"
-    if not path.is_file():
-        raise Missing("audit/policy.yaml is missing")
-    return load_policy(path)
+    from agentos_tasks.gates.context import GateContext
+    from agentos_tasks.model import Step
 
 
 # ------------------------------------------------------------------ R1
@@ -53,8 +50,6 @@ def r1_policy(ctx: GateContext) -> Verdict:
     request = request_from_record(ctx.request_record)
     if sha256_bytes(ctx.read_bytes("audit/request.yaml")) != request.sha256:
         return FAIL, "audit/request.yaml does not match the recorded request digest"
-    from agentos_tasks.policy import check_request
-
     decision = check_request(policy, request)
     denied = ctx.events_named("policy_denied")
     if not ctx.chain.ok:
@@ -89,162 +84,184 @@ def r1_policy(ctx: GateContext) -> Verdict:
     return PASS, f"denied by {decision.rule_id}: no step started, branch unchanged"
 
 
-# ------------------------------------------------------------------ R2
+# ------------------------------------------------------------------ EX-A
 
 
-def r2_worktree(ctx: GateContext) -> Verdict:
-    result = ctx.result
-    status = result.get("status")
-    if status in ("denied", "blocked"):
-        return NA, f"run {status} before any step: no worktree expected"
-    if not ctx.chain.ok:
-        return FAIL, f"tape does not verify: {ctx.chain.reason}"
-    created = ctx.events_named("worktree_created")
-    if not created:
-        return FAIL, "tape has no worktree_created event"
-    repo = Path(result["repo"]).resolve()
-    for event in created:
-        path = Path(event["path"]).resolve()
-        if path == repo or repo in path.parents:
-            return FAIL, f"worktree {path} lies inside the target work tree {repo}"
-        if event.get("base") != result.get("base"):
-            return FAIL, "worktree_created base differs from execution_result base"
-    first_wt = ctx.events.index(created[0])
-    if any(ctx.events.index(e) < first_wt for e in ctx.events_named("step_start")):
-        return FAIL, "a step started before the worktree was created"
-    head = ctx.branch_head()
-    if status != "applied":
-        if head != result.get("base"):
-            return FAIL, f"run not applied, yet branch head {str(head)[:12]} != base " \
-                         f"{str(result.get('base'))[:12]}"
-        return PASS, "steps ran in a worktree; branch untouched (not applied)"
-    pre, post = result.get("pre_apply_head"), result.get("post_apply_head")
-    if not isinstance(pre, str) or not isinstance(post, str):
-        return FAIL, "execution_result lacks pre/post-apply heads for an applied run"
-    applied = ctx.events_named("patches_applied")
-    if not applied or applied[-1].get("post_apply_head") != post:
-        return FAIL, "execution_result post_apply_head has no matching patches_applied event"
-    if head != post:
-        return FAIL, f"branch head {str(head)[:12]} != recorded post-apply head {str(post)[:12]}"
-    rewritten = ctx.git.run("for-each-ref", "--format=%(refname)", "refs/replace/").text
-    grafts = ctx.git.git_dir() / "info" / "grafts"
-    if rewritten.strip() or grafts.exists():
-        return FAIL, "the repository rewrites history for git (refs/replace or info/grafts): " \
-                     "plain git would show other content than the commits hold"
-    commits = ctx.git.commits_between(pre, post)
-    changed = [s for s in ctx.step_ids() if ctx.manifest(s).get("status") == "changed"]
-    patches = b"".join(ctx.read_bytes(f"patches/{step_id}.patch") for step_id in changed)
-    patch_ids = [pid for pid, _ in ctx.git.patch_ids(patches)] if patches else []
-    if len(commits) != len(changed):
-        return FAIL, f"{pre[:10]}..{post[:10]} holds {len(commits)} commits for " \
-                     f"{len(changed)} patches"
-    branch_ids = ctx.git.range_patch_ids(pre, post)
-    if [c for _, c in branch_ids] != commits or len(patch_ids) != len(changed):
-        return FAIL, "a commit or patch file holds no diff (empty or unreadable patch)"
-    if [pid for pid, _ in branch_ids] != patch_ids:
-        return FAIL, "patch ids of the branch's commits differ from the patch files (content " \
-                     "or order)"
-    return PASS, f"worktree outside the target; {len(commits)} commits == patches, same " \
-                 "patch ids and order; branch at post-apply head"
+PROGRAM_KEYS = ("sandbox", "log", "log_sha256", "output_bytes", "output_truncated",
+                "timed_out")
+TOOL_KEYS = ("tool", "tool_result_pack_sha256")
 
 
-# ------------------------------------------------------------------ R3
+def tool_dirs(ctx: GateContext) -> list[str]:
+    """Names under tools/ (every tool step leaves tools/<step>/, nothing else does)."""
+    root = ctx.run_dir / "tools"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
-def r3_evidence(ctx: GateContext) -> Verdict:
-    chain = ctx.chain
-    if not chain.ok:
-        return FAIL, f"tape: {chain.reason}"
-    result = ctx.result
-    status = result.get("status")
-    ends = ctx.events_named("run_end")
-    if not ends:
-        return FAIL, "tape has no run_end"
-    last = ctx.events[-1]
-    if last.get("event") != "run_end" or last.get("status") != status:
-        return FAIL, f"tape's last event is {last.get('event')}/{last.get('status')}, " \
-                     f"execution_result says {status}"
-    # per-step agreement: manifests, patches, tape step_end
-    step_end: dict[str, dict[str, Any]] = {}
-    for event in ctx.events_named("step_end"):
-        step_end[event["step"]] = event
-    for entry in result.get("steps", []):
-        if entry["status"] not in ("changed", "unchanged"):
-            continue
-        step_id = entry["id"]
-        end = step_end.get(step_id)
-        if end is None:
-            return FAIL, f"step {step_id} is {entry['status']} but the tape has no step_end"
-        manifest_sha = ctx.sha256(f"steps/{step_id}.json")
-        if manifest_sha is None:
-            return FAIL, f"steps/{step_id}.json is missing"
-        if end.get("manifest_sha256") != manifest_sha:
-            return FAIL, f"steps/{step_id}.json differs from the digest on the tape"
-        manifest = ctx.manifest(step_id)
-        for key in ("commit", "patch_sha256", "status"):
-            if manifest.get(key) != entry.get(key) or end.get(key) != manifest.get(key):
-                return FAIL, f"step {step_id}: {key} disagrees between manifest, tape and " \
-                             "execution_result"
-        if manifest["status"] == "changed":
-            if ctx.sha256(f"patches/{step_id}.patch") != manifest["patch_sha256"]:
-                return FAIL, f"patches/{step_id}.patch is missing or differs from its manifest"
-        elif ctx.exists(f"patches/{step_id}.patch"):
-            return FAIL, f"unchanged step {step_id} has a patch file"
-    if status != "applied":
-        return PASS, f"tape verifies ({chain.count} events) and agrees with " \
-                     f"execution_result ({status})"
-    if last.get("execution_result_sha256") != ctx.sha256("execution_result.json"):
-        return FAIL, "execution_result.json differs from the digest in run_end"
-    if last.get("checksums_sha256") != ctx.sha256("audit/checksums.json"):
-        return FAIL, "audit/checksums.json differs from the digest in run_end"
-    applied = ctx.events_named("patches_applied")
-    if not applied or applied[-1].get("commits") != result.get("commits_applied"):
-        return FAIL, "commits_applied differs from the tape's patches_applied"
-    return check_checksums(ctx, chain.count)
+def check_step_record(step: Step, record: dict[str, Any], manifest: dict[str, Any],
+                      has_attributes: Callable[[str], bool] | None = None) -> None:
+    """What a manifest may say is fixed by its request step: op, message and index; a
+    write lands exactly its path with the requested content; a delete only deletes its
+    path; a patch stays within its recorded paths; a run step ran exactly its argv and
+    exited as expected; only run/tool steps record a program, only tool steps a tool."""
+    where = f"steps/{step.id}.json"
+    for key, want in (("op", step.op), ("index", step.index), ("message", step.message)):
+        if manifest.get(key) != want:
+            raise Fail(f"{where}: {key} {manifest.get(key)!r}, the request says {want!r}")
+    files = manifest.get("files") or []
+    changed = manifest.get("status") == "changed"
+    if step.op == "write":
+        assert step.path is not None
+        want_files = [(normalize_path(step.path), record.get("content_sha256"))]
+        written = [(f.get("path"), f.get("written_sha256", f.get("sha256"))) for f in files]
+        normalised = [f for f in files if f.get("written_sha256") not in (None, f.get("sha256"))]
+        if normalised and (has_attributes is None
+                           or not has_attributes(str(manifest.get("commit")))):
+            raise Fail(f"write step {step.id} landed other bytes than it wrote, and the tree "
+                       "has no .gitattributes that could explain it")
+        if (changed and written != want_files) or \
+                any(f.get("status") not in ("A", "M") for f in files):
+            raise Fail(f"write step {step.id} must land exactly {step.path} with content "
+                       f"{str(record.get('content_sha256'))[:12]}; its manifest lists "
+                       f"{[(f.get('path'), str(f.get('sha256'))[:12]) for f in files][:3]}")
+    if step.op == "delete":
+        assert step.path is not None
+        if changed and [(f.get("path"), f.get("status")) for f in files] != \
+                [(normalize_path(step.path), "D")]:
+            raise Fail(f"delete step {step.id} may only delete {step.path}; its manifest "
+                       f"lists {[(f.get('path'), f.get('status')) for f in files][:3]}")
+    if step.op == "patch":
+        allowed = {normalize_path(p) for p in step.patch_paths}
+        for entry in files:
+            for raw in (entry.get("path"), entry.get("old_path")):
+                if raw is not None and raw not in allowed:
+                    raise Fail(f"patch step {step.id} changed {raw}, which its patch does "
+                               f"not touch ({sorted(allowed)[:3]})")
+    if step.op in ("run", "tool"):
+        if not isinstance(manifest.get("sandbox"), dict):
+            raise Fail(f"{where}: {step.op} step without a sandbox record")
+        if manifest.get("exit_code") != step.expect_exit:
+            raise Fail(f"{where}: exit code {manifest.get('exit_code')!r}, the request "
+                       f"expects {step.expect_exit}")
+    else:
+        extra = [k for k in (*PROGRAM_KEYS, *TOOL_KEYS) if k in manifest]
+        if extra or manifest.get("exit_code") is not None:
+            raise Fail(f"{where}: a {step.op} step runs no program, yet its manifest "
+                       f"records {extra or ['exit_code']}")
+    if step.op == "run":
+        if not wrapped_argv(manifest["sandbox"].get("wrapper_argv"), list(step.argv)):
+            raise Fail(f"{where}: the sandbox ran something other than the request's argv "
+                       f"{list(step.argv)[:3]}")
+        if any(k in manifest for k in TOOL_KEYS):
+            raise Fail(f"{where}: a run step with a tool record")
+    if step.op == "tool":
+        tool = manifest.get("tool")
+        if not isinstance(tool, dict) or not manifest.get("tool_result_pack_sha256"):
+            raise Fail(f"{where}: a tool step without its tool record")
+        if not wrapped_argv(manifest["sandbox"].get("wrapper_argv"),
+                            [str(a) for a in tool.get("argv") or []]):
+            raise Fail(f"{where}: the sandbox ran something other than the tool's argv")
 
 
-def check_checksums(ctx: GateContext, count: int) -> Verdict:
-    from agentos_tasks.evidence import tree_digests
-    from agentos_tasks.layout import artifact_files
+@verdict
+def ex_a_policy(ctx: GateContext) -> Verdict:
+    """Every operation and path on the tape (and in manifests and patches) is allowed by
+    audit/policy.yaml, re-decided here; the policy digest on the tape, in every manifest
+    and in execution_result equals sha256(audit/policy.yaml)."""
+    require_chain(ctx)
+    policy = recorded_policy(ctx)
+    digest = ctx.sha256("audit/policy.yaml")
+    request = request_from_record(ctx.request_record)
+    steps = {s.id: s for s in request.steps}
+    decided = 0
+    for event in ctx.events_named("step_start"):
+        step = steps.get(str(event.get("step")))
+        if step is None:
+            raise Fail(f"tape starts step {event.get('step')!r}, which the request lacks")
+        if event.get("op") != step.op:
+            raise Fail(f"step {step.id}: tape says op {event.get('op')!r}, request {step.op!r}")
+    if ctx.events_named("step_start"):
+        # steps ran, so the whole request must pass the pre-run check again
+        decision = check_request(policy, request)
+        if not decision.allowed:
+            raise Fail(f"step {decision.step} is denied by {decision.rule_id} under the "
+                       f"recorded policy: {decision.reason}")
+    manifests = executed_manifests(ctx)
+    ends = last_step_end(ctx)
+    # patches of steps without tool globs are parsed in one git call, then judged alike
+    plain = [s for s, m in manifests if m.get("status") == "changed"
+             and steps[s].op != "tool"]
+    plain_paths = list(dict.fromkeys(patch_paths(ctx, [f"patches/{s}.patch" for s in plain])))
+    for path in plain_paths:
+        decision = decide_path(policy, path)
+        if not decision.allowed:
+            culprit = next((s for s in plain if path.encode() in
+                            ctx.read_bytes(f"patches/{s}.patch")), "?")
+            raise Fail(f"patches/{culprit}.patch changes {path}: denied by "
+                       f"{decision.rule_id} under the recorded policy")
+        decided += 1
+    for step_id, manifest in manifests:
+        step = steps[step_id]
+        tool_paths = step.tool.paths if step.op == "tool" and step.tool is not None else None
+        paths: list[str] = []
+        for entry in manifest.get("files", []):
+            paths += [p for p in (entry.get("path"), entry.get("old_path")) if p]
+        paths += [str(f.get("path")) for f in ends.get(step_id, {}).get("files", [])]
+        if manifest.get("status") == "changed" and step_id not in plain:
+            paths += patch_paths(ctx, [f"patches/{step_id}.patch"])
+        ignored = set(manifest.get("ignored", []))
+        for path in dict.fromkeys(paths):
+            decision = decide_path(policy, path, tool_paths=tool_paths)
+            if not decision.allowed:
+                raise Fail(f"step {step_id} changed {path}: denied by {decision.rule_id} "
+                           f"under the recorded policy")
+            decided += 1
+        for path in sorted(ignored):
+            decision = decide_path(policy, path, tool_paths=tool_paths, ignored=True)
+            if not decision.allowed:
+                raise Fail(f"step {step_id} left ignored {path}: denied by "
+                           f"{decision.rule_id} under the recorded policy")
+        recorded = (manifest.get("policy_check") or {}).get("policy_sha256")
+        if recorded != digest:
+            raise Fail(f"steps/{step_id}.json was checked under policy {str(recorded)[:12]}, "
+                       f"audit/policy.yaml is {str(digest)[:12]}")
+    # what each step did is fixed by its request step (EX-D ties manifests to the commits)
+    records = {str(r.get("id")): r for r in ctx.request_record["steps"]}
+    def has_attributes(commit: str) -> bool:
+        names = ctx.git.run("ls-tree", "-r", "--name-only", "-z", "--", commit,
+                            check=False).stdout.split(b"\0")
+        return any(n == b".gitattributes" or n.endswith(b"/.gitattributes") for n in names)
 
-    sums = ctx.json("audit/checksums.json")
-    listed: dict[str, str] = sums.get("artifacts", {})
-    present = set(artifact_files(ctx.run_dir))
-    if set(listed) != present:
-        extra = sorted(present - set(listed))
-        gone = sorted(set(listed) - present)
-        return FAIL, f"checksums.json does not cover the artifacts: unlisted {extra[:3]}, " \
-                     f"missing {gone[:3]}"
-    for rel, digest in listed.items():
-        if ctx.sha256(rel) != digest:
-            return FAIL, f"{rel} does not match checksums.json"
-    sha256sums = ctx.read_bytes("audit/SHA256SUMS").decode()
-    expected = "".join(f"{d}  {p}\n" for p, d in sorted(listed.items()))
-    if sha256sums != expected:
-        return FAIL, "audit/SHA256SUMS disagrees with checksums.json"
-    tree = sums.get("final_tree", {})
-    actual = tree_digests(ctx.git, sums["tree_commit"], sorted(tree))
-    if actual != tree:
-        bad = sorted(p for p in tree if actual.get(p) != tree[p])
-        return FAIL, f"final tree files differ from checksums.json: {bad[:3]}"
-    if sums["tree_commit"] != ctx.result.get("post_apply_head"):
-        return FAIL, "checksums.json tree_commit is not the post-apply head"
-    return PASS, f"chain of {count} events verifies; {len(listed)} artifacts and " \
-                 f"{len(tree)} final-tree files match; execution_result agrees with the tape"
+    for step_id, manifest in manifests:
+        check_step_record(steps[step_id], records[step_id], manifest, has_attributes)
+    listed = {str(p) for s, m in manifests if s in plain for f in m.get("files", [])
+              for p in (f.get("path"), f.get("old_path")) if p}
+    for path in plain_paths:
+        if path not in listed:
+            culprit = next((s for s in plain if path.encode() in
+                            ctx.read_bytes(f"patches/{s}.patch")), "?")
+            raise Fail(f"patches/{culprit}.patch changes {path}, which no manifest lists")
+    tools = {s.id for s in request.steps if s.op == "tool"}
+    strays = [name for name in tool_dirs(ctx) if name not in tools]
+    if strays:
+        raise Fail(f"tools/{strays[0]}/ exists, but {strays[0]!r} is not a tool step of the "
+                   "request")
+    loaded = ctx.events_named("policy_loaded")
+    if not loaded:
+        raise Fail("tape has no policy_loaded event")
+    if loaded[-1].get("policy_sha256") != digest:
+        raise Fail(f"policy_loaded records policy {str(loaded[-1].get('policy_sha256'))[:12]}, "
+                   f"audit/policy.yaml is {str(digest)[:12]}")
+    result_digest = (ctx.result.get("policy") or {}).get("sha256")
+    if result_digest != digest:
+        raise Fail(f"execution_result names policy {str(result_digest)[:12]}, "
+                   f"audit/policy.yaml is {str(digest)[:12]}")
+    started = len(ctx.events_named("step_start"))
+    return PASS, f"{started} step run(s) and {decided} path decision(s) allowed by policy " \
+                 f"{policy.id} ({str(digest)[:12]})"
 
 
-def _gates() -> list[Gate]:
-    artifacts = ("audit/*", "execution_result.json", "steps/*.json", "patches/*.patch")
-    return [
-        Gate("R1", "policy decision recomputed from the recorded request and policy",
-             r1_policy, ("audit/*", "execution_result.json"), uses_repo=True),
-        Gate("R2", "steps ran in a worktree; branch holds exactly the patches", r2_worktree,
-             artifacts, uses_repo=True),
-        Gate("R3", "tape chain, head, checksums and execution_result agree", r3_evidence,
-             (*artifacts, "logs/*", "tools/*/*"), uses_repo=True),
-    ]
-
-
-from gates import Gate  # noqa: E402  (the framework imports this module last)
-
-GATES = _gates()
+R1 = Gate("R1", "policy decision recomputed from the recorded request and policy",
+          r1_policy, ("audit/*", "execution_result.json"), uses_repo=True)
+EX_A = Gate("EX-A", "every operation and path is allowed by the recorded policy; each step "
+            "did what its request step fixes", ex_a_policy, (*RUN_INPUTS, "tools/*"))

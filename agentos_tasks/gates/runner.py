@@ -1,4 +1,4 @@
-"""Gates: pure functions of a run directory (and, where named, the git repos).
+"""Evaluating gates: the registry, one gate or all of them, and cached results.
 
 Each gate returns PASS / FAIL / NOT_APPLICABLE with a one-line reason and the evidence it
 looked at (run-relative path + sha256, or MISSING). A missing artifact is a FAIL, never a
@@ -6,8 +6,9 @@ pass; a gate that crashes on malformed evidence is a FAIL naming the crash. A ru
 directory holding a FIFO, socket, device or symlink is not read at all: every gate that
 reads it FAILs naming the entry (GateContext).
 
-Reasons quote artifacts, so what is printed (the per-gate line, the table) is escaped
-with termsafe.escape and put into the rich table as Text, never parsed as markup.
+`doit gates` keeps each result with a digest of everything its gate reads (evidence
+files, branch head, package source); a stored result counts only while that digest is
+unchanged and its HMAC, keyed outside the run directory, verifies.
 """
 
 from __future__ import annotations
@@ -19,48 +20,38 @@ import os
 import secrets
 import stat
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-from xml.sax.saxutils import quoteattr
+from typing import TYPE_CHECKING, Any
 
-from agentos_tasks.errors import EXIT_GATES, AgentosError
-from agentos_tasks.fsutil import (
-    atomic_write,
-    canonical_json,
-    file_kind,
-    open_regular,
-    read_json,
-    special_files,
-    write_json,
-)
+from agentos_tasks.errors import AgentosError
+from agentos_tasks.fsutil import file_kind, open_regular, read_json, special_files, write_json
+from agentos_tasks.gates.answers import A1, A2, A3
+from agentos_tasks.gates.approvals import EX_G
+from agentos_tasks.gates.commits import EX_D
+from agentos_tasks.gates.common import FAIL, Gate, GateResult
+from agentos_tasks.gates.context import GateContext, Missing
+from agentos_tasks.gates.execution_result import EX_H
+from agentos_tasks.gates.integrity import R3
+from agentos_tasks.gates.policy import EX_A, R1
+from agentos_tasks.gates.rollback import EX_F
+from agentos_tasks.gates.static import EX_B, NO_SUBPROCESS, package_files
+from agentos_tasks.gates.steps import EX_E
+from agentos_tasks.gates.tools import TL_A, TL_B, TL_C, TL_D, TL_E, TL_F
+from agentos_tasks.gates.worktree import EX_C, R2
 from agentos_tasks.termsafe import escape
-from gates.context import GateContext, Missing
 
-PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-
-@dataclass
-class GateResult:
-    id: str
-    title: str
-    status: str
-    reason: str
-    evidence: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Gate:
-    id: str
-    title: str
-    check: Callable[[GateContext], tuple[str, str]]
-    inputs: tuple[str, ...]  # run-relative globs whose content the gate depends on
-    uses_repo: bool = False
-    uses_package: bool = False
+# Every gate, in report order. Each is imported by name: a gate module that is missing or
+# does not import is an ImportError here, never a silently shorter list.
+REGISTRY: tuple[Gate, ...] = (
+    NO_SUBPROCESS, EX_B,
+    R1, R2, R3,
+    EX_A, EX_C, EX_D, EX_E, EX_F, EX_G, EX_H,
+    A1, A2, A3,
+    TL_A, TL_B, TL_C, TL_D, TL_E, TL_F,
+)
 
 
 def evaluate(gate: Gate, run_dir: Path) -> GateResult:
@@ -143,8 +134,6 @@ def gate_inputs_digest(gate: Gate, run_dir: Path) -> str:
             _HEADS[run_dir] = GateContext(run_dir).branch_head_fingerprint()
         digest.update(_HEADS[run_dir].encode())
     if gate.uses_package:
-        from gates.static import package_files
-
         for path in package_files():
             digest.update(str(path).encode() + _file_digest(str(path), path.stat()))
     return digest.hexdigest()
@@ -249,101 +238,3 @@ def collect(run_dir: Path) -> list[GateResult]:
         except (OSError, ValueError, KeyError, TypeError, AgentosError):
             results.append(evaluate(gate, run_dir))
     return results
-
-
-def summary(results: Sequence[GateResult]) -> dict[str, int]:
-    return {s: sum(r.status == s for r in results) for s in (PASS, FAIL, NA)}
-
-
-def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None) -> None:
-    """reports/gates.json + gates.xml (JUnit) + report.md + a table; fail on any FAIL."""
-    results = list(results) if results is not None else collect(run_dir)
-    reports = run_dir / "reports"
-    run_id = run_dir.name
-    payload = {"schema_version": 1, "run": run_id, "gates": [r.as_dict() for r in results],
-               "summary": summary(results)}
-    write_json(reports / "gates.json", payload)
-    atomic_write(reports / "gates.xml", junit_xml(run_id, results).encode())
-    try:
-        from agentos_tasks.report import write_report
-
-        write_report(run_dir)
-    except AgentosError:
-        pass
-    print_table(results)
-    failed = [r.id for r in results if r.status == FAIL]
-    if failed:
-        raise AgentosError(f"{len(failed)} gate(s) failed: {', '.join(failed)}", code=EXIT_GATES,
-                           hint=f"see {reports / 'gates.json'}")
-
-
-def junit_xml(run_id: str, results: Sequence[GateResult]) -> str:
-    counts = summary(results)
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
-             f'<testsuite name={quoteattr("agentos-gates:" + escape(run_id))} '
-             f'tests="{len(results)}" '
-             f'failures="{counts[FAIL]}" skipped="{counts[NA]}">']
-    for r in results:
-        lines.append(f'  <testcase classname="gates" name={quoteattr(escape(r.id))}>')
-        if r.status == FAIL:
-            lines.append(f"    <failure message={quoteattr(escape(r.reason))}/>")
-        elif r.status == NA:
-            lines.append(f"    <skipped message={quoteattr(escape(r.reason))}/>")
-        lines.append("  </testcase>")
-    lines.append("</testsuite>")
-    return "\n".join(lines) + "\n"
-
-
-def print_table(results: Sequence[GateResult]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="gates", show_lines=False)
-    table.add_column("gate")
-    table.add_column("status")
-    table.add_column("reason", overflow="fold")
-    style = {PASS: "green", FAIL: "bold red", NA: "dim"}
-    for r in results:
-        # reasons (and ids) quote artifacts: Text is never parsed as markup
-        table.add_row(Text(escape(r.id)), Text(escape(r.status), style=style.get(r.status, "")),
-                      Text(escape(r.reason)))
-    Console(width=140).print(table)
-
-
-def results_json(results: Sequence[GateResult]) -> str:
-    return json.dumps([r.as_dict() for r in results], indent=2)
-
-
-def _registry() -> list[Gate]:
-    from gates import runtime, static
-
-    found: list[Gate] = [*static.GATES, *runtime.GATES]
-    # gate families that land in later modules; literal imports keep the static gate exact
-    try:
-        import gates.executor_gates
-
-        found += gates.executor_gates.GATES
-    except ModuleNotFoundError as exc:
-        if exc.name != "gates.executor_gates":
-            raise
-    try:
-        import gates.answer_gates
-
-        found += gates.answer_gates.GATES
-    except ModuleNotFoundError as exc:
-        if exc.name != "gates.answer_gates":
-            raise
-    try:
-        import gates.tool_gates
-
-        found += gates.tool_gates.GATES
-    except ModuleNotFoundError as exc:
-        if exc.name != "gates.tool_gates":
-            raise
-    return found
-
-
-REGISTRY: list[Gate] = _registry()
-__all__ = ["FAIL", "NA", "PASS", "REGISTRY", "Gate", "GateContext", "GateResult", "Missing",
-           "canonical_json", "collect", "evaluate", "run_all", "write_reports"]

@@ -1,6 +1,6 @@
 """static.no_subprocess and EX-B: only agentos_tasks/proc.py may start processes.
 
-An AST scan of the installed package (agentos_tasks + gates): imports of subprocess,
+An AST scan of the installed package (agentos_tasks, these gates included): imports of subprocess,
 plumbum, pty, multiprocessing, _posixsubprocess; calls to the os module's system,
 popen, exec*, spawn*, posix_spawn* and fork* and asyncio's create_subprocess_*; and
 dynamic imports or getattr that could reach them (importlib.import_module, __import__,
@@ -14,10 +14,11 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gates.context import GateContext
+from agentos_tasks.gates.common import FAIL, PASS, Gate, Verdict
 
 if TYPE_CHECKING:
-    from gates import Gate
+    from agentos_tasks.gates.context import GateContext
+
 
 FORBIDDEN_MODULES = {"subprocess", "plumbum", "pty", "multiprocessing", "_posixsubprocess",
                      "concurrent.futures.process"}
@@ -27,22 +28,19 @@ ALLOWED_FILE = "agentos_tasks/proc.py"
 
 
 def package_files() -> list[Path]:
+    """Every Python file of the installed package, subpackages included (rglob): a module
+    added anywhere below agentos_tasks/ is scanned without being listed here."""
     import agentos_tasks
-    import gates
 
-    files: list[Path] = []
-    for pkg in (agentos_tasks, gates):
-        root = Path(pkg.__file__ or "").resolve().parent
-        files += sorted(root.rglob("*.py"))
-    return files
+    root = Path(agentos_tasks.__file__ or "").resolve().parent
+    return sorted(root.rglob("*.py"))
 
 
 def _relname(path: Path) -> str:
     parts = path.parts
-    for anchor in ("agentos_tasks", "gates"):
-        if anchor in parts:
-            idx = len(parts) - 1 - parts[::-1].index(anchor)
-            return "/".join(parts[idx:])
+    if "agentos_tasks" in parts:
+        idx = len(parts) - 1 - parts[::-1].index("agentos_tasks")
+        return "/".join(parts[idx:])
     return path.name
 
 
@@ -132,25 +130,17 @@ def scan_package(files: list[Path] | None = None) -> tuple[int, list[str]]:
     return len(files), violations
 
 
-def no_subprocess(ctx: GateContext) -> tuple[str, str]:
+def no_subprocess(ctx: GateContext) -> Verdict:
     count, violations = scan_package()
     if count == 0:
-        return "FAIL", "no package files found to scan"
+        return FAIL, "no package files found to scan"
     if violations:
-        return "FAIL", f"{len(violations)} process start(s) outside {ALLOWED_FILE}: " + \
+        return FAIL, f"{len(violations)} process start(s) outside {ALLOWED_FILE}: " + \
             "; ".join(violations[:5])
-    return "PASS", f"{count} files scanned; only {ALLOWED_FILE} starts processes"
+    return PASS, f"{count} files scanned; only {ALLOWED_FILE} starts processes"
 
 
-def _gates() -> list[Gate]:
-    return [
-        Gate("static.no_subprocess", "only proc.py starts processes (AST scan)", no_subprocess,
-             (), uses_package=True),
-        Gate("EX-B", "= static.no_subprocess on the installed code", no_subprocess, (),
-             uses_package=True),
-    ]
-
-
-from gates import Gate  # noqa: E402  (the framework imports this module last)
-
-GATES = _gates()
+NO_SUBPROCESS = Gate("static.no_subprocess", "only proc.py starts processes (AST scan)",
+                     no_subprocess, (), uses_package=True)
+EX_B = Gate("EX-B", "= static.no_subprocess on the installed code", no_subprocess, (),
+            uses_package=True)

@@ -1,8 +1,8 @@
 """The sandbox layer: what a confined program may see and use, one mechanism per module.
 
 Nothing in this package starts a process; `agentos_tasks.proc.run_confined` is the only
-caller that turns these plans into a running program (gates/static.py proves it), and no
-module here imports proc. Each module can be audited alone:
+caller that turns these plans into a running program (agentos_tasks/gates/static.py proves
+it), and no module here imports proc. Each module can be audited alone:
 
 - `spec`: ConfinedSpec and ConfinedResult, the records proc, the executor and tools share;
 - `backend`: which backend a run gets (bwrap, or "none" only under isolation: best-effort);

@@ -4,7 +4,7 @@ The pack must sit where the executor wrote it, `outputs/<run>/tools/<step>/`, be
 its claims are checked against the rest of that run: the task pack next to it, the
 manifest `steps/<step>.json`, `patches/<step>.patch`, `audit/policy.yaml`,
 `audit/request.json`, `audit/answers.yaml`, the tape, and the commit in the target
-repository. The checks are those of gates/tool_gates.py, in strict mode: a step that
+repository. The checks are those of agentos_tasks/gates/tools.py, in strict mode: a step that
 failed (nothing landed) FAILs TL-C here, since there is no commit to vouch for.
 
 Works from any directory; a forged or malformed pack is a FAIL with a reason, an
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from agentos_tasks.errors import AgentosError
 
 if TYPE_CHECKING:  # gates imports this package's modules; load it only when verifying
-    from gates import GateResult
+    from agentos_tasks.gates.common import GateResult
 
 STATUS_WIDTH = 15
 
@@ -54,9 +54,9 @@ def locate(path: Path) -> tuple[Path, str, str]:
 
 def verify_result_pack(path: Path) -> list[GateResult]:
     """TL-A .. TL-F for the one tool step whose result pack is `path`."""
-    from gates import GateResult
-    from gates.context import GateContext
-    from gates.tool_gates import TOOL_GATE_IDS, TOOL_GATE_TITLES, check_tool_step
+    from agentos_tasks.gates.common import GateResult
+    from agentos_tasks.gates.context import GateContext
+    from agentos_tasks.gates.tools import TOOL_GATE_IDS, TOOL_GATE_TITLES, check_tool_step
 
     run_dir, step_id, pack_rel = locate(path)
     results: list[GateResult] = []

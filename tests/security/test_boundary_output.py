@@ -97,8 +97,8 @@ def keys_for(tmp: Path) -> tuple[Path, Path]:
 
 
 def sign(run: Built, key: Path) -> None:
+    from agentos_tasks.gates.report import write_reports
     from agentos_tasks.sign import sign_run
-    from gates import write_reports
 
     write_reports(run.run_dir)
     sign_run(run.run_dir, key)

@@ -1,0 +1,119 @@
+"""Git history as EX-D reads it, in a constant number of git calls for the whole run:
+`git log` records with their raw diffs or full messages, blob digests from one
+`cat-file --batch`, and the format-patch options that regenerate the patch files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from agentos_tasks.fsutil import sha256_bytes
+from agentos_tasks.gates.common import Fail
+
+if TYPE_CHECKING:
+    from agentos_tasks.git import Git
+
+
+# Exactly the options of agentos_tasks.git.Git.commit_patch (which exports each step's
+# patch), so `format-patch --stdout base..head` reproduces the patch files byte for byte.
+# tests/test_gates_executor.py checks that the two stay in step.
+FORMAT_PATCH_OPTIONS: tuple[str, ...] = (
+    "--binary", "--full-index", "-k", "--no-signature", "--no-numbered", "--no-thread",
+    "--no-attach", "--no-renames", "--no-textconv", "--no-ext-diff", "--no-color",
+    "--encoding=UTF-8")
+_NULL_MODE = "000000"
+
+
+@dataclass
+class LoggedCommit:
+    """One commit as `git log` shows it: identity, tree, and (worktree range) its diff."""
+
+    commit: str
+    parents: list[str]
+    tree: str
+    author: tuple[str, str]
+    committer: tuple[str, str]
+    message: str = ""
+    # (status, path, old mode, new mode, new blob) per changed path, --no-renames
+    changes: list[tuple[str, str, str | None, str | None, str]] = field(default_factory=list)
+
+
+def _mode(raw: str) -> str | None:
+    return None if raw == _NULL_MODE else raw
+
+
+def log_with_raw_diffs(git: Git, old: str, new: str) -> list[LoggedCommit]:
+    """Every commit of old..new, oldest first, with `--raw --no-renames` diffs: one call."""
+    out = git.run("log", "--reverse", "--topo-order", "--no-renames", "--raw", "-z",
+                  "--no-abbrev", "--format=%x1e%H%x1f%P%x1f%T%x1f%an%x1f%ae%x1f%cn%x1f%ce",
+                  f"{old}..{new}", "--", check=False)
+    if out.returncode != 0:
+        raise Fail(f"git cannot list {old[:12]}..{new[:12]} in {git.cwd}: "
+                   f"{out.stderr.decode('utf-8', 'replace').strip()[:120]}")
+    tokens = out.stdout.split(b"\0")
+    commits: list[LoggedCommit] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i].lstrip(b"\n")
+        i += 1
+        if not token:
+            continue
+        if token.startswith(b"\x1e"):
+            fields = token[1:].decode("utf-8", "surrogateescape").split("\x1f")
+            if len(fields) != 7:
+                raise Fail(f"unparseable git log record {token[:60]!r}")
+            commit, parents, tree, an, ae, cn, ce = fields
+            commits.append(LoggedCommit(commit, parents.split(), tree, (an, ae), (cn, ce)))
+        elif token.startswith(b":") and commits and i < len(tokens):
+            meta = token[1:].decode().split(" ")
+            path = tokens[i].decode("utf-8", "surrogateescape")
+            i += 1
+            commits[-1].changes.append((meta[4][:1], path, _mode(meta[0]), _mode(meta[1]),
+                                        meta[3]))
+        else:
+            raise Fail(f"unparseable git log output near {token[:60]!r}")
+    return commits
+
+
+def branch_log(git: Git, old: str, new: str) -> list[LoggedCommit]:
+    """Commits of old..new with their full messages, oldest first, in one git call."""
+    out = git.run("log", "-z", "--reverse", "--topo-order",
+                  "--format=%H%x1f%P%x1f%T%x1f%an%x1f%ae%x1f%cn%x1f%ce%x1f%B",
+                  f"{old}..{new}", "--", check=False)
+    if out.returncode != 0:
+        raise Fail(f"git cannot list {old[:12]}..{new[:12]} in {git.cwd}: "
+                   f"{out.stderr.decode('utf-8', 'replace').strip()[:120]}")
+    found = []
+    for record in out.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        if not record:
+            continue
+        fields = record.split("\x1f", 7)
+        if len(fields) != 8:
+            raise Fail(f"unparseable git log record {record[:60]!r}")
+        commit, parents, tree, an, ae, cn, ce, message = fields
+        found.append(LoggedCommit(commit, parents.split(), tree, (an, ae), (cn, ce), message))
+    return found
+
+
+def blob_digests(git: Git, names: list[str]) -> dict[str, str | None]:
+    """sha256 of each object's content (`<oid>` or `<rev>:<path>`; None when missing or
+    not a blob), all in one `cat-file --batch` call."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return {}
+    out = git.run("cat-file", "--batch", input="".join(f"{n}\n" for n in wanted).encode(
+        "utf-8", "surrogateescape")).stdout
+    digests: dict[str, str | None] = {}
+    pos = 0
+    for name in wanted:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].split()
+        pos = end + 1
+        if header[-1] in (b"missing", b"ambiguous") or len(header) != 3:
+            digests[name] = None
+            continue
+        size = int(header[2])
+        digests[name] = sha256_bytes(out[pos:pos + size]) if header[1] == b"blob" else None
+        pos += size + 1
+    return digests
