@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.errors import EXIT_GATES, AgentosError, internal_error
+from agentos_tasks.model import Status
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def cmd_tool_verify(ns: argparse.Namespace) -> int:
     check_received_tree(run_dir)  # the gates read the run's other files too
     results = verify_result_pack(pack)
     out(render([replace(r, id=escape(r.id), reason=escape(r.reason)) for r in results]))
-    return 0 if all(r.status != "FAIL" for r in results) else EXIT_GATES
+    return 0 if all(r.status != Status.FAIL for r in results) else EXIT_GATES
 
 
 def cmd_schema(ns: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ No behaviour here: loaders build these, everyone else reads them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -102,3 +103,12 @@ class Change:
     new_mode: str | None = None
     sha256: str | None = None  # of the new content (None for deletions)
     ignored: bool = False
+
+
+class Status(StrEnum):
+    """A gate's verdict. The values are what reports/gates.json, gates.xml, report.md and
+    the signed statement carry, so they never change; members compare equal to them."""
+
+    PASS = "PASS"  # noqa: S105 - a verdict, not a password
+    FAIL = "FAIL"
+    NOT_APPLICABLE = "NOT_APPLICABLE"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import atomic_write, is_regular, read_regular, sha256_regular
 from agentos_tasks.layout import KEY_ARTIFACTS
+from agentos_tasks.model import Status
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
@@ -227,9 +228,8 @@ def _section_gates(gates: _Json) -> list[str]:
     if not gate_list:
         lines.append("| (no gates) | | |")
     lines.append("")
-    summary = ", ".join(f"{name} {counts.get(name, 0)}"
-                        for name in ("PASS", "FAIL", "NOT_APPLICABLE"))
-    others = sorted(set(counts) - {"PASS", "FAIL", "NOT_APPLICABLE"})
+    summary = ", ".join(f"{name} {counts.get(name, 0)}" for name in Status)
+    others = sorted(set(counts) - set(Status))
     if others:
         summary += ", " + ", ".join(f"{name} {counts[name]}" for name in others)
     lines += [f"Gate summary (counted from the table): {summary}", ""]

@@ -61,6 +61,7 @@ from agentos_tasks.fsutil import (
     sha256_regular,
 )
 from agentos_tasks.layout import REQUIRED_SUBJECTS, SUBJECT_GLOBS
+from agentos_tasks.model import Status
 from agentos_tasks.report import write_report
 from agentos_tasks.tape import verify_chain
 from agentos_tasks.termsafe import escape
@@ -70,7 +71,7 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 ENVELOPE_RELPATH = "signature/envelope.dsse.json"
 STATEMENT_RELPATH = "signature/statement.json"
 
-GATE_STATUSES = ("PASS", "FAIL", "NOT_APPLICABLE")
+GATE_STATUSES: tuple[str, ...] = tuple(status.value for status in Status)
 _KEY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -232,7 +233,7 @@ def _check_gates_report(gates_doc: dict[str, Any], gates_path: Path) -> list[dic
                 f"gate #{index} has no id or an unknown status "
                 f"(expected one of {', '.join(GATE_STATUSES)})",
                 where=str(gates_path), hint="re-run `doit gates`", code=EXIT_GATES)
-    failing = [gate for gate in gates if gate["status"] == "FAIL"]
+    failing = [gate for gate in gates if gate["status"] == Status.FAIL]
     if failing:
         names = "; ".join(f"{gate['id']}: {gate.get('reason', '')}" for gate in failing)
         raise AgentosError(
@@ -241,7 +242,7 @@ def _check_gates_report(gates_doc: dict[str, Any], gates_path: Path) -> list[dic
             hint="fix the run (or the tampered artifact) and re-run `doit gates`",
             code=EXIT_GATES,
         )
-    if not any(gate["status"] == "PASS" for gate in gates):
+    if not any(gate["status"] == Status.PASS for gate in gates):
         raise AgentosError("refusing to sign: no gate PASSed (all NOT_APPLICABLE)",
                            where=str(gates_path), hint="re-run `doit gates`",
                            code=EXIT_GATES)
@@ -463,16 +464,16 @@ def _check_gates_predicate(predicate: dict[str, Any]) -> Check:
     failing = [
         str(gate.get("id")) if isinstance(gate, dict) else repr(gate)
         for gate in gates
-        if (gate.get("status") if isinstance(gate, dict) else None) not in ("PASS",
-                                                                              "NOT_APPLICABLE")
+        if (gate.get("status") if isinstance(gate, dict) else None) not in (
+            Status.PASS, Status.NOT_APPLICABLE)
     ]
     summary = predicate.get("gates_summary")
-    summary_fail = summary.get("FAIL") if isinstance(summary, dict) else None
+    summary_fail = summary.get(Status.FAIL) if isinstance(summary, dict) else None
     if failing or summary_fail != 0:
         return Check("gates", False,
                      f"signed gate results not all PASS/NOT_APPLICABLE: {', '.join(failing)}"
                      f" (summary FAIL={summary_fail})")
-    passed = sum(1 for gate in gates if gate.get("status") == "PASS")
+    passed = sum(1 for gate in gates if gate.get("status") == Status.PASS)
     return Check("gates", True, f"{passed} PASS, {len(gates) - passed} NOT_APPLICABLE, 0 FAIL")
 
 

@@ -2,7 +2,7 @@
 readers of a run's evidence that several gates use.
 
 A `Gate` names its check: a pure function of a `GateContext` returning a `Verdict`,
-(PASS | FAIL | NOT_APPLICABLE, one-line reason). Most checks are a sequence of named
+(model.Status, one-line reason). Most checks are a sequence of named
 checks that raise `Fail` for the finding that decides the gate; `@verdict` turns it (or
 a PolicyViolation) into (FAIL, reason). The readers below take nothing on the tape's word
 that a file or git can show, and a missing piece of evidence is a FAIL, never a skipped
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from agentos_tasks.errors import PolicyViolation
 from agentos_tasks.gates.context import Missing
 from agentos_tasks.git import parse_numstat_z
-from agentos_tasks.model import Author, Request, Step, ToolSpec
+from agentos_tasks.model import Author, Request, Status, Step, ToolSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from agentos_tasks.gates.context import GateContext
 
 
-PASS, FAIL, NA = "PASS", "FAIL", "NOT_APPLICABLE"
-Verdict = tuple[str, str]
+# Verdicts are model.Status (the one definition); these short names are its members.
+PASS, FAIL, NA = Status.PASS, Status.FAIL, Status.NOT_APPLICABLE
+Verdict = tuple[Status, str]
 FINAL_STATUSES = ("applied", "failed", "denied", "blocked", "rolled_back")
 # What most gates read (run-relative globs; their content is the cache digest's input).
 RUN_INPUTS: tuple[str, ...] = ("audit/*", "execution_result.json", "steps/*.json",
@@ -39,9 +40,12 @@ RUN_INPUTS: tuple[str, ...] = ("audit/*", "execution_result.json", "steps/*.json
 class GateResult:
     id: str
     title: str
-    status: str
+    status: Status
     reason: str
     evidence: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a stored result read back holds the string
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,7 @@ from agentos_tasks.errors import EXIT_GATES, AgentosError
 from agentos_tasks.fsutil import atomic_write, write_json
 from agentos_tasks.gates.common import FAIL, NA, PASS
 from agentos_tasks.gates.runner import collect
+from agentos_tasks.model import Status
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def summary(results: Sequence[GateResult]) -> dict[str, int]:
-    return {s: sum(r.status == s for r in results) for s in (PASS, FAIL, NA)}
+    return {s.value: sum(r.status == s for r in results) for s in Status}
 
 
 def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None) -> None:

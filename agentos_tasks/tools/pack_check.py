@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agentos_tasks.errors import AgentosError
+from agentos_tasks.model import Status
 
 if TYPE_CHECKING:  # gates imports this package's modules; load it only when verifying
     from agentos_tasks.gates.common import GateResult
@@ -73,11 +74,11 @@ def verify_result_pack(path: Path) -> list[GateResult]:
 def render(results: list[GateResult]) -> str:
     """One line per gate (status, id, reason) and a verdict line."""
     lines = [f"{r.status:<{STATUS_WIDTH}} {r.id}  {r.reason}" for r in results]
-    failed = [r.id for r in results if r.status == "FAIL"]
+    failed = [r.id for r in results if r.status == Status.FAIL]
     if failed:
         lines.append(f"FAIL: {len(failed)} of {len(results)} tool gate(s) failed: "
                      f"{', '.join(failed)}")
     else:
-        lines.append(f"OK: no tool gate failed ({sum(r.status == 'PASS' for r in results)} "
+        lines.append(f"OK: no tool gate failed ({sum(r.status == Status.PASS for r in results)} "
                      "passed)")
     return "\n".join(lines)
