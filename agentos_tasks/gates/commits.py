@@ -106,14 +106,9 @@ def check_history(ctx: GateContext, base: str) -> tuple[int, dict[str, LoggedCom
         raise Fail(f"{base[:12]}..{final_head[:12]} holds {len(logged)} commit(s), the "
                    f"manifests name {len(named)}: the commits are not the recorded ones")
     author = request_author(ctx)
-    unchanged_names = []
     record_steps = {str(s.get("id")): s for s in ctx.request_record["steps"]}
-    for step_id, manifest in manifests:
-        step = record_steps[step_id]
-        if manifest.get("status") == "unchanged" and step.get("op") in ("write", "delete"):
-            unchanged_names.append(f"{manifest['parent']}:{normalize_path(str(step['path']))}")
     blobs = blob_digests(git, [c[4] for commit in logged for c in commit.changes
-                               if c[0] != "D"] + unchanged_names)
+                               if c[0] != "D"] + unchanged_blob_names(manifests, record_steps))
     by_commit = {c.commit: c for c in logged}
     ends = last_step_end(ctx)
     in_result = {str(s.get("id")): s for s in ctx.result.get("steps", [])
@@ -121,41 +116,11 @@ def check_history(ctx: GateContext, base: str) -> tuple[int, dict[str, LoggedCom
     for step_id, manifest in manifests:
         step = record_steps[step_id]
         if manifest.get("status") == "unchanged":
-            if step.get("op") == "write":
-                name = f"{manifest['parent']}:{normalize_path(str(step['path']))}"
-                if blobs.get(name) != step.get("content_sha256"):
-                    raise Fail(f"step {step_id}: unchanged, yet {step['path']} at its parent "
-                               "does not hold the requested content")
-            if step.get("op") == "delete" and blobs.get(
-                    f"{manifest['parent']}:{normalize_path(str(step['path']))}") is not None:
-                raise Fail(f"step {step_id}: unchanged, yet {step['path']} is still there")
+            check_unchanged_step(step_id, step, manifest, blobs)
             continue
         commit = by_commit[str(manifest["commit"])]
-        if commit.parents != [manifest["parent"]]:
-            raise Fail(f"step {step_id}: commit {commit.commit[:12]} has parent(s) "
-                       f"{[p[:12] for p in commit.parents]}, the manifest says "
-                       f"{str(manifest['parent'])[:12]}")
-        if commit.author != author or commit.committer != author:
-            raise Fail(f"step {step_id}: commit {commit.commit[:12]} is by {commit.author} / "
-                       f"{commit.committer}, not the request's author {author}")
-        truth = sorted(((path, status, None if status == "D" else blobs.get(oid))
-                        for status, path, _, _, oid in commit.changes), key=repr)
-        if _listed(manifest.get("files")) != truth:
-            raise Fail(f"steps/{step_id}.json files differ from the diff of commit "
-                       f"{commit.commit[:12]} ({[t[0] for t in truth][:4]})")
-        modes = {path: (old, new) for _, path, old, new, _ in commit.changes}
-        if step.get("op") == "write":
-            # the executor writes a new file 0644 and keeps an existing file's mode
-            for status, path, old, new, _ in commit.changes:
-                if new != ("100644" if status == "A" else old):
-                    raise Fail(f"write step {step_id}: commit {commit.commit[:12]} gives "
-                               f"{path} mode {new} (was {old})")
-        for entry in manifest["files"]:
-            old, new = modes[entry["path"]]
-            if entry.get("old_mode") not in (None, old) or entry.get("new_mode") not in \
-                    (None, new) or entry.get("old_path") is not None:
-                raise Fail(f"steps/{step_id}.json: modes of {entry['path']} differ from "
-                           f"commit {commit.commit[:12]}")
+        truth = check_step_commit(step_id, step, manifest, commit, author=author,
+                                  blobs=blobs)
         if _listed(ends.get(step_id, {}).get("files", [])) != truth:
             raise Fail(f"the tape's step_end of {step_id} lists other files than commit "
                        f"{commit.commit[:12]}")
@@ -166,6 +131,71 @@ def check_history(ctx: GateContext, base: str) -> tuple[int, dict[str, LoggedCom
         compare_patches(ctx, base, final_head, changed)
     return len(changed), by_commit
 
+
+def unchanged_blob_names(manifests: list[tuple[str, dict[str, Any]]],
+                         record_steps: dict[str, dict[str, Any]]) -> list[str]:
+    """`<parent>:<path>` of every unchanged write or delete step (what its parent holds)."""
+    names = []
+    for step_id, manifest in manifests:
+        step = record_steps[step_id]
+        if manifest.get("status") == "unchanged" and step.get("op") in ("write", "delete"):
+            names.append(f"{manifest['parent']}:{normalize_path(str(step['path']))}")
+    return names
+
+
+def check_unchanged_step(step_id: str, step: dict[str, Any], manifest: dict[str, Any],
+                         blobs: dict[str, str | None]) -> None:
+    """An unchanged write found its content already at the parent; an unchanged delete
+    found its path already gone."""
+    if step.get("op") == "write":
+        name = f"{manifest['parent']}:{normalize_path(str(step['path']))}"
+        if blobs.get(name) != step.get("content_sha256"):
+            raise Fail(f"step {step_id}: unchanged, yet {step['path']} at its parent "
+                       "does not hold the requested content")
+    if step.get("op") == "delete" and blobs.get(
+            f"{manifest['parent']}:{normalize_path(str(step['path']))}") is not None:
+        raise Fail(f"step {step_id}: unchanged, yet {step['path']} is still there")
+
+
+def check_step_commit(step_id: str, step: dict[str, Any], manifest: dict[str, Any],
+                      commit: LoggedCommit, *, author: tuple[str, str],
+                      blobs: dict[str, str | None]) -> list[tuple[Any, Any, Any]]:
+    """A changed step's commit sits on its parent, is by the request's author and changes
+    exactly the manifest's files, with their modes; returns the commit's (path, status,
+    sha256) list, the truth the tape and execution_result must match too."""
+    if commit.parents != [manifest["parent"]]:
+        raise Fail(f"step {step_id}: commit {commit.commit[:12]} has parent(s) "
+                   f"{[p[:12] for p in commit.parents]}, the manifest says "
+                   f"{str(manifest['parent'])[:12]}")
+    if commit.author != author or commit.committer != author:
+        raise Fail(f"step {step_id}: commit {commit.commit[:12]} is by {commit.author} / "
+                   f"{commit.committer}, not the request's author {author}")
+    truth = sorted(((path, status, None if status == "D" else blobs.get(oid))
+                    for status, path, _, _, oid in commit.changes), key=repr)
+    if _listed(manifest.get("files")) != truth:
+        raise Fail(f"steps/{step_id}.json files differ from the diff of commit "
+                   f"{commit.commit[:12]} ({[t[0] for t in truth][:4]})")
+    check_commit_modes(step_id, step, manifest, commit)
+    return truth
+
+
+def check_commit_modes(step_id: str, step: dict[str, Any], manifest: dict[str, Any],
+                       commit: LoggedCommit) -> None:
+    """The modes a manifest records are the commit's; a write step's file lands 0644 when
+    new and keeps its mode otherwise."""
+    modes = {path: (old, new) for _, path, old, new, _ in commit.changes}
+    if step.get("op") == "write":
+        # the executor writes a new file 0644 and keeps an existing file's mode
+        for status, path, old, new, _ in commit.changes:
+            if new != ("100644" if status == "A" else old):
+                raise Fail(f"write step {step_id}: commit {commit.commit[:12]} gives "
+                           f"{path} mode {new} (was {old})")
+    for entry in manifest["files"]:
+        old, new = modes[entry["path"]]
+        if entry.get("old_mode") not in (None, old) or entry.get("new_mode") not in \
+                (None, new) or entry.get("old_path") is not None:
+            raise Fail(f"steps/{step_id}.json: modes of {entry['path']} differ from "
+                       f"commit {commit.commit[:12]}")
 
 def compare_patches(ctx: GateContext, base: str, final_head: str,
                     changed: list[tuple[str, dict[str, Any]]]) -> None:
@@ -227,6 +257,17 @@ def ex_d_commits(ctx: GateContext) -> Verdict:
         raise Fail("applied run without pre_apply_head")
     if pre != base:
         raise Fail(f"pre_apply_head {str(pre)[:12]} is not the base {str(base)[:12]}")
+    landed = check_branch_commits(ctx, pre, head, worktree_commits)
+    return PASS, f"{landed} commit(s) == changed steps: same order, messages, trees " \
+                 "and author; every patch file == its commit byte for byte"
+
+
+def check_branch_commits(ctx: GateContext, pre: str, head: str,
+                         worktree_commits: dict[str, LoggedCommit]) -> int:
+    """pre..head holds one commit per changed step, in request order, each on the previous
+    one, with the step's message (audit/request.yaml's, which request.json must repeat),
+    the tested commit's tree and the request's author; they are commits_applied.
+    Returns the number of commits."""
     messages = dict(request_yaml_messages(ctx))
     recorded = {s["id"]: s["message"] for s in ctx.request_record["steps"]}
     if messages != recorded:
@@ -255,11 +296,9 @@ def ex_d_commits(ctx: GateContext) -> Verdict:
             raise Fail(f"commit {commit.commit[:12]} (step {step_id}) is by {commit.author} "
                        f"/ {commit.committer}, not the request's author {author}")
         parent = commit.commit
-    if [c.commit for c in commits] != result.get("commits_applied"):
+    if [c.commit for c in commits] != ctx.result.get("commits_applied"):
         raise Fail("branch commits differ from execution_result commits_applied")
-    return PASS, f"{len(commits)} commit(s) == changed steps: same order, messages, trees " \
-                 "and author; every patch file == its commit byte for byte"
-
+    return len(commits)
 
 EX_D = Gate("EX-D", "patch files == their commits byte for byte; branch commits == changed "
             "steps (order, messages, trees, author)", ex_d_commits, RUN_INPUTS,

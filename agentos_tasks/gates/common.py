@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from agentos_tasks.gates.context import GateContext
+    from agentos_tasks.policy import Policy
 
 
 # Verdicts are model.Status (the one definition); these short names are its members.
@@ -158,6 +159,13 @@ def patch_paths(ctx: GateContext, rels: list[str]) -> list[str]:
     return paths
 
 
+def tool_dirs(ctx: GateContext) -> list[str]:
+    """Names under tools/ (every tool step leaves tools/<step>/, nothing else does)."""
+    root = ctx.run_dir / "tools"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+
 def wrapped_argv(wrapper: Any, argv: list[str]) -> bool:
     """True when a sandbox wrapper argv ends with `-- <argv>` (bwrap and the `none`
     reaper both end so: agentos_tasks.sandbox.bwrap.build_bwrap_argv, proc.run_confined)."""
@@ -184,7 +192,9 @@ def request_from_record(record: dict[str, Any]) -> Request:
                    author=Author(**record["author"]), steps=tuple(steps))
 
 
-def recorded_policy(ctx: GateContext) -> Any:
+def recorded_policy(ctx: GateContext) -> Policy:
+    """The policy the run was decided under (audit/policy.yaml), loaded as the executor
+    loads it; Missing when it is absent."""
     from agentos_tasks.policy import load_policy
 
     ctx.note("audit/policy.yaml")

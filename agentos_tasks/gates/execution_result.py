@@ -6,7 +6,7 @@ list, and (applied) one commit per changed step.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.gates.common import (
     PASS,
@@ -37,6 +37,26 @@ def ex_h_result(ctx: GateContext) -> Verdict:
     if missing:
         raise Fail(f"execution_result.json lacks {', '.join(missing)}")
     status = status_of(ctx)
+    check_run_identity(ctx, result)
+    check_outcome_recorded(ctx, result, status)
+    recount = recount_steps(ctx, result)
+    if status == "applied":
+        if recount["failed"] or recount["pending"]:
+            raise Fail("applied run with failed or pending steps")
+        if recount["commits_applied"] != recount["changed"]:
+            raise Fail(f"{recount['commits_applied']} commits applied for "
+                       f"{recount['changed']} changed steps")
+        if not result["pre_apply_head"] or not result["post_apply_head"]:
+            raise Fail("applied run without pre/post-apply heads")
+    elif recount["commits_applied"]:
+        raise Fail(f"run {status}, yet commits_applied lists {recount['commits_applied']}")
+    return PASS, f"every required field present; counts recount ({recount['steps']} steps, " \
+                 f"{recount['changed']} changed, {recount['commits_applied']} commits)"
+
+
+def check_run_identity(ctx: GateContext, result: dict[str, Any]) -> None:
+    """The run, request digest, absolute repo and branch are the recorded request's (and,
+    for the branch, the tape's)."""
     if not Path(str(result["repo"])).is_absolute():
         raise Fail(f"repo {result['repo']!r} is not an absolute path")
     if result["run"] != ctx.run_dir.name and result["run"] != ctx.request_record.get("id"):
@@ -53,6 +73,11 @@ def ex_h_result(ctx: GateContext) -> Verdict:
     if len(branches) > 1:
         raise Fail(f"execution_result, the request and the tape name different branches: "
                    f"{sorted(branches)}")
+
+
+def check_outcome_recorded(ctx: GateContext, result: dict[str, Any], status: str) -> None:
+    """A failed run records its failure (and the tape a step_failed or apply_failed); a
+    rolled-back run has a rollback on the tape."""
     if status == "failed":
         if not isinstance(result.get("failure"), dict):
             raise Fail("run failed, yet execution_result records no failure")
@@ -60,6 +85,11 @@ def ex_h_result(ctx: GateContext) -> Verdict:
             raise Fail("run failed, yet the tape has no step_failed or apply_failed")
     if status == "rolled_back" and not ctx.events_named("rollback"):
         raise Fail("run rolled_back, yet the tape has no rollback event")
+
+
+def recount_steps(ctx: GateContext, result: dict[str, Any]) -> dict[str, int]:
+    """The counts recomputed from the steps list (the request's steps, in order), which
+    `counts` must equal; each changed/unchanged entry agrees with its manifest."""
     steps = result["steps"]
     counts = result["counts"]
     if not isinstance(steps, list) or not isinstance(counts, dict):
@@ -79,19 +109,7 @@ def ex_h_result(ctx: GateContext) -> Verdict:
             for key in ("status", "commit", "patch_sha256"):
                 if manifest.get(key) != entry.get(key):
                     raise Fail(f"step {entry['id']}: {key} differs from its manifest")
-    if status == "applied":
-        if recount["failed"] or recount["pending"]:
-            raise Fail("applied run with failed or pending steps")
-        if recount["commits_applied"] != recount["changed"]:
-            raise Fail(f"{recount['commits_applied']} commits applied for "
-                       f"{recount['changed']} changed steps")
-        if not result["pre_apply_head"] or not result["post_apply_head"]:
-            raise Fail("applied run without pre/post-apply heads")
-    elif recount["commits_applied"]:
-        raise Fail(f"run {status}, yet commits_applied lists {recount['commits_applied']}")
-    return PASS, f"every required field present; counts recount ({recount['steps']} steps, " \
-                 f"{recount['changed']} changed, {recount['commits_applied']} commits)"
-
+    return recount
 
 EX_H = Gate("EX-H", "execution_result.json complete and consistent", ex_h_result,
             RUN_INPUTS)

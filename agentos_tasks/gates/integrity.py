@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agentos_tasks.gates.common import FAIL, PASS, RUN_INPUTS, Gate, Verdict
+from agentos_tasks.gates.common import FAIL, PASS, RUN_INPUTS, Fail, Gate, Verdict, verdict
 
 if TYPE_CHECKING:
     from agentos_tasks.gates.context import GateContext
 
 
+@verdict
 def r3_evidence(ctx: GateContext) -> Verdict:
+    """The tape verifies and ends with the run_end of execution_result's status; every
+    changed or unchanged step agrees between manifest, tape and execution_result; an
+    applied run's run_end binds execution_result and checksums, which match everything."""
     chain = ctx.chain
     if not chain.ok:
         return FAIL, f"tape: {chain.reason}"
@@ -27,32 +31,7 @@ def r3_evidence(ctx: GateContext) -> Verdict:
     if last.get("event") != "run_end" or last.get("status") != status:
         return FAIL, f"tape's last event is {last.get('event')}/{last.get('status')}, " \
                      f"execution_result says {status}"
-    # per-step agreement: manifests, patches, tape step_end
-    step_end: dict[str, dict[str, Any]] = {}
-    for event in ctx.events_named("step_end"):
-        step_end[event["step"]] = event
-    for entry in result.get("steps", []):
-        if entry["status"] not in ("changed", "unchanged"):
-            continue
-        step_id = entry["id"]
-        end = step_end.get(step_id)
-        if end is None:
-            return FAIL, f"step {step_id} is {entry['status']} but the tape has no step_end"
-        manifest_sha = ctx.sha256(f"steps/{step_id}.json")
-        if manifest_sha is None:
-            return FAIL, f"steps/{step_id}.json is missing"
-        if end.get("manifest_sha256") != manifest_sha:
-            return FAIL, f"steps/{step_id}.json differs from the digest on the tape"
-        manifest = ctx.manifest(step_id)
-        for key in ("commit", "patch_sha256", "status"):
-            if manifest.get(key) != entry.get(key) or end.get(key) != manifest.get(key):
-                return FAIL, f"step {step_id}: {key} disagrees between manifest, tape and " \
-                             "execution_result"
-        if manifest["status"] == "changed":
-            if ctx.sha256(f"patches/{step_id}.patch") != manifest["patch_sha256"]:
-                return FAIL, f"patches/{step_id}.patch is missing or differs from its manifest"
-        elif ctx.exists(f"patches/{step_id}.patch"):
-            return FAIL, f"unchanged step {step_id} has a patch file"
+    check_steps_agree(ctx, result)
     if status != "applied":
         return PASS, f"tape verifies ({chain.count} events) and agrees with " \
                      f"execution_result ({status})"
@@ -65,6 +44,34 @@ def r3_evidence(ctx: GateContext) -> Verdict:
         return FAIL, "commits_applied differs from the tape's patches_applied"
     return check_checksums(ctx, chain.count)
 
+
+def check_steps_agree(ctx: GateContext, result: dict[str, Any]) -> None:
+    """Per step: manifest, patch file, the tape's step_end and execution_result agree."""
+    step_end: dict[str, dict[str, Any]] = {}
+    for event in ctx.events_named("step_end"):
+        step_end[event["step"]] = event
+    for entry in result.get("steps", []):
+        if entry["status"] not in ("changed", "unchanged"):
+            continue
+        step_id = entry["id"]
+        end = step_end.get(step_id)
+        if end is None:
+            raise Fail(f"step {step_id} is {entry['status']} but the tape has no step_end")
+        manifest_sha = ctx.sha256(f"steps/{step_id}.json")
+        if manifest_sha is None:
+            raise Fail(f"steps/{step_id}.json is missing")
+        if end.get("manifest_sha256") != manifest_sha:
+            raise Fail(f"steps/{step_id}.json differs from the digest on the tape")
+        manifest = ctx.manifest(step_id)
+        for key in ("commit", "patch_sha256", "status"):
+            if manifest.get(key) != entry.get(key) or end.get(key) != manifest.get(key):
+                raise Fail(f"step {step_id}: {key} disagrees between manifest, tape and "
+                           "execution_result")
+        if manifest["status"] == "changed":
+            if ctx.sha256(f"patches/{step_id}.patch") != manifest["patch_sha256"]:
+                raise Fail(f"patches/{step_id}.patch is missing or differs from its manifest")
+        elif ctx.exists(f"patches/{step_id}.patch"):
+            raise Fail(f"unchanged step {step_id} has a patch file")
 
 def check_checksums(ctx: GateContext, count: int) -> Verdict:
     from agentos_tasks.evidence import tree_digests

@@ -30,6 +30,7 @@ from agentos_tasks.gates.common import (
     recorded_policy,
     request_from_record,
     require_chain,
+    tool_dirs,
     verdict,
     wrapped_argv,
 )
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from agentos_tasks.gates.context import GateContext
-    from agentos_tasks.model import Step
+    from agentos_tasks.model import Request, Step
+    from agentos_tasks.policy import Policy
 
 
 # ------------------------------------------------------------------ R1
@@ -92,12 +94,6 @@ PROGRAM_KEYS = ("sandbox", "log", "log_sha256", "output_bytes", "output_truncate
 TOOL_KEYS = ("tool", "tool_result_pack_sha256")
 
 
-def tool_dirs(ctx: GateContext) -> list[str]:
-    """Names under tools/ (every tool step leaves tools/<step>/, nothing else does)."""
-    root = ctx.run_dir / "tools"
-    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-
-
 def check_step_record(step: Step, record: dict[str, Any], manifest: dict[str, Any],
                       has_attributes: Callable[[str], bool] | None = None) -> None:
     """What a manifest may say is fixed by its request step: op, message and index; a
@@ -108,35 +104,67 @@ def check_step_record(step: Step, record: dict[str, Any], manifest: dict[str, An
     for key, want in (("op", step.op), ("index", step.index), ("message", step.message)):
         if manifest.get(key) != want:
             raise Fail(f"{where}: {key} {manifest.get(key)!r}, the request says {want!r}")
+    if step.op == "write":
+        check_write_record(step, record, manifest, has_attributes)
+    if step.op == "delete":
+        check_delete_record(step, manifest)
+    if step.op == "patch":
+        check_patch_record(step, manifest)
+    check_program_record(step, manifest, where)
+
+
+def request_path(step: Step) -> str:
+    """The path a write or delete step names (the request schema requires one)."""
+    if step.path is None:
+        raise Fail(f"the recorded request's {step.op} step {step.id} names no path")
+    return step.path
+
+
+def check_write_record(step: Step, record: dict[str, Any], manifest: dict[str, Any],
+                       has_attributes: Callable[[str], bool] | None) -> None:
+    """A write lands exactly its path with the requested content (other bytes only where
+    a .gitattributes in the tree can explain them)."""
+    path = request_path(step)
     files = manifest.get("files") or []
     changed = manifest.get("status") == "changed"
-    if step.op == "write":
-        assert step.path is not None
-        want_files = [(normalize_path(step.path), record.get("content_sha256"))]
-        written = [(f.get("path"), f.get("written_sha256", f.get("sha256"))) for f in files]
-        normalised = [f for f in files if f.get("written_sha256") not in (None, f.get("sha256"))]
-        if normalised and (has_attributes is None
-                           or not has_attributes(str(manifest.get("commit")))):
-            raise Fail(f"write step {step.id} landed other bytes than it wrote, and the tree "
-                       "has no .gitattributes that could explain it")
-        if (changed and written != want_files) or \
-                any(f.get("status") not in ("A", "M") for f in files):
-            raise Fail(f"write step {step.id} must land exactly {step.path} with content "
-                       f"{str(record.get('content_sha256'))[:12]}; its manifest lists "
-                       f"{[(f.get('path'), str(f.get('sha256'))[:12]) for f in files][:3]}")
-    if step.op == "delete":
-        assert step.path is not None
-        if changed and [(f.get("path"), f.get("status")) for f in files] != \
-                [(normalize_path(step.path), "D")]:
-            raise Fail(f"delete step {step.id} may only delete {step.path}; its manifest "
-                       f"lists {[(f.get('path'), f.get('status')) for f in files][:3]}")
-    if step.op == "patch":
-        allowed = {normalize_path(p) for p in step.patch_paths}
-        for entry in files:
-            for raw in (entry.get("path"), entry.get("old_path")):
-                if raw is not None and raw not in allowed:
-                    raise Fail(f"patch step {step.id} changed {raw}, which its patch does "
-                               f"not touch ({sorted(allowed)[:3]})")
+    want_files = [(normalize_path(path), record.get("content_sha256"))]
+    written = [(f.get("path"), f.get("written_sha256", f.get("sha256"))) for f in files]
+    normalised = [f for f in files if f.get("written_sha256") not in (None, f.get("sha256"))]
+    if normalised and (has_attributes is None
+                       or not has_attributes(str(manifest.get("commit")))):
+        raise Fail(f"write step {step.id} landed other bytes than it wrote, and the tree "
+                   "has no .gitattributes that could explain it")
+    if (changed and written != want_files) or \
+            any(f.get("status") not in ("A", "M") for f in files):
+        raise Fail(f"write step {step.id} must land exactly {step.path} with content "
+                   f"{str(record.get('content_sha256'))[:12]}; its manifest lists "
+                   f"{[(f.get('path'), str(f.get('sha256'))[:12]) for f in files][:3]}")
+
+
+def check_delete_record(step: Step, manifest: dict[str, Any]) -> None:
+    """A delete only deletes its path."""
+    path = request_path(step)
+    files = manifest.get("files") or []
+    changed = manifest.get("status") == "changed"
+    if changed and [(f.get("path"), f.get("status")) for f in files] != \
+            [(normalize_path(path), "D")]:
+        raise Fail(f"delete step {step.id} may only delete {step.path}; its manifest "
+                   f"lists {[(f.get('path'), f.get('status')) for f in files][:3]}")
+
+
+def check_patch_record(step: Step, manifest: dict[str, Any]) -> None:
+    """A patch step changes only paths its patch touches (rename sources too)."""
+    allowed = {normalize_path(p) for p in step.patch_paths}
+    for entry in manifest.get("files") or []:
+        for raw in (entry.get("path"), entry.get("old_path")):
+            if raw is not None and raw not in allowed:
+                raise Fail(f"patch step {step.id} changed {raw}, which its patch does "
+                           f"not touch ({sorted(allowed)[:3]})")
+
+
+def check_program_record(step: Step, manifest: dict[str, Any], where: str) -> None:
+    """Only run and tool steps record a program: in a sandbox, exiting as the request
+    expects; a run step ran exactly its argv, a tool step its tool's."""
     if step.op in ("run", "tool"):
         if not isinstance(manifest.get("sandbox"), dict):
             raise Fail(f"{where}: {step.op} step without a sandbox record")
@@ -162,7 +190,6 @@ def check_step_record(step: Step, record: dict[str, Any], manifest: dict[str, An
                             [str(a) for a in tool.get("argv") or []]):
             raise Fail(f"{where}: the sandbox ran something other than the tool's argv")
 
-
 @verdict
 def ex_a_policy(ctx: GateContext) -> Verdict:
     """Every operation and path on the tape (and in manifests and patches) is allowed by
@@ -173,7 +200,34 @@ def ex_a_policy(ctx: GateContext) -> Verdict:
     digest = ctx.sha256("audit/policy.yaml")
     request = request_from_record(ctx.request_record)
     steps = {s.id: s for s in request.steps}
-    decided = 0
+    check_started_steps(ctx, policy, request, steps)
+    manifests = executed_manifests(ctx)
+    # patches of steps without tool globs are parsed in one git call, then judged alike
+    plain = [s for s, m in manifests if m.get("status") == "changed"
+             and steps[s].op != "tool"]
+    plain_paths = list(dict.fromkeys(patch_paths(ctx, [f"patches/{s}.patch" for s in plain])))
+    decided = decide_plain_patches(ctx, policy, plain, plain_paths)
+    ends = last_step_end(ctx)
+    for step_id, manifest in manifests:
+        decided += decide_step_paths(ctx, policy, steps[step_id], manifest,
+                                     end=ends.get(step_id, {}), patch_decided=step_id in plain)
+        recorded = (manifest.get("policy_check") or {}).get("policy_sha256")
+        if recorded != digest:
+            raise Fail(f"steps/{step_id}.json was checked under policy {str(recorded)[:12]}, "
+                       f"audit/policy.yaml is {str(digest)[:12]}")
+    check_step_records(ctx, steps, manifests)
+    check_plain_patches_listed(ctx, manifests, plain, plain_paths)
+    check_tool_dirs(ctx, request)
+    check_policy_digests(ctx, digest)
+    started = len(ctx.events_named("step_start"))
+    return PASS, f"{started} step run(s) and {decided} path decision(s) allowed by policy " \
+                 f"{policy.id} ({str(digest)[:12]})"
+
+
+def check_started_steps(ctx: GateContext, policy: Policy, request: Request,
+                        steps: dict[str, Step]) -> None:
+    """Every step the tape starts is a request step with its op; when steps ran, the
+    whole request passes the pre-run check again."""
     for event in ctx.events_named("step_start"):
         step = steps.get(str(event.get("step")))
         if step is None:
@@ -181,52 +235,63 @@ def ex_a_policy(ctx: GateContext) -> Verdict:
         if event.get("op") != step.op:
             raise Fail(f"step {step.id}: tape says op {event.get('op')!r}, request {step.op!r}")
     if ctx.events_named("step_start"):
-        # steps ran, so the whole request must pass the pre-run check again
         decision = check_request(policy, request)
         if not decision.allowed:
             raise Fail(f"step {decision.step} is denied by {decision.rule_id} under the "
                        f"recorded policy: {decision.reason}")
-    manifests = executed_manifests(ctx)
-    ends = last_step_end(ctx)
-    # patches of steps without tool globs are parsed in one git call, then judged alike
-    plain = [s for s, m in manifests if m.get("status") == "changed"
-             and steps[s].op != "tool"]
-    plain_paths = list(dict.fromkeys(patch_paths(ctx, [f"patches/{s}.patch" for s in plain])))
+
+
+def patch_with(ctx: GateContext, plain: list[str], path: str) -> str:
+    """The first of the `plain` steps whose patch file names `path` ("?" for none)."""
+    return next((s for s in plain if path.encode() in ctx.read_bytes(f"patches/{s}.patch")),
+                "?")
+
+
+def decide_plain_patches(ctx: GateContext, policy: Policy, plain: list[str],
+                         plain_paths: list[str]) -> int:
+    """Every path the non-tool steps' patches touch is allowed; returns the count."""
     for path in plain_paths:
         decision = decide_path(policy, path)
         if not decision.allowed:
-            culprit = next((s for s in plain if path.encode() in
-                            ctx.read_bytes(f"patches/{s}.patch")), "?")
-            raise Fail(f"patches/{culprit}.patch changes {path}: denied by "
+            raise Fail(f"patches/{patch_with(ctx, plain, path)}.patch changes {path}: denied "
+                       f"by {decision.rule_id} under the recorded policy")
+    return len(plain_paths)
+
+
+def decide_step_paths(ctx: GateContext, policy: Policy, step: Step,
+                      manifest: dict[str, Any], *, end: dict[str, Any],
+                      patch_decided: bool) -> int:
+    """Every path one step changed (manifest, step_end and, unless decided with the plain
+    patches, its patch file) is allowed under its tool globs, and so is every ignored
+    file it left; returns the number of changed paths decided."""
+    tool_paths = step.tool.paths if step.op == "tool" and step.tool is not None else None
+    paths: list[str] = []
+    for entry in manifest.get("files", []):
+        paths += [p for p in (entry.get("path"), entry.get("old_path")) if p]
+    paths += [str(f.get("path")) for f in end.get("files", [])]
+    if manifest.get("status") == "changed" and not patch_decided:
+        paths += patch_paths(ctx, [f"patches/{step.id}.patch"])
+    ignored = set(manifest.get("ignored", []))
+    unique = list(dict.fromkeys(paths))
+    for path in unique:
+        decision = decide_path(policy, path, tool_paths=tool_paths)
+        if not decision.allowed:
+            raise Fail(f"step {step.id} changed {path}: denied by {decision.rule_id} "
+                       f"under the recorded policy")
+    for path in sorted(ignored):
+        decision = decide_path(policy, path, tool_paths=tool_paths, ignored=True)
+        if not decision.allowed:
+            raise Fail(f"step {step.id} left ignored {path}: denied by "
                        f"{decision.rule_id} under the recorded policy")
-        decided += 1
-    for step_id, manifest in manifests:
-        step = steps[step_id]
-        tool_paths = step.tool.paths if step.op == "tool" and step.tool is not None else None
-        paths: list[str] = []
-        for entry in manifest.get("files", []):
-            paths += [p for p in (entry.get("path"), entry.get("old_path")) if p]
-        paths += [str(f.get("path")) for f in ends.get(step_id, {}).get("files", [])]
-        if manifest.get("status") == "changed" and step_id not in plain:
-            paths += patch_paths(ctx, [f"patches/{step_id}.patch"])
-        ignored = set(manifest.get("ignored", []))
-        for path in dict.fromkeys(paths):
-            decision = decide_path(policy, path, tool_paths=tool_paths)
-            if not decision.allowed:
-                raise Fail(f"step {step_id} changed {path}: denied by {decision.rule_id} "
-                           f"under the recorded policy")
-            decided += 1
-        for path in sorted(ignored):
-            decision = decide_path(policy, path, tool_paths=tool_paths, ignored=True)
-            if not decision.allowed:
-                raise Fail(f"step {step_id} left ignored {path}: denied by "
-                           f"{decision.rule_id} under the recorded policy")
-        recorded = (manifest.get("policy_check") or {}).get("policy_sha256")
-        if recorded != digest:
-            raise Fail(f"steps/{step_id}.json was checked under policy {str(recorded)[:12]}, "
-                       f"audit/policy.yaml is {str(digest)[:12]}")
-    # what each step did is fixed by its request step (EX-D ties manifests to the commits)
+    return len(unique)
+
+
+def check_step_records(ctx: GateContext, steps: dict[str, Step],
+                       manifests: list[tuple[str, dict[str, Any]]]) -> None:
+    """What each step did is fixed by its request step (EX-D ties manifests to the
+    commits)."""
     records = {str(r.get("id")): r for r in ctx.request_record["steps"]}
+
     def has_attributes(commit: str) -> bool:
         names = ctx.git.run("ls-tree", "-r", "--name-only", "-z", "--", commit,
                             check=False).stdout.split(b"\0")
@@ -234,18 +299,30 @@ def ex_a_policy(ctx: GateContext) -> Verdict:
 
     for step_id, manifest in manifests:
         check_step_record(steps[step_id], records[step_id], manifest, has_attributes)
+
+
+def check_plain_patches_listed(ctx: GateContext, manifests: list[tuple[str, dict[str, Any]]],
+                               plain: list[str], plain_paths: list[str]) -> None:
+    """Every path a non-tool step's patch touches is listed by a manifest."""
     listed = {str(p) for s, m in manifests if s in plain for f in m.get("files", [])
               for p in (f.get("path"), f.get("old_path")) if p}
     for path in plain_paths:
         if path not in listed:
-            culprit = next((s for s in plain if path.encode() in
-                            ctx.read_bytes(f"patches/{s}.patch")), "?")
-            raise Fail(f"patches/{culprit}.patch changes {path}, which no manifest lists")
+            raise Fail(f"patches/{patch_with(ctx, plain, path)}.patch changes {path}, which "
+                       "no manifest lists")
+
+
+def check_tool_dirs(ctx: GateContext, request: Request) -> None:
+    """Only the request's tool steps leave tools/<step>/."""
     tools = {s.id for s in request.steps if s.op == "tool"}
     strays = [name for name in tool_dirs(ctx) if name not in tools]
     if strays:
         raise Fail(f"tools/{strays[0]}/ exists, but {strays[0]!r} is not a tool step of the "
                    "request")
+
+
+def check_policy_digests(ctx: GateContext, digest: str | None) -> None:
+    """The tape's policy_loaded and execution_result name sha256(audit/policy.yaml)."""
     loaded = ctx.events_named("policy_loaded")
     if not loaded:
         raise Fail("tape has no policy_loaded event")
@@ -256,10 +333,6 @@ def ex_a_policy(ctx: GateContext) -> Verdict:
     if result_digest != digest:
         raise Fail(f"execution_result names policy {str(result_digest)[:12]}, "
                    f"audit/policy.yaml is {str(digest)[:12]}")
-    started = len(ctx.events_named("step_start"))
-    return PASS, f"{started} step run(s) and {decided} path decision(s) allowed by policy " \
-                 f"{policy.id} ({str(digest)[:12]})"
-
 
 R1 = Gate("R1", "policy decision recomputed from the recorded request and policy",
           r1_policy, ("audit/*", "execution_result.json"), uses_repo=True)

@@ -5,7 +5,7 @@ there unless a later apply started from exactly there).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.gates.common import (
     NA,
@@ -40,34 +40,10 @@ def ex_f_rollback(ctx: GateContext) -> Verdict:
         raise Fail("audit/rollback_proof.json exists but the tape has no rollback event")
     if not has_proof:
         raise Fail("tape has a rollback event but audit/rollback_proof.json is missing")
-    proof = ctx.json("audit/rollback_proof.json")
-    if not isinstance(proof, dict):
-        raise Fail("rollback_proof.json is not an object")
-    event = ctx.events[rollbacks[-1]]
-    if event.get("proof_sha256") != ctx.sha256("audit/rollback_proof.json"):
-        raise Fail("rollback_proof.json differs from the proof_sha256 on the rollback event")
-    before, after = proof.get("before"), proof.get("after")
-    target_head, target_tree = proof.get("target_head"), proof.get("target_tree")
-    if not (isinstance(before, dict) and isinstance(after, dict)
-            and before.get("tree") and after.get("tree") and target_head and target_tree):
-        raise Fail("rollback_proof.json lacks before/after tree digests or its target")
-    if proof.get("match") is not True or event.get("match") is not True:
-        raise Fail("rollback_proof says the branch was not restored (match is not true)")
-    if after != {"head": target_head, "tree": target_tree}:
-        raise Fail(f"after-rollback state {after} != target {target_head}/{target_tree}")
-    if event.get("restored") != target_head or event.get("branch") != proof.get("branch"):
-        raise Fail("rollback event and proof name different targets")
-    git = ctx.git
-    if git.try_rev_parse(f"{target_head}^{{tree}}") != target_tree:
-        raise Fail(f"target_tree {str(target_tree)[:12]} is not the tree of "
-                   f"{str(target_head)[:12]} in the repository")
-    actual_before = git.try_rev_parse(f"{before.get('head')}^{{tree}}")
-    if actual_before is None:
-        raise Fail(f"before.head {str(before.get('head'))[:12]} is not a commit in the "
-                   "repository")
-    if actual_before != before.get("tree"):
-        raise Fail("before.tree is not the tree of before.head in the repository")
-    head = git.try_rev_parse(f"refs/heads/{proof.get('branch')}")
+    proof = read_proof(ctx, ctx.events[rollbacks[-1]])
+    target_head, target_tree = proof["target_head"], proof["target_tree"]  # read_proof checked
+    check_proof_trees(ctx, proof)
+    head = ctx.git.try_rev_parse(f"refs/heads/{proof.get('branch')}")
     later = [i for i in event_index(ctx, ("patches_applied",)) if i > rollbacks[-1]]
     if later:
         if status == "rolled_back":
@@ -82,6 +58,44 @@ def ex_f_rollback(ctx: GateContext) -> Verdict:
     return PASS, f"branch restored to {target_head[:12]}; tree {target_tree[:12]} before " \
                  "apply == after rollback"
 
+
+def read_proof(ctx: GateContext, event: dict[str, Any]) -> dict[str, Any]:
+    """audit/rollback_proof.json, bound by the last rollback event's proof_sha256, with
+    before/after trees, a target the event names too, and `match` true in both."""
+    proof = ctx.json("audit/rollback_proof.json")
+    if not isinstance(proof, dict):
+        raise Fail("rollback_proof.json is not an object")
+    if event.get("proof_sha256") != ctx.sha256("audit/rollback_proof.json"):
+        raise Fail("rollback_proof.json differs from the proof_sha256 on the rollback event")
+    before, after = proof.get("before"), proof.get("after")
+    target_head, target_tree = proof.get("target_head"), proof.get("target_tree")
+    if not (isinstance(before, dict) and isinstance(after, dict)
+            and before.get("tree") and after.get("tree") and target_head and target_tree):
+        raise Fail("rollback_proof.json lacks before/after tree digests or its target")
+    if proof.get("match") is not True or event.get("match") is not True:
+        raise Fail("rollback_proof says the branch was not restored (match is not true)")
+    if after != {"head": target_head, "tree": target_tree}:
+        raise Fail(f"after-rollback state {after} != target {target_head}/{target_tree}")
+    if event.get("restored") != target_head or event.get("branch") != proof.get("branch"):
+        raise Fail("rollback event and proof name different targets")
+    return proof
+
+
+def check_proof_trees(ctx: GateContext, proof: dict[str, Any]) -> None:
+    """The proof's trees are what git says: target_tree is target_head's tree and
+    before.tree is before.head's."""
+    target_head, target_tree = proof.get("target_head"), proof.get("target_tree")
+    before = proof["before"]
+    git = ctx.git
+    if git.try_rev_parse(f"{target_head}^{{tree}}") != target_tree:
+        raise Fail(f"target_tree {str(target_tree)[:12]} is not the tree of "
+                   f"{str(target_head)[:12]} in the repository")
+    actual_before = git.try_rev_parse(f"{before.get('head')}^{{tree}}")
+    if actual_before is None:
+        raise Fail(f"before.head {str(before.get('head'))[:12]} is not a commit in the "
+                   "repository")
+    if actual_before != before.get("tree"):
+        raise Fail("before.tree is not the tree of before.head in the repository")
 
 EX_F = Gate("EX-F", "rollback proof recomputed from git", ex_f_rollback, RUN_INPUTS,
             uses_repo=True)

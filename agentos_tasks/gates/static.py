@@ -56,37 +56,61 @@ def scan_source(source: str, filename: str) -> list[str]:
     """Violations in one file (empty list = clean)."""
     tree = ast.parse(source, filename)
     found: list[str] = []
+    # names bound to os / asyncio so far (ast.walk goes breadth first, as before)
     os_aliases = {"os"}
     asyncio_aliases = {"asyncio"}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                if _forbidden_module(alias.name):
-                    found.append(f"{filename}:{node.lineno}: import {alias.name}")
-                if alias.name == "os":
-                    os_aliases.add(alias.asname or "os")
-                if alias.name == "asyncio":
-                    asyncio_aliases.add(alias.asname or "asyncio")
+            found += _import(node, filename, os_aliases, asyncio_aliases)
         elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if _forbidden_module(module):
-                found.append(f"{filename}:{node.lineno}: from {module} import ...")
-            for alias in node.names:
-                if module == "os" and _forbidden_os_attr(alias.name):
-                    found.append(f"{filename}:{node.lineno}: from os import {alias.name}")
-                if module == "asyncio" and alias.name in FORBIDDEN_ASYNCIO:
-                    found.append(f"{filename}:{node.lineno}: from asyncio import {alias.name}")
-                if _forbidden_module(f"{module}.{alias.name}" if module else alias.name):
-                    found.append(f"{filename}:{node.lineno}: from {module} import {alias.name}")
+            found += _import_from(node, filename)
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            if node.value.id in os_aliases and _forbidden_os_attr(node.attr):
-                found.append(f"{filename}:{node.lineno}: os.{node.attr}")
-            if node.value.id in asyncio_aliases and node.attr in FORBIDDEN_ASYNCIO:
-                found.append(f"{filename}:{node.lineno}: asyncio.{node.attr}")
+            found += _attribute(node, node.value, filename, os_aliases, asyncio_aliases)
         elif isinstance(node, ast.Call):
             found += _dynamic(node, filename, os_aliases)
     return found
 
+
+def _import(node: ast.Import, filename: str, os_aliases: set[str],
+            asyncio_aliases: set[str]) -> list[str]:
+    """`import subprocess` and friends; records the names os and asyncio are bound to."""
+    found = []
+    for alias in node.names:
+        if _forbidden_module(alias.name):
+            found.append(f"{filename}:{node.lineno}: import {alias.name}")
+        if alias.name == "os":
+            os_aliases.add(alias.asname or "os")
+        if alias.name == "asyncio":
+            asyncio_aliases.add(alias.asname or "asyncio")
+    return found
+
+
+def _import_from(node: ast.ImportFrom, filename: str) -> list[str]:
+    """`from subprocess import ...`, `from os import system`, `from asyncio import
+    create_subprocess_exec`, `from concurrent.futures import process`."""
+    found = []
+    module = node.module or ""
+    if _forbidden_module(module):
+        found.append(f"{filename}:{node.lineno}: from {module} import ...")
+    for alias in node.names:
+        if module == "os" and _forbidden_os_attr(alias.name):
+            found.append(f"{filename}:{node.lineno}: from os import {alias.name}")
+        if module == "asyncio" and alias.name in FORBIDDEN_ASYNCIO:
+            found.append(f"{filename}:{node.lineno}: from asyncio import {alias.name}")
+        if _forbidden_module(f"{module}.{alias.name}" if module else alias.name):
+            found.append(f"{filename}:{node.lineno}: from {module} import {alias.name}")
+    return found
+
+
+def _attribute(node: ast.Attribute, value: ast.Name, filename: str, os_aliases: set[str],
+               asyncio_aliases: set[str]) -> list[str]:
+    """`os.system`, `os.execv`, `asyncio.create_subprocess_exec` (under any alias)."""
+    found = []
+    if value.id in os_aliases and _forbidden_os_attr(node.attr):
+        found.append(f"{filename}:{node.lineno}: os.{node.attr}")
+    if value.id in asyncio_aliases and node.attr in FORBIDDEN_ASYNCIO:
+        found.append(f"{filename}:{node.lineno}: asyncio.{node.attr}")
+    return found
 
 def _dynamic(node: ast.Call, filename: str, os_aliases: set[str]) -> list[str]:
     func = node.func

@@ -5,7 +5,7 @@ manifest and patch matches the digests on its step_end, a finished run ends with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.gates.common import (
     PASS,
@@ -34,6 +34,26 @@ def ex_e_steps(ctx: GateContext) -> Verdict:
     for index, event in enumerate(events):
         if event.get("seq") != index:
             raise Fail(f"line {index + 1}: seq {event.get('seq')!r}, expected {index}")
+    check_steps_closed(events)
+    ends = last_step_end(ctx)
+    count = check_manifests_vouched(ctx, ends)
+    status = status_of(ctx)
+    if status == "applied":
+        listed = [s.get("id") for s in ctx.result.get("steps", [])]
+        missing = [s for s in ctx.step_ids() if s not in ends]
+        if missing or listed != ctx.step_ids():
+            raise Fail(f"applied run, yet step(s) {missing[:3]} have no step_end")
+    if events[-1].get("event") != "run_end" or events[-1].get("status") != status:
+        raise Fail(f"execution_result says {status}, the tape ends with "
+                   f"{events[-1].get('event')}/{events[-1].get('status')}")
+    return PASS, f"{len(ctx.events_named('step_start'))} step_start(s) each closed once; " \
+                 f"seq 0..{len(events) - 1} contiguous; {count} manifest(s) match their " \
+                 "step_end digests"
+
+
+def check_steps_closed(events: list[dict[str, Any]]) -> None:
+    """Steps never overlap: each step_start is closed by its step_end or step_failed
+    before the next step starts or the run applies, blocks or ends."""
     open_step: str | None = None
     for event in events:
         name = event.get("event")
@@ -51,7 +71,11 @@ def ex_e_steps(ctx: GateContext) -> Verdict:
             raise Fail(f"{name} while step {open_step} has no step_end/step_failed")
     if open_step is not None:
         raise Fail(f"step {open_step} has a step_start but no step_end/step_failed")
-    ends = last_step_end(ctx)
+
+
+def check_manifests_vouched(ctx: GateContext, ends: dict[str, dict[str, Any]]) -> int:
+    """Every manifest (and a changed step's patch file) has the digest its last step_end
+    records, and the same status; returns the number of manifests."""
     count = 0
     for step_id, manifest in executed_manifests(ctx):
         end = ends.get(step_id)
@@ -71,19 +95,7 @@ def ex_e_steps(ctx: GateContext) -> Verdict:
                 raise Fail(f"patches/{step_id}.patch is missing or differs from the "
                            "patch_sha256 on its step_end")
         count += 1
-    status = status_of(ctx)
-    if status == "applied":
-        listed = [s.get("id") for s in ctx.result.get("steps", [])]
-        missing = [s for s in ctx.step_ids() if s not in ends]
-        if missing or listed != ctx.step_ids():
-            raise Fail(f"applied run, yet step(s) {missing[:3]} have no step_end")
-    if events[-1].get("event") != "run_end" or events[-1].get("status") != status:
-        raise Fail(f"execution_result says {status}, the tape ends with "
-                   f"{events[-1].get('event')}/{events[-1].get('status')}")
-    return PASS, f"{len(ctx.events_named('step_start'))} step_start(s) each closed once; " \
-                 f"seq 0..{len(events) - 1} contiguous; {count} manifest(s) match their " \
-                 "step_end digests"
-
+    return count
 
 EX_E = Gate("EX-E", "every step_start closed once; seq contiguous; checksums recorded",
             ex_e_steps, RUN_INPUTS)

@@ -114,7 +114,8 @@ def tl_e(ts: ToolStep, strict: bool) -> Verdict:
         raise Fail(f"{ts.id}: claims do not re-parse from {ts.transcript_rel}")
     state, event = landed_or_failed(ts)
     if state == "landed":
-        assert event is not None
+        if event is None:  # landed_or_failed gives a landed step its step_end
+            raise Fail(f"step {ts.id} has no step_end on the tape")
         manifest = ts.manifest()
         recorded = manifest.get("tool") or {}
         for key in ("name", "version", "path", "argv", "transcript_sha256",

@@ -15,6 +15,7 @@ from agentos_tasks.policy import decide_path, needs_approval
 
 if TYPE_CHECKING:
     from agentos_tasks.gates.tool_step import ToolStep
+    from agentos_tasks.policy import Policy
 
 
 # ------------------------------------------------------------------ TL-D
@@ -27,7 +28,7 @@ WORKTREE_ONLY_RULES: frozenset[str] = frozenset({
 })
 
 
-def fresh_decision(policy: Any, files: list[dict[str, Any]], allowed: list[str],
+def fresh_decision(policy: Policy, files: list[dict[str, Any]], allowed: list[str],
                    modes: dict[str, str | None]) -> tuple[str, str, str]:
     """(allow|deny, rule_id, reason) of the recorded policy over a recorded diff: the
     check_changes rules that need no worktree (count, paths within the tool globs, .git,

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from agentos_tasks.gates.context import GateContext
     from agentos_tasks.model import Step, ToolSpec
+    from agentos_tasks.policy import Policy
 
 SYMLINK_MODE = "120000"
 GITLINK_MODE = "160000"
@@ -47,10 +48,11 @@ class ToolStep:
 
     def spec(self) -> ToolSpec:
         tool = self.step().tool
-        assert tool is not None  # step() checked
+        if tool is None:  # step() refuses a step without one
+            raise Fail(f"step {self.id} is not a tool step")
         return tool
 
-    def policy(self) -> Any:
+    def policy(self) -> Policy:
         return recorded_policy(self.ctx)
 
     # -- packs

@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agentos_tasks.errors import AgentosError, PolicyViolation
-from agentos_tasks.gates.common import FAIL, NA, PASS, Fail, Gate, Verdict
+from agentos_tasks.gates.common import FAIL, NA, PASS, Fail, Gate, Verdict, tool_dirs
 from agentos_tasks.gates.context import Missing
 from agentos_tasks.gates.tool_diff import tl_b, tl_c
 from agentos_tasks.gates.tool_pack import tl_a, tl_e
@@ -101,8 +101,7 @@ def request_yaml_tool_steps(ctx: GateContext) -> list[str]:
 
 def tool_traces(ctx: GateContext) -> tuple[list[str], list[str]]:
     """(entries under tools/, steps whose manifest carries a tool record)."""
-    root = ctx.run_dir / "tools"
-    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    entries = tool_dirs(ctx)
     marked = []
     for path in sorted((ctx.run_dir / "steps").glob("*.json")):
         data = ctx.read_bytes(f"steps/{path.name}")

@@ -43,61 +43,89 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------ R2
 
 
+@verdict
 def r2_worktree(ctx: GateContext) -> Verdict:
+    """Every worktree lies outside the target work tree and was created before any step;
+    unapplied, the branch is still at base; applied, it is at the post-apply head and
+    pre..post holds exactly the patch files' commits (same patch ids, same order)."""
     result = ctx.result
     status = result.get("status")
     if status in ("denied", "blocked"):
         return NA, f"run {status} before any step: no worktree expected"
     if not ctx.chain.ok:
         return FAIL, f"tape does not verify: {ctx.chain.reason}"
-    created = ctx.events_named("worktree_created")
-    if not created:
-        return FAIL, "tape has no worktree_created event"
-    repo = Path(result["repo"]).resolve()
-    for event in created:
-        path = Path(event["path"]).resolve()
-        if path == repo or repo in path.parents:
-            return FAIL, f"worktree {path} lies inside the target work tree {repo}"
-        if event.get("base") != result.get("base"):
-            return FAIL, "worktree_created base differs from execution_result base"
-    first_wt = ctx.events.index(created[0])
-    if any(ctx.events.index(e) < first_wt for e in ctx.events_named("step_start")):
-        return FAIL, "a step started before the worktree was created"
+    check_worktrees_outside(ctx, result)
     head = ctx.branch_head()
     if status != "applied":
         if head != result.get("base"):
             return FAIL, f"run not applied, yet branch head {str(head)[:12]} != base " \
                          f"{str(result.get('base'))[:12]}"
         return PASS, "steps ran in a worktree; branch untouched (not applied)"
+    pre, post = applied_heads(ctx, result, head)
+    check_history_not_rewritten(ctx)
+    count = check_branch_holds_patches(ctx, pre, post)
+    return PASS, f"worktree outside the target; {count} commits == patches, same " \
+                 "patch ids and order; branch at post-apply head"
+
+
+def check_worktrees_outside(ctx: GateContext, result: dict[str, Any]) -> None:
+    """Every worktree_created lies outside the target work tree, on the recorded base,
+    before the first step_start."""
+    created = ctx.events_named("worktree_created")
+    if not created:
+        raise Fail("tape has no worktree_created event")
+    repo = Path(result["repo"]).resolve()
+    for event in created:
+        path = Path(event["path"]).resolve()
+        if path == repo or repo in path.parents:
+            raise Fail(f"worktree {path} lies inside the target work tree {repo}")
+        if event.get("base") != result.get("base"):
+            raise Fail("worktree_created base differs from execution_result base")
+    first_wt = ctx.events.index(created[0])
+    if any(ctx.events.index(e) < first_wt for e in ctx.events_named("step_start")):
+        raise Fail("a step started before the worktree was created")
+
+
+def applied_heads(ctx: GateContext, result: dict[str, Any], head: str | None) -> tuple[str, str]:
+    """(pre-apply head, post-apply head) of an applied run: recorded, on the tape's last
+    patches_applied, and the branch is at the post-apply head."""
     pre, post = result.get("pre_apply_head"), result.get("post_apply_head")
     if not isinstance(pre, str) or not isinstance(post, str):
-        return FAIL, "execution_result lacks pre/post-apply heads for an applied run"
+        raise Fail("execution_result lacks pre/post-apply heads for an applied run")
     applied = ctx.events_named("patches_applied")
     if not applied or applied[-1].get("post_apply_head") != post:
-        return FAIL, "execution_result post_apply_head has no matching patches_applied event"
+        raise Fail("execution_result post_apply_head has no matching patches_applied event")
     if head != post:
-        return FAIL, f"branch head {str(head)[:12]} != recorded post-apply head {str(post)[:12]}"
+        raise Fail(f"branch head {str(head)[:12]} != recorded post-apply head {str(post)[:12]}")
+    return pre, post
+
+
+def check_history_not_rewritten(ctx: GateContext) -> None:
+    """No refs/replace or info/grafts: plain git must show what the commits hold."""
     rewritten = ctx.git.run("for-each-ref", "--format=%(refname)", "refs/replace/").text
     grafts = ctx.git.git_dir() / "info" / "grafts"
     if rewritten.strip() or grafts.exists():
-        return FAIL, "the repository rewrites history for git (refs/replace or info/grafts): " \
-                     "plain git would show other content than the commits hold"
+        raise Fail("the repository rewrites history for git (refs/replace or info/grafts): "
+                   "plain git would show other content than the commits hold")
+
+
+def check_branch_holds_patches(ctx: GateContext, pre: str, post: str) -> int:
+    """pre..post holds one commit per changed step's patch file, with the same patch ids
+    in the same order; returns the number of commits."""
     commits = ctx.git.commits_between(pre, post)
     changed = [s for s in ctx.step_ids() if ctx.manifest(s).get("status") == "changed"]
     patches = b"".join(ctx.read_bytes(f"patches/{step_id}.patch") for step_id in changed)
     patch_ids = [pid for pid, _ in ctx.git.patch_ids(patches)] if patches else []
     if len(commits) != len(changed):
-        return FAIL, f"{pre[:10]}..{post[:10]} holds {len(commits)} commits for " \
-                     f"{len(changed)} patches"
+        raise Fail(f"{pre[:10]}..{post[:10]} holds {len(commits)} commits for "
+                   f"{len(changed)} patches")
     branch_ids = ctx.git.range_patch_ids(pre, post)
     if [c for _, c in branch_ids] != commits or len(patch_ids) != len(changed):
-        return FAIL, "a commit or patch file holds no diff (empty or unreadable patch)"
+        raise Fail("a commit or patch file holds no diff (empty or unreadable patch)")
     if [pid for pid, _ in branch_ids] != patch_ids:
-        return FAIL, "patch ids of the branch's commits differ from the patch files (content " \
-                     "or order)"
-    return PASS, f"worktree outside the target; {len(commits)} commits == patches, same " \
-                 "patch ids and order; branch at post-apply head"
-
+        raise Fail("patch ids of the branch's commits differ from the patch files (content "
+                   "or order)")
+    return len(commits)
 
 # ------------------------------------------------------------------ EX-C
 
@@ -205,22 +233,52 @@ def ex_c_untouched(ctx: GateContext) -> Verdict:
     require_chain(ctx)
     status = status_of(ctx)
     result = ctx.result
-    events = ctx.events
     started = ctx.events_named("step_start")
     if not started and status in ("denied", "blocked"):
         return NA, f"run {status} before any step: nothing was written"
+    worktree = run_worktree(ctx)
+    base = result.get("base")
+    if started and base is None:
+        raise Fail("steps ran, yet execution_result records no base")
+    created = ctx.events_named("worktree_created")
+    if created[-1].get("base") != base:
+        raise Fail(f"worktree_created base {str(created[-1].get('base'))[:12]} != "
+                   f"execution_result base {str(base)[:12]}")
+    checked = check_written_paths(ctx, worktree)
+    unsandboxed = check_sandboxes(ctx, executed_manifests(ctx))
+    flagged = f"; unsandboxed steps: {', '.join(unsandboxed)} (backend none, isolation " \
+              "best-effort)" if unsandboxed else ""
+    applied_at = event_index(ctx, ("patches_applied",))
+    rollbacks = event_index(ctx, ("rollback",))
+    check_sealed_after_apply(ctx, applied_at, rollbacks)
+    if status != "applied":
+        if applied_at and not any(r > applied_at[-1] for r in rollbacks):
+            raise Fail(f"run {status}, yet the tape has patches_applied and no rollback after it")
+        head = ctx.branch_head()
+        if base is not None and head != base:
+            raise Fail(f"run not applied, yet branch head {str(head)[:12]} != base "
+                       f"{str(base)[:12]}")
+        return PASS, f"not applied: branch still at base; {checked} recorded path(s) inside " \
+                     f"the worktree{flagged}"
+    check_applied_on_base(ctx, result, base, applied_at)
+    return PASS, f"branch at base {str(base)[:12]} until apply; every step event precedes " \
+                 f"patches_applied; {checked} recorded path(s) inside the worktree{flagged}"
+
+
+def run_worktree(ctx: GateContext) -> Path:
+    """The run's one worktree, as every worktree_created names it."""
     created = ctx.events_named("worktree_created")
     if not created:
         raise Fail("steps ran but the tape has no worktree_created event")
     worktree = Path(str(created[-1].get("path")))
     if any(Path(str(e.get("path"))) != worktree for e in created):
         raise Fail("worktree_created events name different worktrees")
-    base = result.get("base")
-    if started and base is None:
-        raise Fail("steps ran, yet execution_result records no base")
-    if created[-1].get("base") != base:
-        raise Fail(f"worktree_created base {str(created[-1].get('base'))[:12]} != "
-                   f"execution_result base {str(base)[:12]}")
+    return worktree
+
+
+def check_written_paths(ctx: GateContext, worktree: Path) -> int:
+    """Every path a manifest or step_end records lies inside the worktree, and a sandbox
+    bound nothing else writable; returns the number of manifest paths checked."""
     checked = 0
     ends = last_step_end(ctx)
     for step_id, manifest in executed_manifests(ctx):
@@ -236,13 +294,13 @@ def ex_c_untouched(ctx: GateContext) -> Verdict:
             if Path(bound) != worktree:
                 raise Fail(f"step {step_id}'s sandbox bound {bound} writable, not only its "
                            f"worktree {worktree}")
-    unsandboxed = check_sandboxes(ctx, executed_manifests(ctx))
-    flagged = f"; unsandboxed steps: {', '.join(unsandboxed)} (backend none, isolation " \
-              "best-effort)" if unsandboxed else ""
-    applied_at = event_index(ctx, ("patches_applied",))
-    rollbacks = event_index(ctx, ("rollback",))
-    for index, event in enumerate(events):
-        # after an apply the run is sealed: only a rollback reopens it (steps, a new apply)
+    return checked
+
+
+def check_sealed_after_apply(ctx: GateContext, applied_at: list[int],
+                             rollbacks: list[int]) -> None:
+    """After an apply the run is sealed: only a rollback reopens it (steps, a new apply)."""
+    for index, event in enumerate(ctx.events):
         if event.get("event") not in (*STEP_EVENTS, "patches_applied"):
             continue
         earlier = [a for a in applied_at if a < index]
@@ -250,18 +308,15 @@ def ex_c_untouched(ctx: GateContext) -> Verdict:
             what = f"{event.get('event')} of {event.get('step')}" if event.get("step") \
                 else str(event.get("event"))
             raise Fail(f"{what} comes after patches_applied with no rollback in between")
-    if status != "applied":
-        if applied_at and not any(r > applied_at[-1] for r in rollbacks):
-            raise Fail(f"run {status}, yet the tape has patches_applied and no rollback after it")
-        head = ctx.branch_head()
-        if base is not None and head != base:
-            raise Fail(f"run not applied, yet branch head {str(head)[:12]} != base "
-                       f"{str(base)[:12]}")
-        return PASS, f"not applied: branch still at base; {checked} recorded path(s) inside " \
-                     f"the worktree{flagged}"
+
+
+def check_applied_on_base(ctx: GateContext, result: dict[str, Any], base: Any,
+                          applied_at: list[int]) -> None:
+    """An applied run's branch did not move before the apply, and the first applied
+    commit sits on the base."""
     if not applied_at:
         raise Fail("run applied, but the tape has no patches_applied")
-    applied = events[applied_at[-1]]
+    applied = ctx.events[applied_at[-1]]
     pre = result.get("pre_apply_head")
     if pre != base or applied.get("pre_apply_head") != pre:
         raise Fail(f"branch moved before apply: base {str(base)[:12]}, pre-apply head "
@@ -272,9 +327,6 @@ def ex_c_untouched(ctx: GateContext) -> Verdict:
         if parent != base:
             raise Fail(f"first applied commit {commits[0][:12]} sits on {str(parent)[:12]}, "
                        f"not on base {str(base)[:12]}")
-    return PASS, f"branch at base {str(base)[:12]} until apply; every step event precedes " \
-                 f"patches_applied; {checked} recorded path(s) inside the worktree{flagged}"
-
 
 R2 = Gate("R2", "steps ran in a worktree; branch holds exactly the patches", r2_worktree,
           RUN_INPUTS, uses_repo=True)
