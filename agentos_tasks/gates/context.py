@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import RefusedFile, check_received_tree, read_regular
 from agentos_tasks.gates.request_record import parse_request_yaml, record_disagreement
 from agentos_tasks.git import Git, private_objects_usable
@@ -212,9 +213,14 @@ class GateContext:
         not yet applied run) are read from its private git dir, as an alternate."""
         own = self.run_dir / ".state" / "repo.git" / "objects"
         target = Git(self.repo_path())
-        if own.is_dir() and private_objects_usable(own, target.common_dir() / "objects"):
-            return Git(self.repo_path(), alternates=(own,))
-        return target
+        if not own.is_dir():
+            return target
+        try:
+            objects = target.common_dir() / "objects"
+        except (AgentosError, OSError):
+            return target  # no repository there: the gates that use git say so
+        return Git(self.repo_path(), alternates=(own,)) \
+            if private_objects_usable(own, objects) else target
 
     def branch(self) -> str:
         """The target branch: the request's, or the one the worktree task recorded; every
