@@ -6,7 +6,6 @@ is escaped with termsafe.escape, and the rich table gets Text, never parsed as m
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
@@ -82,7 +81,3 @@ def print_table(results: Sequence[GateResult]) -> None:
         table.add_row(Text(escape(r.id)), Text(escape(r.status), style=style.get(r.status, "")),
                       Text(escape(r.reason)))
     Console(width=140).print(table)
-
-
-def results_json(results: Sequence[GateResult]) -> str:
-    return json.dumps([r.as_dict() for r in results], indent=2)
