@@ -236,17 +236,19 @@ def test_timeout_kills_double_forked_daemon(tmp_path: Path) -> None:
         if os.fork() == 0:
             os.setsid()
             if os.fork() == 0:
-                time.sleep(1.5)
+                time.sleep(4.0)
                 open({str(marker)!r}, "w").write("alive")
                 os.execvp("sleep", ["sleep", "{token}"])
             os._exit(0)
         print("daemonized", flush=True)
         os.execvp("sleep", ["sleep", "{token}"])
     """)
-    result, out = run(tmp_path, ["python3", "-c", code], timeout_s=0.8)
+    # a generous timeout: python3 can take a second to start in the sandbox on a loaded
+    # 2-core machine, and "daemonized" must be printed before the kill
+    result, out = run(tmp_path, ["python3", "-c", code], timeout_s=2.5)
     assert "daemonized" in out and result.timed_out
     assert wait_gone(token) == []
-    time.sleep(1.2)
+    time.sleep(2.0)  # past the daemon's 4 s: had it survived, the marker would exist
     assert not marker.exists()
 
 
