@@ -25,31 +25,11 @@ import pytest
 from runutil import DODO, doit, write_policy, write_request
 
 from .conftest import requires_bwrap
+from .test_adversarial import CLEAN_GIT_ENV, host_git, make_repo
 
 pytestmark = [pytest.mark.security, requires_bwrap]
 
-CLEAN_GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
-                 "GIT_AUTHOR_NAME": "o", "GIT_AUTHOR_EMAIL": "o@x",
-                 "GIT_COMMITTER_NAME": "o", "GIT_COMMITTER_EMAIL": "o@x"}
 WRITE_DOC = {"id": "s1", "write": {"path": "docs/a.md", "content": "a\n"}}
-
-
-def host_git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], env=CLEAN_GIT_ENV, check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
-def make_repo(repo: Path, files: dict[str, str]) -> Path:
-    """A target repository with one commit holding `files` (clean working tree)."""
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True,
-                   env=CLEAN_GIT_ENV)
-    for rel, content in files.items():
-        target = repo / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-    host_git(repo, "add", "-A")
-    host_git(repo, "commit", "-q", "-m", "init")
-    return repo
 
 
 def bounded(argv: list[str], cwd: Path, *, seconds: float = 60,
