@@ -104,7 +104,8 @@ def _import_from(node: ast.ImportFrom, filename: str) -> list[str]:
 
 def _attribute(node: ast.Attribute, value: ast.Name, filename: str, os_aliases: set[str],
                asyncio_aliases: set[str]) -> list[str]:
-    """`os.system`, `os.execv`, `asyncio.create_subprocess_exec` (under any alias)."""
+    """A call of a process-starting function of os or asyncio (system, exec*, spawn*, fork,
+    create_subprocess_*), under any alias."""
     found = []
     if value.id in os_aliases and _forbidden_os_attr(node.attr):
         found.append(f"{filename}:{node.lineno}: os.{node.attr}")
