@@ -94,7 +94,7 @@ def cmd_gates(ns: argparse.Namespace) -> int:
 
 
 def cmd_keygen(ns: argparse.Namespace) -> int:
-    from agentos_tasks.sign import keygen
+    from agentos_tasks.attest import keygen
 
     private, public = keygen(Path(ns.out), overwrite=ns.force)
     out(f"private key: {escape(private)} (mode 0600, keep it secret)\n"
@@ -103,7 +103,7 @@ def cmd_keygen(ns: argparse.Namespace) -> int:
 
 
 def cmd_verify(ns: argparse.Namespace) -> int:
-    from agentos_tasks.verify import render, verify_run
+    from agentos_tasks.attest.verify import render, verify_run
 
     run_dir = Path(ns.run_dir)
     if not run_dir.is_dir():

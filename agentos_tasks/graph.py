@@ -205,7 +205,7 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
 
 
 def sign_action(ctx: RunContext) -> None:
-    from agentos_tasks.sign import sign_run
+    from agentos_tasks.attest import sign_run
 
     if ctx.key_path is None:
         raise AgentosError("sign needs key=PATH", hint="agentos keygen, then "

@@ -32,15 +32,15 @@ from conftest import (
 from test_tool_verify import _tool_build  # noqa: F401  (session fixture: a reviewed tool run)
 
 import agentos_tasks.gates.runner as gates_pkg
+from agentos_tasks.attest import keygen, sign_run
+from agentos_tasks.attest import verification_passed as passed
+from agentos_tasks.attest.verify import render, verify_run
 from agentos_tasks.evidence import tree_digests
 from agentos_tasks.gates.common import FAIL, NA, PASS
 from agentos_tasks.gates.report import write_reports
 from agentos_tasks.gates.runner import REGISTRY, gate_inputs_digest, run_all
 from agentos_tasks.git import Git
 from agentos_tasks.model import Author
-from agentos_tasks.sign import keygen, sign_run
-from agentos_tasks.sign import verification_passed as passed
-from agentos_tasks.verify import render, verify_run
 
 # ------------------------------------------------------------------ verdict helpers
 

@@ -31,8 +31,7 @@ from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.statement import Statement
 from securesystemslib.dsse import Envelope
 
-from agentos_tasks.errors import EXIT_GATES, AgentosError
-from agentos_tasks.sign import (
+from agentos_tasks.attest import (
     ENVELOPE_RELPATH,
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
@@ -48,6 +47,7 @@ from agentos_tasks.sign import (
     verification_passed,
     verify_signature,
 )
+from agentos_tasks.errors import EXIT_GATES, AgentosError
 from agentos_tasks.tape import Tape
 
 # --------------------------------------------------------------------------- fixtures

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import Built, git, read_events, rechain, reseal
 
+from agentos_tasks.attest import Check, keygen, sign_run
+from agentos_tasks.attest import verification_passed as passed
+from agentos_tasks.attest.verify import render, verify_run
 from agentos_tasks.gates.report import write_reports
-from agentos_tasks.sign import Check, keygen, sign_run
-from agentos_tasks.sign import verification_passed as passed
-from agentos_tasks.verify import render, verify_run
 
 
 @pytest.fixture(scope="module")

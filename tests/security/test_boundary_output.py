@@ -91,14 +91,14 @@ def assert_terminal_safe(proc: subprocess.CompletedProcess[bytes],
 
 
 def keys_for(tmp: Path) -> tuple[Path, Path]:
-    from agentos_tasks.sign import keygen
+    from agentos_tasks.attest import keygen
 
     return keygen(tmp / "keys")
 
 
 def sign(run: Built, key: Path) -> None:
+    from agentos_tasks.attest import sign_run
     from agentos_tasks.gates.report import write_reports
-    from agentos_tasks.sign import sign_run
 
     write_reports(run.run_dir)
     sign_run(run.run_dir, key)

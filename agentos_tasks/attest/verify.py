@@ -25,20 +25,20 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from agentos_tasks.attest.checks import (
+    Check,
+    plain_files_check,
+    verification_passed,
+    verify_signature,
+)
+from agentos_tasks.attest.keys import load_public_key
+from agentos_tasks.attest.statement import ENVELOPE_RELPATH
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import is_regular, read_regular
 from agentos_tasks.gates.common import FAIL, Gate
 from agentos_tasks.gates.context import GateContext, Missing
 from agentos_tasks.gates.runner import REGISTRY
 from agentos_tasks.layout import EVIDENCE_DIRS, EVIDENCE_FILES
-from agentos_tasks.sign import (
-    ENVELOPE_RELPATH,
-    Check,
-    load_public_key,
-    plain_files_check,
-    verification_passed,
-    verify_signature,
-)
 from agentos_tasks.termsafe import escape
 
 
