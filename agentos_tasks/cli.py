@@ -103,14 +103,15 @@ def cmd_keygen(ns: argparse.Namespace) -> int:
 
 
 def cmd_verify(ns: argparse.Namespace) -> int:
-    from agentos_tasks.attest.verify import render, verify_run
+    from agentos_tasks.attest import render_checks
+    from agentos_tasks.attest.verify import verify_run
 
     run_dir = Path(ns.run_dir)
     if not run_dir.is_dir():
         raise AgentosError(f"no run directory {run_dir}", hint="agentos verify outputs/<run> "
                            "--key agentos.pub")
     checks = verify_run(run_dir, Path(ns.key))
-    out(render(checks))
+    out(render_checks(checks))
     return 0 if all(c.ok for c in checks) else EXIT_GATES
 
 

@@ -33,8 +33,9 @@ from test_tool_verify import _tool_build  # noqa: F401  (session fixture: a revi
 
 import agentos_tasks.gates.runner as gates_pkg
 from agentos_tasks.attest import keygen, sign_run
+from agentos_tasks.attest import render_checks as render
 from agentos_tasks.attest import verification_passed as passed
-from agentos_tasks.attest.verify import render, verify_run
+from agentos_tasks.attest.verify import verify_run
 from agentos_tasks.evidence import tree_digests
 from agentos_tasks.gates.common import FAIL, NA, PASS
 from agentos_tasks.gates.report import write_reports

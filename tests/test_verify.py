@@ -9,8 +9,9 @@ import pytest
 from conftest import Built, git, read_events, rechain, reseal
 
 from agentos_tasks.attest import Check, keygen, sign_run
+from agentos_tasks.attest import render_checks as render
 from agentos_tasks.attest import verification_passed as passed
-from agentos_tasks.attest.verify import render, verify_run
+from agentos_tasks.attest.verify import verify_run
 from agentos_tasks.gates.report import write_reports
 
 

@@ -13,8 +13,9 @@ The run directory comes from someone else, so it is read only through fsutil's b
 reader, and first of all checked to hold nothing but directories and regular files: a
 FIFO, socket, device or symlink anywhere in it (the worktree aside) is one failing Check
 naming the entries, and nothing else is read (a FIFO would block verify for ever, a
-symlink could point at /etc/shadow). `render` escapes every name and detail for the
-terminal (termsafe.escape): file names and gate reasons come from that directory too.
+symlink could point at /etc/shadow). `attest.checks.render_checks` escapes every name and
+detail for the terminal (termsafe.escape): file names and gate reasons come from that
+directory too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from typing import Any
 from agentos_tasks.attest.checks import (
     Check,
     plain_files_check,
-    verification_passed,
     verify_signature,
 )
 from agentos_tasks.attest.keys import load_public_key
@@ -39,7 +39,6 @@ from agentos_tasks.gates.common import FAIL, Gate
 from agentos_tasks.gates.context import GateContext, Missing
 from agentos_tasks.gates.runner import REGISTRY
 from agentos_tasks.layout import EVIDENCE_DIRS, EVIDENCE_FILES
-from agentos_tasks.termsafe import escape
 
 
 def verify_run(run_dir: Path, pub_path: Path) -> list[Check]:
@@ -58,17 +57,6 @@ def verify_run(run_dir: Path, pub_path: Path) -> list[Check]:
     checks += [gate_check(gate, run_dir) for gate in REGISTRY]
     return checks
 
-
-def render(checks: list[Check]) -> str:
-    """One `ok|FAIL  name: detail` line per check and a verdict line; names and details
-    are escaped (termsafe.escape), so none can hold a line of its own or a terminal
-    sequence."""
-    lines = [f"{'ok  ' if check.ok else 'FAIL'}  {escape(check.name)}: {escape(check.detail)}"
-             for check in checks]
-    failed = sum(1 for check in checks if not check.ok)
-    lines.append("verified: every check passed" if verification_passed(checks)
-                 else f"NOT verified: {failed} check(s) failed")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ coverage
@@ -151,4 +139,4 @@ def _repo_or_none(ctx: GateContext) -> Path | None:
         return None
 
 
-__all__ = ["Check", "check_coverage", "gate_check", "render", "verify_run"]
+__all__ = ["Check", "check_coverage", "gate_check", "verify_run"]
