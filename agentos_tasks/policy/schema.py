@@ -156,6 +156,25 @@ class CommandRule:
 
 
 @dataclass(frozen=True)
+class Provider:
+    """`tools[i].provider`: the model endpoint a coding-agent CLI talks to (a gateway).
+
+    `protocol`: "anthropic" (Messages API), "openai-responses" or "openai-chat" (Chat
+    Completions); None = the adapter's own default (claude: anthropic, codex:
+    openai-responses, opencode: openai-chat). `api_key_env` names the secret (one of the
+    rule's `secrets:`) that holds the key; its value never reaches an argv or a file.
+    """
+
+    base_url: str
+    api_key_env: str | None = None
+    model: str | None = None
+    protocol: str | None = None
+
+
+PROVIDER_PROTOCOLS = ("anthropic", "openai-responses", "openai-chat")
+
+
+@dataclass(frozen=True)
 class ToolRule:
     """`tools[i]`: an adapter that tool steps may use, and what it gets."""
 

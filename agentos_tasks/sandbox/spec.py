@@ -18,18 +18,51 @@ DEFAULT_TMP_BYTES = 256 * 1024 * 1024  # private /tmp and /dev/shm are RAM: boun
 
 
 @dataclass(frozen=True)
+class NetworkGrant:
+    """What network a confined program gets (the policy's `network:` for its step).
+
+    mode "none": a network namespace with only loopback, nothing listening (the default).
+    mode "proxy": the same empty namespace plus, on 127.0.0.1:PROXY_PORT inside, a bridge
+    to the allowlist proxy that runs outside the sandbox (agentos_tasks.net); the program
+    gets HTTP(S)_PROXY/ALL_PROXY, and the proxy decides every connection by `allow`
+    (entries as written in the policy: host, host:port, *.suffix, IP literals),
+    `resolve` (names pinned to addresses, like curl --resolve) and `unrestricted` (any
+    public host: the explicit, flagged `network: unrestricted`). Every attempt is
+    appended to `ledger` (JSON lines, written by the proxy only). Never the host's
+    network namespace, loopback or abstract sockets.
+    """
+
+    mode: str = "none"  # "none" | "proxy"
+    allow: tuple[str, ...] = ()
+    resolve: tuple[tuple[str, str], ...] = ()  # (name, address)
+    unrestricted: bool = False
+    rule_id: str = ""  # the policy rule that grants it: "network", "tools[0]", "commands[2]"
+    step: str = ""  # recorded in each ledger entry
+    ledger: Path | None = None  # host file the proxy appends to
+
+
+NO_NETWORK = NetworkGrant()
+PROXY_PORT = 3128  # the bridge's port on the sandbox's own loopback
+
+
+@dataclass(frozen=True)
 class ConfinedSpec:
     """What an untrusted program may see and use (built by the executor from the policy)."""
 
     worktree: Path  # bound read-write; the program's cwd
     readonly_paths: tuple[Path, ...]  # e.g. the repository's git dir, the worktree's .git file
     env: Mapping[str, str]  # complete, already allowlisted environment
-    network: bool
+    network: NetworkGrant
     isolation: str  # "required" | "best-effort"
     timeout_s: float
     output_limit: int  # bytes of merged stdout+stderr kept in the log
-    max_file_bytes: int
-    memory_bytes: int | None = None  # RLIMIT_AS (and memory.max where a cgroup allows it)
+    max_file_bytes: int | None  # RLIMIT_FSIZE; None for tool steps (their own state files
+    # in the private home must not hit it: the worktree's files are judged afterwards)
+    memory_bytes: int | None = None  # memory.max of the run's cgroup; RLIMIT_AS only without
+    secret_env: tuple[str, ...] = ()  # names in `env` whose values are secrets: passed to
+    # the program through the environment only, never in any argv, never recorded
+    masked: tuple[Path, ...] = ()  # worktree entries hidden inside (empty, read-only):
+    # a tool's repository-level config dirs (.opencode/, .claude/, .codex/)
     max_processes: int | None = None  # cgroup pids.max when available, else RLIMIT_NPROC
     max_open_files: int | None = None  # RLIMIT_NOFILE
     tmp_bytes: int | None = None  # size of the private /tmp and /dev/shm (RAM); default 256 MiB
