@@ -8,10 +8,11 @@ refused.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentos_tasks import faults
+from agentos_tasks import faults, secretenv
 from agentos_tasks.answers import check_approvals
 from agentos_tasks.errors import EXIT_STATE, AgentosError
 from agentos_tasks.evidence import SCHEMA_VERSION, input_digests, load_manifest, write_result
@@ -28,6 +29,7 @@ from agentos_tasks.landing import (
     pack_into,
     refuse_links_in_target,
 )
+from agentos_tasks.layout import evidence_files
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ def apply_task(ctx: RunContext) -> None:
     if ctx.sealed:
         return
     try:
+        refuse_leaked_secrets(ctx)
         _apply(ctx)
     except ApplyClosed:
         raise
@@ -59,6 +62,15 @@ def apply_task(ctx: RunContext) -> None:
         write_result(ctx, "failed", failure={"step": None, "reason": err.message})
         t.append("run_end", status="failed", reason="apply refused")
         raise
+
+
+def refuse_leaked_secrets(ctx: RunContext) -> None:
+    """No run whose evidence holds a secret's value is sealed (landed): every evidence
+    file is scanned for the values of the policy's secrets set in this environment."""
+    values = secretenv.secret_values(secretenv.secret_names(ctx.policy), os.environ)
+    if values:
+        secretenv.refuse_leaks(secretenv.leaks(ctx.paths.root, evidence_files(ctx.paths.root),
+                                               values), "cannot apply")
 
 
 def target_checkout(ctx: RunContext, git: Git, branch: str, head: str) -> CheckedOut | None:

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # audit/checksums.json and SHA256SUMS: every file below these dirs, and these files.
-CHECKSUMMED_DIRS: tuple[str, ...] = ("patches", "steps", "logs", "tools", "audit/inputs")
+CHECKSUMMED_DIRS: tuple[str, ...] = ("patches", "steps", "logs", "tools", "network",
+                                     "audit/inputs")
 CHECKSUMMED_FILES: tuple[str, ...] = ("audit/request.yaml", "audit/policy.yaml",
                                       "audit/request.json", "audit/answers.yaml",
                                       "audit/rollback_proof.json")
@@ -43,6 +44,7 @@ SUBJECT_GLOBS: tuple[str, ...] = (
     "steps/*.json",
     "logs/*",
     "tools/*/*",
+    "network/*",
 )
 
 # Without these a statement says nothing worth signing; sign refuses, verify fails.
@@ -54,7 +56,7 @@ REQUIRED_SUBJECTS: tuple[str, ...] = (
 
 # Evidence a verifier relies on; each must be a signed subject or listed in the signed
 # checksums.json. `.state/`, `worktree/`, `reports/` (regenerated) and `signature/` are not.
-EVIDENCE_DIRS: tuple[str, ...] = ("audit", "steps", "patches", "logs", "tools")
+EVIDENCE_DIRS: tuple[str, ...] = ("audit", "steps", "patches", "logs", "tools", "network")
 EVIDENCE_FILES: tuple[str, ...] = ("execution_result.json",)
 
 # Artifacts whose digests the report lists, in the order a reviewer checks them.
@@ -74,6 +76,16 @@ def artifact_files(run_dir: Path) -> list[str]:
     """Run-relative paths of every artifact the checksums cover (sorted)."""
     found = [f for f in CHECKSUMMED_FILES if (run_dir / f).is_file()]
     for sub in CHECKSUMMED_DIRS:
+        base = run_dir / sub
+        if base.is_dir():
+            found += [p.relative_to(run_dir).as_posix() for p in base.rglob("*") if p.is_file()]
+    return sorted(found)
+
+
+def evidence_files(run_dir: Path) -> list[str]:
+    """Run-relative paths of every file in the evidence dirs and files (sorted)."""
+    found = [f for f in EVIDENCE_FILES if (run_dir / f).is_file()]
+    for sub in EVIDENCE_DIRS:
         base = run_dir / sub
         if base.is_dir():
             found += [p.relative_to(run_dir).as_posix() for p in base.rglob("*") if p.is_file()]
@@ -150,6 +162,15 @@ class RunPaths:
 
     def tool_dir(self, step_id: str) -> Path:
         return self.root / "tools" / step_id
+
+    def network_ledger(self, step_id: str) -> Path:
+        """Every connection a networked step tried, as the proxy recorded it (JSON lines)."""
+        return self.root / "network" / f"{step_id}.jsonl"
+
+    def tool_home(self, step_id: str) -> Path:
+        """A tool's private home and config dir on the host (not evidence: what the CLI
+        keeps there is its own state; inside the sandbox it is an empty tmpfs)."""
+        return self.state / "tools" / step_id / "home"
 
     def spec(self, step_id: str) -> Path:
         return self.state / "specs" / f"{step_id}.json"

@@ -12,12 +12,19 @@ from agentos_tasks.errors import EXIT_STEP, AgentosError, PolicyViolation
 from agentos_tasks.fsutil import sha256_file
 from agentos_tasks.model import Change, Step
 from agentos_tasks.policy import normalize_path, safe_target
-from agentos_tasks.stepkit import confined_spec, git_mode
+from agentos_tasks.stepkit import (
+    confined_spec,
+    git_mode,
+    network_grant,
+    sandbox_facts,
+    start_ledger,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from agentos_tasks.git import Git
+    from agentos_tasks.policy.schema import NetworkRule
     from agentos_tasks.runctx import RunContext
 
 
@@ -100,8 +107,11 @@ def patch_op(ctx: RunContext, git: Git, step: Step) -> Facts:
 
 
 def run_op(ctx: RunContext, git: Git, step: Step) -> Facts:
-    """Run the step's argv in the sandbox, with the policy's network grant for run steps."""
-    return run_confined_step(ctx, step, list(step.argv), network=ctx.policy.network)
+    """Run the step's argv in the sandbox, with the policy's network grant for run steps
+    (the top-level `network:`, narrowed by the command rule's own)."""
+    from agentos_tasks.policy import step_network
+
+    return run_confined_step(ctx, step, list(step.argv), network=step_network(ctx.policy, step))
 
 
 def tool_op(ctx: RunContext, git: Git, step: Step) -> Facts:
@@ -126,15 +136,16 @@ def execute_op(ctx: RunContext, git: Git, step: Step) -> Facts:
 
 
 def run_confined_step(ctx: RunContext, step: Step, argv: list[str], *,
-                      network: bool) -> dict[str, Any]:
+                      network: NetworkRule | None) -> dict[str, Any]:
     log = ctx.paths.log(step.id)
-    result = proc.run_confined(argv, confined_spec(ctx, network=network), log)
+    grant = network_grant(ctx, step.id, network)
+    start_ledger(grant)
+    result = proc.run_confined(argv, confined_spec(ctx, network=grant), log)
     facts = {
         "exit_code": result.exit_code, "timed_out": result.timed_out,
         "log": f"logs/{step.id}.out", "log_sha256": sha256_file(log),
         "output_bytes": result.output_bytes, "output_truncated": result.output_truncated,
-        "sandbox": {"backend": result.backend, "wrapper_argv": list(result.wrapper_argv),
-                    "network": network},
+        "sandbox": sandbox_facts(ctx, step.id, result, network),
         "duration_s": round(result.duration_s, 6),
     }
     if result.timed_out:

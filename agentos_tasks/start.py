@@ -68,7 +68,8 @@ def policy_task(ctx: RunContext) -> None:
                 atomic_write(target, data)
     t.append("policy_loaded", policy_id=policy.id, policy_sha256=policy.sha256,
              policy_path=str(policy.source), request_sha256=req.sha256,
-             isolation=policy.isolation, network=policy.network)
+             isolation=policy.isolation,
+             network=policy.network.as_dict() if policy.network is not None else False)
     if not decision.allowed:
         branch, head = _target_head(ctx)
         t.append("policy_denied", step=decision.step, rule_id=decision.rule_id,

@@ -5,6 +5,7 @@ so none of them imports another for these."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -16,12 +17,14 @@ from agentos_tasks.fsutil import (
     sha256_bytes,
     sha256_file,
 )
-from agentos_tasks.sandbox.spec import ConfinedSpec
+from agentos_tasks.sandbox.spec import NO_NETWORK, ConfinedSpec, NetworkGrant
 
 if TYPE_CHECKING:
     from agentos_tasks.model import Change, Step
+    from agentos_tasks.policy.schema import NetworkRule
     from agentos_tasks.records import FileEntry
     from agentos_tasks.runctx import RunContext
+    from agentos_tasks.sandbox.spec import ConfinedResult
 
 
 def read_detached_head(worktree: Path) -> str | None:
@@ -46,7 +49,50 @@ def parent_commit(ctx: RunContext, step: Step) -> str:
     return str(prev["head"])
 
 
-def confined_spec(ctx: RunContext, *, network: bool,
+def network_grant(ctx: RunContext, step_id: str, rule: NetworkRule | None) -> NetworkGrant:
+    """The sandbox's network for a step under `rule`: none, or the allowlist proxy with
+    its ledger at `network/<step>.jsonl`."""
+    if rule is None:
+        return NO_NETWORK
+    return NetworkGrant(mode="proxy", allow=rule.allow, resolve=rule.resolve,
+                        unrestricted=rule.unrestricted, rule_id=rule.rule_id, step=step_id,
+                        ledger=ctx.paths.network_ledger(step_id))
+
+
+def start_ledger(grant: NetworkGrant) -> None:
+    """An empty ledger for a networked step (a re-executed step starts afresh)."""
+    if grant.ledger is not None:
+        grant.ledger.parent.mkdir(parents=True, exist_ok=True)
+        grant.ledger.write_bytes(b"")
+
+
+def sandbox_facts(ctx: RunContext, step_id: str, result: ConfinedResult,
+                  rule: NetworkRule | None) -> dict[str, Any]:
+    """How a confined program ran, for the manifest: backend, the argv actually started
+    (no secret is ever in it), the network grant and, when networked, the ledger's digest
+    and counts (network/<step>.jsonl, written by the proxy outside the sandbox)."""
+    facts: dict[str, Any] = {"backend": result.backend,
+                             "wrapper_argv": list(result.wrapper_argv),
+                             "network": rule.as_dict() if rule is not None else None,
+                             "notes": list(result.notes)}
+    if rule is not None:
+        ledger = ctx.paths.network_ledger(step_id)
+        data = ledger.read_bytes() if ledger.is_file() else b""
+        decisions = []
+        for line in data.splitlines():
+            try:
+                entry = json.loads(line) if line.strip() else None
+            except ValueError:
+                entry = {"decision": "unreadable"}
+            if isinstance(entry, dict):
+                decisions.append(entry.get("decision"))
+        facts["ledger"] = {"path": f"network/{step_id}.jsonl", "sha256": sha256_bytes(data),
+                           "entries": len(decisions),
+                           "denied": sum(1 for d in decisions if d != "allow")}
+    return facts
+
+
+def confined_spec(ctx: RunContext, *, network: NetworkGrant = NO_NETWORK,
                   extra_readonly: tuple[Path, ...] = ()) -> ConfinedSpec:
     from agentos_tasks.policy import step_env
 

@@ -73,10 +73,12 @@ def expected_argv(ts: ToolStep) -> list[str]:
     if spec.adapter == "command":
         return list(spec.argv)
     worktree = ts.worktree_path()
+    rule = ts.policy().tool_rule(spec.adapter)
     invocation = adapters.build_invocation(
         spec, worktree=worktree, config_dir=config_dir_for(worktree, ts.id),
         allowed_paths=list(spec.paths), allow_shell=False,
-        network=tool_network(ts.policy(), spec.adapter))
+        network=tool_network(ts.policy(), spec.adapter) is not None,
+        provider=rule.provider if rule is not None else None)
     return list(invocation.argv)
 
 

@@ -165,10 +165,11 @@ def sandbox_argv(step: Step, manifest: dict[str, Any]) -> list[str]:
 
 def check_sandboxes(ctx: GateContext, manifests: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """Every program step's sandbox record agrees with the recorded policy: under
-    `isolation: required` backend bwrap, its network flag equals the policy's grant
-    (policy.network for run steps, tool_network for tool steps) and a bwrap argv without
-    that grant unshares the network; execution_result's sandbox backends are the
-    manifests'. Returns the steps that ran unsandboxed (backend none, best-effort)."""
+    `isolation: required` backend bwrap, its network record equals the policy's grant
+    (step_network: the tool's rule, or the top-level network narrowed by the command's
+    rule) and the bwrap argv unshares the network whatever the grant (a grant is the
+    allowlist proxy, never the host's network); execution_result's sandbox backends are
+    the manifests'. Returns the steps that ran unsandboxed (backend none, best-effort)."""
     policy = recorded_policy(ctx)
     steps = {s.id: s for s in request_from_record(ctx.request_record).steps}
     required = policy.isolation == "required"
@@ -184,8 +185,9 @@ def check_sandboxes(ctx: GateContext, manifests: list[tuple[str, dict[str, Any]]
         if not isinstance(sandbox, dict):
             raise Fail(f"{step.op} step {step_id} has no sandbox record")
         backend = sandbox.get("backend")
-        grant = step_network(policy, step)
-        if sandbox.get("network") is not grant:
+        rule = step_network(policy, step)
+        grant = rule.as_dict() if rule is not None else None
+        if sandbox.get("network") != grant:
             raise Fail(f"step {step_id}: sandbox network {sandbox.get('network')!r}, the "
                        f"recorded policy grants {grant}")
         wrapper = sandbox.get("wrapper_argv")
@@ -200,10 +202,9 @@ def check_sandboxes(ctx: GateContext, manifests: list[tuple[str, dict[str, Any]]
                            f"{options[:1]}")
             unshared = "--share-net" not in options and (
                 "--unshare-all" in options or "--unshare-net" in options)
-            if unshared == grant:
-                raise Fail(f"step {step_id}: its bwrap argv "
-                           f"{'unshares' if unshared else 'keeps'} the network, the recorded "
-                           f"policy grants network {grant}")
+            if not unshared:
+                raise Fail(f"step {step_id}: its bwrap argv keeps the host's network; a "
+                           "network grant goes through the allowlist proxy only")
         elif backend == "none":
             if required:
                 raise Fail(f"step {step_id} ran with sandbox backend none under isolation: "

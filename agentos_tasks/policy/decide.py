@@ -9,6 +9,7 @@ reviewer must approve it). Pure: no process, no clock, no filesystem.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from agentos_tasks.model import Request, Step, ToolSpec
-    from agentos_tasks.policy.schema import PathRule, Policy
+    from agentos_tasks.policy.schema import CommandRule, NetworkRule, PathRule, Policy
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,9 @@ def decide_argv(policy: Policy, argv: Sequence[str]) -> Decision:
     shown = shlex.join(tokens)
     if not tokens:
         return Decision(False, "commands.default", "empty argv", shown)
-    for rule in policy.commands:
-        if tokens[: len(rule.argv)] == rule.argv:
-            return Decision(True, rule.rule_id, f"argv starts with {list(rule.argv)}", shown)
+    rule = command_rule(policy, tokens)
+    if rule is not None:
+        return Decision(True, rule.rule_id, f"argv starts with {list(rule.argv)}", shown)
     return Decision(False, "commands.default", f"no commands rule is a prefix of {shown}", shown)
 
 
@@ -139,6 +140,9 @@ def decide_tool(policy: Policy, tool: ToolSpec) -> Decision:
             return Decision(False, exc.rule_id, f"tool path glob: {exc.what}", glob)
         except ValueError as exc:
             return Decision(False, "tool.paths", str(exc), glob)
+        wider = _wider_than_policy(policy, glob)
+        if wider is not None:
+            return wider
     if tool.adapter == "command":
         shown = shlex.join(tool.argv)
         if not tool.argv:
@@ -149,17 +153,53 @@ def decide_tool(policy: Policy, tool: ToolSpec) -> Decision:
     return Decision(True, rule.rule_id, f"adapter {tool.adapter!r} is listed", tool.adapter)
 
 
-def tool_network(policy: Policy, adapter: str) -> bool:
-    """Whether the sandbox gives `adapter` network access (False when not listed)."""
+_PROBE = "agentos-probe"
+
+
+def glob_probe(glob: str) -> str:
+    """A path `glob` matches, with every wildcard filled by a name no rule is likely to
+    single out: what a tool given that glob could write."""
+    probe = re.sub(r"\[[^\]]*\]", "x", glob.strip().lstrip("/"))
+    probe = re.sub(r"\*+", _PROBE, probe).replace("?", "x")
+    return probe + _PROBE if probe.endswith("/") or not probe else probe
+
+
+def _wider_than_policy(policy: Policy, glob: str) -> Decision | None:
+    """A denial when a tool path glob reaches paths the policy does not allow (judged on
+    `glob_probe`), before anything runs; else None."""
+    probe = glob_probe(glob)
+    decision = decide_path(policy, probe)
+    if decision.allowed:
+        return None
+    return Decision(False, "tool.paths", f"tool path {glob!r} is wider than the policy: it "
+                    f"would let the tool write {probe!r}, which the policy denies "
+                    f"({decision.rule_id}: {decision.reason})", glob)
+
+
+def tool_network(policy: Policy, adapter: str) -> NetworkRule | None:
+    """The network grant of `adapter`'s tools rule (None: no network, or not listed)."""
     rule = policy.tool_rule(adapter)
-    return rule.network if rule is not None else False
+    return rule.network if rule is not None else None
 
 
-def step_network(policy: Policy, step: Step) -> bool:
-    """Network for one step: tools per their rule, run steps per `network`, others never."""
+def command_rule(policy: Policy, argv: Sequence[str]) -> CommandRule | None:
+    """The first `commands[]` rule whose argv is a token-exact prefix of `argv`."""
+    tokens = tuple(argv)
+    return next((rule for rule in policy.commands if tokens[: len(rule.argv)] == rule.argv),
+                None)
+
+
+def step_network(policy: Policy, step: Step) -> NetworkRule | None:
+    """Network for one step: a tool per its rule; a run step per the top-level `network:`,
+    narrowed by its command rule's own `network:`; other operations never."""
     if step.op == "tool" and step.tool is not None:
         return tool_network(policy, step.tool.adapter)
-    return policy.network if step.op == "run" else False
+    if step.op != "run":
+        return None
+    rule = command_rule(policy, step.argv)
+    if rule is not None and rule.network_given:
+        return rule.network
+    return policy.network
 
 
 def needs_approval(policy: Policy, step: Step) -> bool:

@@ -54,6 +54,63 @@ _PATH_RULE = vol.Any(_GLOB, {vol.Optional("id"): _RULE_ID, vol.Required("glob"):
 _ARGV = vol.All([str], vol.Length(min=1, msg="argv must list at least one token"))
 
 
+def _no_network(value: Any) -> Any:
+    """`network: false`: nothing but the sandbox's own empty loopback."""
+    if value is not False:
+        raise vol.Invalid("not false")
+    return value
+
+
+def _unrestricted(value: Any) -> Any:
+    if value != "unrestricted":
+        raise vol.Invalid("not 'unrestricted'")
+    return value
+
+
+def _refuse_true(value: Any) -> Any:
+    if value is True:
+        raise vol.Invalid("network: true is not accepted (it meant the host's whole network); "
+                          "write network: {allow: [\"host:port\", ...]} to name what may be "
+                          "reached, or network: unrestricted for any public host (flagged "
+                          "in the evidence)")
+    return value
+
+
+def _allow_entry(value: Any) -> Any:
+    from agentos_tasks.net.allowlist import parse_entry
+
+    try:
+        parse_entry(value)
+    except ValueError as exc:
+        raise vol.Invalid(str(exc)) from None
+    return value
+
+
+def _address(value: Any) -> Any:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise vol.Invalid(f"{value!r} is not an IP address") from None
+
+
+_ENV_NAME = vol.All(str, vol.Match(r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                   msg="not an environment variable name"))
+_NETWORK = vol.All(_refuse_true, vol.Any(
+    _no_network, _unrestricted,
+    {vol.Required("allow"): [vol.All(str, _allow_entry)],
+     vol.Optional("resolve", default=dict): {vol.All(str, vol.Length(min=1)): _address}},
+    msg="expected false, unrestricted, or {allow: [host, host:port, *.suffix, ...], "
+        "resolve: {name: address}}"))
+_PROVIDER = {
+    vol.Required("base_url"): vol.All(str, vol.Match(r"^https?://[^\s/?#]+", msg="base_url "
+                                                     "must be an http:// or https:// URL")),
+    vol.Optional("api_key_env"): _ENV_NAME,
+    vol.Optional("model"): vol.All(str, vol.Length(min=1)),
+    vol.Optional("protocol"): vol.In(["anthropic", "openai-responses", "openai-chat"]),
+}
+
 _INT = vol.All(_strict_int, int, vol.Range(min=1))
 _SECONDS = vol.All(_strict_int, vol.Any(int, float), vol.Range(min=0, min_included=False))
 
@@ -85,24 +142,24 @@ POLICY_SCHEMA = vol.Schema(
             vol.Optional("executable", default=list): [_PATH_RULE],
         },
         vol.Optional("commands", default=list): [
-            {vol.Optional("id"): _RULE_ID, vol.Required("argv"): _ARGV}
+            {vol.Optional("id"): _RULE_ID, vol.Required("argv"): _ARGV,
+             vol.Optional("network"): _NETWORK}
         ],
         vol.Optional("tools", default=list): [
             {
                 vol.Optional("id"): _RULE_ID,
                 vol.Required("adapter"): vol.In(list(ADAPTERS)),
-                vol.Optional("network", default=False): bool,
+                vol.Optional("network", default=False): _NETWORK,
                 vol.Optional("review", default=False): bool,
                 vol.Optional("argv"): _ARGV,
+                vol.Optional("secrets", default=list): [_ENV_NAME],
+                vol.Optional("provider"): _PROVIDER,
             }
         ],
-        vol.Optional("network", default=False): bool,
+        vol.Optional("network", default=False): _NETWORK,
         vol.Optional("isolation", default="required"): vol.In(list(ISOLATION_LEVELS)),
         vol.Optional("limits", default=dict): _LIMITS,
-        vol.Optional("env", default=lambda: list(DEFAULT_ENV)): [
-            vol.All(str, vol.Match(r"^[A-Za-z_][A-Za-z0-9_]*$",
-                                   msg="not an environment variable name"))
-        ],
+        vol.Optional("env", default=lambda: list(DEFAULT_ENV)): [_ENV_NAME],
         vol.Optional("require_approval", default=list): [vol.In(list(OPS))],
     },
     extra=vol.PREVENT_EXTRA,
@@ -148,11 +205,35 @@ class PathRule:
 
 
 @dataclass(frozen=True)
+class NetworkRule:
+    """A `network:` grant: which hosts a step may reach through the allowlist proxy.
+
+    `rule_id` names it in every ledger entry: "network" (run steps), "<tool rule>.network",
+    "<command rule>.network". `unrestricted`: any public host (never loopback, private or
+    metadata addresses), an explicit and flagged choice.
+    """
+
+    rule_id: str
+    allow: tuple[str, ...] = ()
+    resolve: tuple[tuple[str, str], ...] = ()  # (name, address) pins, like curl --resolve
+    unrestricted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The grant as the evidence records it (and a gate compares)."""
+        return {"rule_id": self.rule_id, "allow": list(self.allow),
+                "resolve": {name: address for name, address in self.resolve},
+                "unrestricted": self.unrestricted}
+
+
+@dataclass(frozen=True)
 class CommandRule:
-    """`commands[i]`: an argv prefix that run steps may start with."""
+    """`commands[i]`: an argv prefix that run steps may start with, and optionally a
+    narrower network for them (`network_given`: the entry has its own `network:`)."""
 
     rule_id: str
     argv: tuple[str, ...]
+    network: NetworkRule | None = None
+    network_given: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,9 +261,11 @@ class ToolRule:
 
     rule_id: str
     adapter: str
-    network: bool = False
+    network: NetworkRule | None = None
     review: bool = False
     argv: tuple[str, ...] | None = None  # `command` adapter only: required argv prefix
+    secrets: tuple[str, ...] = ()  # host env vars only this tool gets; never recorded
+    provider: Provider | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +282,7 @@ class Policy:
     ask: tuple[PathRule, ...]
     commands: tuple[CommandRule, ...]
     tools: tuple[ToolRule, ...]
-    network: bool
+    network: NetworkRule | None
     isolation: str
     limits: Limits
     env: tuple[str, ...]
@@ -243,10 +326,9 @@ def load_policy(path: Path) -> Policy:
             compiled.append(PathRule(explicit or f"paths.{kind}[{index}]", glob, regex))
         path_rules[kind] = tuple(compiled)
 
-    commands = tuple(
-        CommandRule(entry.get("id") or f"commands[{index}]", tuple(entry["argv"]))
-        for index, entry in enumerate(data["commands"])
-    )
+    network = network_rule(data["network"], "network")
+    commands = tuple(_command_rule(doc, index, entry, network)
+                     for index, entry in enumerate(data["commands"]))
 
     tools: list[ToolRule] = []
     for index, entry in enumerate(data["tools"]):
@@ -257,9 +339,7 @@ def load_policy(path: Path) -> Policy:
         if "argv" in entry and entry["adapter"] != "command":
             raise doc.error(f"{WHAT}: tools[{index}].argv is only for the 'command' adapter",
                             (*where, "argv"), hint="the other adapters build their own argv")
-        tools.append(ToolRule(entry.get("id") or f"tools[{index}]",
-                              entry["adapter"], entry["network"], entry["review"],
-                              tuple(entry["argv"]) if "argv" in entry else None))
+        tools.append(_tool_rule(doc, index, entry, set(data["env"])))
 
     return Policy(
         source=path.resolve(),
@@ -272,13 +352,74 @@ def load_policy(path: Path) -> Policy:
         ask=path_rules["ask"],
         commands=commands,
         tools=tuple(tools),
-        network=data["network"],
+        network=network,
         isolation=data["isolation"],
         limits=Limits(**{name: data["limits"][name] for name in DEFAULT_LIMITS}),
         env=tuple(dict.fromkeys(data["env"])),
         require_approval=tuple(dict.fromkeys(data["require_approval"])),
         executable=path_rules["executable"],
     )
+
+
+def network_rule(value: Any, rule_id: str) -> NetworkRule | None:
+    """A validated `network:` value as a rule (None for false)."""
+    if value is False or value is None:
+        return None
+    if value == "unrestricted":
+        return NetworkRule(rule_id, unrestricted=True)
+    return NetworkRule(rule_id, tuple(dict.fromkeys(value["allow"])),
+                       tuple(sorted(value.get("resolve", {}).items())))
+
+
+def _command_rule(doc: yamlsrc.MarkedDoc, index: int, entry: dict[str, Any],
+                  top: NetworkRule | None) -> CommandRule:
+    """`commands[index]`; its own `network:` may only narrow the top-level one."""
+    rule_id = entry.get("id") or f"commands[{index}]"
+    if "network" not in entry:
+        return CommandRule(rule_id, tuple(entry["argv"]))
+    own = network_rule(entry["network"], f"{rule_id}.network")
+    if own is not None:
+        wider: list[str] = []
+        if top is None:
+            wider.append("the top-level network is false")
+        elif not top.unrestricted:
+            if own.unrestricted:
+                wider.append("unrestricted")
+            wider += [e for e in own.allow if e not in top.allow]
+            wider += [f"resolve {n}={a}" for n, a in own.resolve if (n, a) not in top.resolve]
+        if wider:
+            raise doc.error(f"{WHAT}: commands[{index}].network is wider than the top-level "
+                            f"network: {', '.join(wider)}", ("commands", index, "network"),
+                            hint="a commands entry may only narrow `network:`; list the host "
+                                 "in the top-level network.allow too")
+    return CommandRule(rule_id, tuple(entry["argv"]), own, True)
+
+
+def _tool_rule(doc: yamlsrc.MarkedDoc, index: int, entry: dict[str, Any],
+               env: set[str]) -> ToolRule:
+    """`tools[index]` with its network, secrets and provider checked against each other."""
+    rule_id = entry.get("id") or f"tools[{index}]"
+    where: tuple[Any, ...] = ("tools", index)
+    secrets = tuple(dict.fromkeys(entry["secrets"]))
+    for position, name in enumerate(entry["secrets"]):
+        if name in env:
+            raise doc.error(f"{WHAT}: tools[{index}].secrets: {name} is also in env:, so every "
+                            "step would get it", (*where, "secrets", position),
+                            hint=f"remove {name} from env: (a secret goes to its tool only)")
+    provider = None
+    if "provider" in entry:
+        raw = entry["provider"]
+        key = raw.get("api_key_env")
+        if key is not None and key not in secrets:
+            raise doc.error(f"{WHAT}: tools[{index}].provider.api_key_env {key} is not one of "
+                            "the tool's secrets", (*where, "provider", "api_key_env"),
+                            hint=f"add secrets: [{key}] to this tools entry")
+        provider = Provider(raw["base_url"].rstrip("/"), key, raw.get("model"),
+                            raw.get("protocol"))
+    return ToolRule(rule_id, entry["adapter"], network_rule(entry["network"],
+                                                           f"{rule_id}.network"),
+                    entry["review"], tuple(entry["argv"]) if "argv" in entry else None,
+                    secrets, provider)
 
 
 def _check_rule_ids(doc: yamlsrc.MarkedDoc, data: dict[str, Any]) -> None:

@@ -31,11 +31,20 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentos_tasks import proc
+from agentos_tasks import proc, secretenv
 from agentos_tasks.errors import EXIT_STEP, AgentosError, PolicyViolation
 from agentos_tasks.fsutil import atomic_write, sha256_bytes
+from agentos_tasks.layout import RunPaths
 from agentos_tasks.sandbox.program import plan_program
-from agentos_tasks.stepkit import confined_spec, file_entry, parent_commit
+from agentos_tasks.sandbox.spec import NO_NETWORK
+from agentos_tasks.stepkit import (
+    confined_spec,
+    file_entry,
+    network_grant,
+    parent_commit,
+    sandbox_facts,
+    start_ledger,
+)
 from agentos_tasks.tools import adapters, packs
 
 if TYPE_CHECKING:
@@ -43,6 +52,7 @@ if TYPE_CHECKING:
 
     from agentos_tasks.model import Step, ToolSpec
     from agentos_tasks.policy import Decision
+    from agentos_tasks.policy.schema import ToolRule
     from agentos_tasks.records import FileEntry
     from agentos_tasks.runctx import RunContext
 
@@ -66,9 +76,10 @@ def tool_dir(ctx: RunContext, step: Step) -> Path:
 
 
 def config_dir_for(worktree_path: Path, step_id: str) -> Path:
-    """The CLI's private home/config dir for a step, derived from the recorded worktree path
-    (`<run>/worktree`), so a verifier can rebuild the exact argv from the tape."""
-    return worktree_path.parent / "tools" / step_id / CONFIG_DIR_NAME
+    """The CLI's private home/config dir for a step (`<run>/.state/tools/<step>/home`, not
+    evidence), derived from the recorded worktree path (`<run>/worktree`), so a verifier
+    can rebuild the exact argv from the tape."""
+    return RunPaths(worktree_path.parent).tool_home(step_id)
 
 
 def _tool_spec(step: Step) -> ToolSpec:
@@ -339,7 +350,9 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         shutil.rmtree(directory)  # a re-executed step starts its evidence afresh
     directory.mkdir(parents=True)
     config_dir = config_dir_for(wt, step.id)
-    config_dir.mkdir(parents=True, exist_ok=True)
+    if config_dir.parent.exists():
+        shutil.rmtree(config_dir.parent)
+    config_dir.mkdir(parents=True)
 
     task_pack_path = directory / packs.TASK_PACK_NAME
     task_pack = packs.build_task_pack(
@@ -350,9 +363,12 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
     task_pack_sha = packs.write_pack(task_pack_path, task_pack)
 
     network = tool_network(policy, tool.adapter)
+    rule = policy.tool_rule(tool.adapter)
     invocation = adapters.build_invocation(
         tool, worktree=wt, config_dir=config_dir, allowed_paths=list(tool.paths),
-        allow_shell=False, network=network, task_pack_path=task_pack_path)
+        allow_shell=False, network=network is not None, task_pack_path=task_pack_path,
+        provider=rule.provider if rule is not None else None)
+    secrets = _tool_secrets(ctx, step, rule, invocation)
     config_files = []
     for name, text in sorted(invocation.files.items()):
         target = config_dir / name
@@ -361,6 +377,8 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         atomic_write(target, text.encode("utf-8"))
         config_files.append(target)
     env = {**step_env(policy, os.environ), **invocation.env}
+    env.update({name: value.decode("utf-8", "surrogateescape")
+                for name, value in secrets.items()})
     executable = adapters.executable_for(tool)
     program = resolve_executable(executable, env, wt)
     if program is None:
@@ -369,14 +387,20 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
             f"step's PATH ({env.get('PATH', '')})", code=EXIT_STEP, where=_where(ctx, step),
             hint="install the CLI, or put its directory on PATH and keep PATH in the "
                  "policy's env: list")
-    base_spec = confined_spec(ctx, network=network,
-                              extra_readonly=(*config_files, task_pack_path))
+    grant = network_grant(ctx, step.id, network)
+    base_spec = dataclasses.replace(
+        confined_spec(ctx, network=grant, extra_readonly=(*config_files, task_pack_path)),
+        max_file_bytes=None,  # its own state files (SQLite, caches) live in the private
+        # home: the worktree's files are judged afterwards (limits.max_file_bytes)
+        secret_env=tuple(sorted(secrets)),
+        masked=tuple(wt / name for name in adapters.masked_for(tool.adapter)))
     spec = dataclasses.replace(base_spec, env=env)
 
     git_before = snapshot_git_dirs(ctx)
     # --version with the worktree read-only (it is asked, not trusted, and must change nothing)
     version_spec = dataclasses.replace(
-        base_spec, env=env, network=False, readonly_paths=(*base_spec.readonly_paths, wt),
+        base_spec, env={k: v for k, v in env.items() if k not in secrets}, secret_env=(),
+        network=NO_NETWORK, readonly_paths=(*base_spec.readonly_paths, wt),
         timeout_s=min(VERSION_TIMEOUT_S, float(base_spec.timeout_s)),
         output_limit=VERSION_OUTPUT_LIMIT)
     version_out = directory / VERSION_OUTPUT_NAME
@@ -386,8 +410,17 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         if version_result.exit_code == 0 and not version_result.timed_out else "unknown"
 
     transcript = directory / TRANSCRIPT_NAME
-    result = proc.run_confined(list(invocation.argv), spec, transcript)
-    output = transcript.read_bytes()
+    raw = config_dir.parent / "output.raw"  # not evidence: redacted into the transcript
+    start_ledger(grant)
+    try:
+        result = proc.run_confined(list(invocation.argv), spec, raw)
+    except ValueError as exc:  # a masked entry that is a symlink or special file
+        raise AgentosError(f"step {step.id}: {exc}", code=EXIT_STEP, where=_where(ctx, step),
+                           hint="the repository's tool config entry must be a plain file or "
+                                "directory (it is hidden from the tool)") from None
+    output = secretenv.redact(raw.read_bytes(), secrets)
+    atomic_write(transcript, output)
+    raw.unlink()
     log = ctx.paths.log(step.id)
     atomic_write(log, output)
     transcript_sha = sha256_bytes(output)
@@ -396,8 +429,8 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         "exit_code": result.exit_code, "timed_out": result.timed_out,
         "log": f"logs/{step.id}.out", "log_sha256": transcript_sha,
         "output_bytes": result.output_bytes, "output_truncated": result.output_truncated,
-        "sandbox": {"backend": result.backend, "wrapper_argv": list(result.wrapper_argv),
-                    "network": network},
+        "sandbox": {**sandbox_facts(ctx, step.id, result, network),
+                    "tool_sandbox": adapters.tool_sandbox_note(tool.adapter)},
         "duration_s": round(result.duration_s, 6),
         "tool": {"name": tool.adapter if tool.adapter != "command"
                  else os.path.basename(executable),
@@ -407,8 +440,12 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
                  "transcript": f"tools/{step.id}/{TRANSCRIPT_NAME}"},
     }
     git_changed = restore_git_dirs(ctx, git_before)
+    leaked = secretenv.leaks(wt, _changed_paths(ctx), secrets)
     failure: AgentosError | None = None
-    if git_changed:
+    if leaked:
+        failure = PolicyViolation("secrets.leak", f"step {step.id}: the tool wrote a secret's "
+                                  f"value into {', '.join(f'{p} ({n})' for p, n in leaked[:3])}")
+    elif git_changed:
         failure = PolicyViolation("paths.git", f"step {step.id}: the tool changed the git dir "
                                   f"({', '.join(git_changed[:3])}); restored")
     elif result.timed_out:
@@ -433,6 +470,33 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         _write_failure_pack(ctx, step, facts, failure)
         raise failure
     return facts
+
+
+def _tool_secrets(ctx: RunContext, step: Step, rule: ToolRule | None,
+                  invocation: adapters.Invocation) -> dict[str, bytes]:
+    """The environment entries that are secrets: each of the rule's `secrets:` under its
+    own name, and each variable the adapter asks for (`Invocation.secret_env`: inner name
+    -> secret name, e.g. ANTHROPIC_API_KEY from a gateway's key). A secret the policy
+    names but the host does not set is an error before anything runs."""
+    names = rule.secrets if rule is not None else ()
+    values = secretenv.secret_values(names, os.environ)
+    missing = [name for name in names if name not in values]
+    wanted = dict(getattr(invocation, "secret_env", {}) or {})
+    missing += [source for source in wanted.values()
+                if source not in values and source not in missing]
+    if missing:
+        raise AgentosError(
+            f"step {step.id}: secret {', '.join(missing)} is not set in the environment",
+            code=EXIT_STEP, where=_where(ctx, step),
+            hint=f"export {missing[0]}=... before doit run (the policy gives it to the "
+                 f"{step.tool.adapter if step.tool else 'tool'} tool only)")
+    for inner, source in wanted.items():
+        values[inner] = values[source]
+    return values
+
+
+def _changed_paths(ctx: RunContext) -> list[str]:
+    return [c.path for c in ctx.worktree_git.status_changes() if c.status != "D"]
 
 
 def _write_failure_pack(ctx: RunContext, step: Step, facts: dict[str, Any],

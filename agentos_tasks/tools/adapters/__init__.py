@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from agentos_tasks.model import ToolSpec
+    from agentos_tasks.policy.schema import Provider
 
 # The executable each real adapter runs (looked up on PATH by the executor).
 EXECUTABLES: dict[str, str] = {"claude": claude.EXECUTABLE, "codex": codex.EXECUTABLE,
@@ -64,12 +65,14 @@ def build_invocation(
     allow_shell: bool,
     network: bool,
     task_pack_path: Path | None = None,
+    provider: Provider | None = None,
 ) -> Invocation:
     """The argv/env/files that run `tool` headless, hermetic and confined to `allowed_paths`.
 
     `allowed_paths` are the gitignore globs the tool may change (the step's `paths`
-    intersected with the policy by the caller); `allow_shell` and `network` come from the
-    policy's `tools:` entry for this adapter.
+    intersected with the policy by the caller); `allow_shell`, `network` (whether any
+    grant exists) and `provider` (the model endpoint) come from the policy's `tools:`
+    entry for this adapter.
     """
     adapter = tool.adapter
     if adapter not in ADAPTERS:
@@ -81,12 +84,30 @@ def build_invocation(
         raise AgentosError(f"tool step for {adapter} has an empty prompt",
                            hint="give the tool a prompt: tool: {adapter: ..., prompt: ...}")
     if adapter == "claude":
-        return claude.invocation(tool, config_dir, globs, allow_shell)
+        return claude.invocation(tool, config_dir, globs, allow_shell, provider=provider)
     if adapter == "codex":
-        return codex.invocation(tool, worktree, config_dir, allow_shell, network)
+        return codex.invocation(tool, worktree, config_dir, allow_shell, network,
+                                provider=provider)
     # OpenCode's web tools stay denied either way; the CLI itself needs the network for
     # its API, which the sandbox grants or not.
-    return opencode.invocation(tool, worktree, config_dir, globs, allow_shell)
+    return opencode.invocation(tool, worktree, config_dir, globs, allow_shell,
+                               provider=provider)
+
+
+def masked_for(adapter: str) -> tuple[str, ...]:
+    """Worktree entries (repository-level config of the CLI: plugins, hooks, settings,
+    MCP servers) hidden from the tool inside the sandbox, so the repository cannot
+    configure the agent that edits it."""
+    if adapter not in ADAPTERS:
+        raise unknown_adapter(adapter)
+    module = {"claude": claude, "codex": codex, "opencode": opencode}.get(adapter)
+    return tuple(getattr(module, "MASKED", ())) if module is not None else ()
+
+
+def tool_sandbox_note(adapter: str) -> str:
+    """What the adapter did with the CLI's own sandbox (ours is the boundary)."""
+    module = {"claude": claude, "codex": codex, "opencode": opencode}.get(adapter)
+    return str(getattr(module, "TOOL_SANDBOX_NOTE", "")) if module is not None else ""
 
 
 def executable_for(tool: ToolSpec) -> str:
@@ -155,5 +176,6 @@ def claims_failure(adapter: str, claims: Mapping[str, Any]) -> str | None:
 __all__ = [
     "ADAPTERS", "CLAUDE_DENIED_TOOLS", "CLAUDE_EDIT_TOOLS", "CLAUDE_SETTINGS_FILE",
     "EXECUTABLES", "Invocation", "build_invocation", "claims_failure", "executable_for",
-    "opencode_edit_patterns", "parse_claims", "parse_version", "version_argv",
+    "masked_for", "opencode_edit_patterns", "parse_claims", "parse_version",
+    "tool_sandbox_note", "version_argv",
 ]
