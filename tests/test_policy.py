@@ -46,7 +46,7 @@ paths:
   deny: [".git/**", "**/.env", "secrets/**"]
   ask: ["src/generated/**"]
 commands: [{id: pytest, argv: [python, -m, pytest]}, {argv: [ruff, check]}]
-tools: [{adapter: codex, network: true, review: true}, {adapter: command, argv: [fake-cli]}]
+tools: [{adapter: codex, network: {allow: ["api.openai.com:443"]}, review: true}, {adapter: command, argv: [fake-cli]}]
 network: false
 isolation: required
 limits: {max_file_bytes: 100, max_changed_files: 3, max_steps: 4}
@@ -85,7 +85,7 @@ def test_load_fills_defaults_and_hashes_raw_bytes(tmp_path: Path) -> None:
     assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert loaded.source == path.resolve()
     assert loaded.operations == () and loaded.allow == () and loaded.commands == ()
-    assert loaded.isolation == "required" and loaded.network is False
+    assert loaded.isolation == "required" and loaded.network is None
     assert loaded.env == ("PATH", "LANG")
     assert loaded.limits.step_seconds == 120 and loaded.limits.max_steps == 500
     assert loaded.limits.memory_bytes == 4294967296 and loaded.limits.max_open_files == 1024
@@ -183,7 +183,7 @@ def test_rule_id_errors(tmp_path: Path) -> None:
 
 def test_tool_rule_errors(tmp_path: Path) -> None:
     twice = write_policy(tmp_path, "version: 1\nid: p\ntools:\n  - {adapter: codex}\n"
-                                   "  - {adapter: codex, network: true}\n")
+                                   "  - {adapter: codex, network: {allow: [\"api.openai.com:443\"]}}\n")
     with pytest.raises(AgentosError, match="listed twice") as info:
         load_policy(twice)
     assert info.value.where == f"{twice}:5"
@@ -350,13 +350,15 @@ def test_decide_tool(policy: Policy) -> None:
 
 
 def test_network_env_and_approval(policy: Policy) -> None:
-    assert tool_network(policy, "codex") is True
-    assert tool_network(policy, "command") is False
-    assert tool_network(policy, "claude") is False  # not listed
+    codex_net = tool_network(policy, "codex")
+    assert codex_net is not None and codex_net.allow == ("api.openai.com:443",)
+    assert codex_net.rule_id == "tools[0].network"
+    assert tool_network(policy, "command") is None
+    assert tool_network(policy, "claude") is None  # not listed
     codex = ToolSpec(adapter="codex", prompt="p", paths=("src/**",))
-    assert step_network(policy, step("tool", tool=codex)) is True
-    assert step_network(policy, step("run", argv=("ruff", "check"))) is False
-    assert step_network(policy, step("write", path="docs/a.md")) is False
+    assert step_network(policy, step("tool", tool=codex)) == codex_net
+    assert step_network(policy, step("run", argv=("ruff", "check"))) is None
+    assert step_network(policy, step("write", path="docs/a.md")) is None
     host = {"PATH": "/usr/bin", "HOME": "/root", "AWS_SECRET_ACCESS_KEY": "s", "LANG": "C"}
     assert step_env(policy, host) == {"PATH": "/usr/bin", "LANG": "C"}
     assert step_env(policy, {}) == {}
@@ -625,7 +627,11 @@ def test_default_policy_path_is_the_shipped_one() -> None:
 
 def test_shipped_sandbox_policy_lets_the_demo_run() -> None:
     pol = load_policy(default_policy_path())
-    assert (pol.id, pol.isolation, pol.network) == ("sandbox-default", "required", False)
+    assert (pol.id, pol.isolation, pol.network) == ("sandbox-default", "required", None)
+    claude = pol.tool_rule("claude")
+    assert claude is not None and claude.network is not None
+    assert claude.network.allow == ("api.anthropic.com:443",)
+    assert claude.secrets == ("ANTHROPIC_API_KEY",)
     demo = request(step("write", 0, path="docs/intro.md", content=b"# intro\n"),
                    step("write", 1, path="src/app.py", content=b"print(1)\n"),
                    step("write", 2, path="README.md", content=b"x"),
@@ -657,7 +663,7 @@ def test_shipped_allow_policy_is_permissive_but_not_reckless() -> None:
         assert decide_tool(pol, ToolSpec(adapter=adapter, prompt="p", paths=("**",))).allowed
     assert decide_tool(pol, ToolSpec(adapter="command", prompt="p", paths=("**",),
                                      argv=("fake",))).allowed
-    assert pol.isolation == "required" and pol.network is False
+    assert pol.isolation == "required" and pol.network is None
 
 
 def test_shipped_deny_policy_denies_the_demo() -> None:

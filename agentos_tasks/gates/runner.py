@@ -32,6 +32,7 @@ from agentos_tasks.gates.common import FAIL, Gate, GateResult
 from agentos_tasks.gates.context import GateContext, Missing
 from agentos_tasks.gates.execution_result import EX_H
 from agentos_tasks.gates.integrity import R3
+from agentos_tasks.gates.network import NET
 from agentos_tasks.gates.policy import EX_A, R1
 from agentos_tasks.gates.rollback import EX_F
 from agentos_tasks.gates.static import EX_B, NO_SUBPROCESS, package_files
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 REGISTRY: tuple[Gate, ...] = (
     NO_SUBPROCESS, EX_B,
     R1, R2, R3,
-    EX_A, EX_C, EX_D, EX_E, EX_F, EX_G, EX_H,
+    EX_A, EX_C, EX_D, EX_E, EX_F, EX_G, EX_H, NET,
     A1, A2, A3,
     TL_A, TL_B, TL_C, TL_D, TL_E, TL_F,
 )

@@ -97,12 +97,24 @@ def _address(value: Any) -> Any:
 
 _ENV_NAME = vol.All(str, vol.Match(r"^[A-Za-z_][A-Za-z0-9_]*$",
                                    msg="not an environment variable name"))
-_NETWORK = vol.All(_refuse_true, vol.Any(
-    _no_network, _unrestricted,
-    {vol.Required("allow"): [vol.All(str, _allow_entry)],
-     vol.Optional("resolve", default=dict): {vol.All(str, vol.Length(min=1)): _address}},
-    msg="expected false, unrestricted, or {allow: [host, host:port, *.suffix, ...], "
-        "resolve: {name: address}}"))
+_NETWORK_MAP = vol.Schema({
+    vol.Required("allow"): [vol.All(str, _allow_entry)],
+    vol.Optional("resolve", default=dict): {vol.All(str, vol.Length(min=1)): _address},
+})
+
+
+def _network(value: Any) -> Any:
+    """false | unrestricted | {allow: [...], resolve: {...}}; `true` refused with a hint."""
+    _refuse_true(value)
+    if value is False or value == "unrestricted":
+        return value
+    if isinstance(value, dict):
+        return _NETWORK_MAP(value)
+    raise vol.Invalid("expected false, unrestricted, or {allow: [host, host:port, "
+                      "*.suffix, ...], resolve: {name: address}}")
+
+
+_NETWORK = _network
 _PROVIDER = {
     vol.Required("base_url"): vol.All(str, vol.Match(r"^https?://[^\s/?#]+", msg="base_url "
                                                      "must be an http:// or https:// URL")),

@@ -474,16 +474,15 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
 
 def _tool_secrets(ctx: RunContext, step: Step, rule: ToolRule | None,
                   invocation: adapters.Invocation) -> dict[str, bytes]:
-    """The environment entries that are secrets: each of the rule's `secrets:` under its
-    own name, and each variable the adapter asks for (`Invocation.secret_env`: inner name
-    -> secret name, e.g. ANTHROPIC_API_KEY from a gateway's key). A secret the policy
-    names but the host does not set is an error before anything runs."""
+    """The environment entries that are secrets: each of the rule's `secrets:` set on the
+    host, under its own name, and each variable the adapter asks for
+    (`Invocation.secret_env`: inner name -> secret name, e.g. ANTHROPIC_API_KEY from a
+    gateway's key). A secret the adapter needs (the provider's key) but the host does not
+    set is an error before anything runs; other unset secrets are simply not passed."""
     names = rule.secrets if rule is not None else ()
     values = secretenv.secret_values(names, os.environ)
-    missing = [name for name in names if name not in values]
-    wanted = dict(getattr(invocation, "secret_env", {}) or {})
-    missing += [source for source in wanted.values()
-                if source not in values and source not in missing]
+    wanted = dict(invocation.secret_env)
+    missing = sorted({source for source in wanted.values() if source not in values})
     if missing:
         raise AgentosError(
             f"step {step.id}: secret {', '.join(missing)} is not set in the environment",
