@@ -6,7 +6,9 @@ sandbox that `agentos_tasks.sandbox` plans (the mount plan, the seccomp filter, 
 cgroup, the child's setup before exec); that package starts nothing and never imports
 this module. Nothing else in agentos_tasks may import subprocess, fork or exec; the static
 gate (agentos_tasks/gates/static.py) proves it. That is why the reaper of backend none,
-which forks and execs the step's program in its own interpreter, is written here.
+which forks and execs the step's program in its own interpreter, is written here, and why
+the allowlist proxy of a step granted network (`python -m agentos_tasks.net.serve`, outside
+the sandbox, for exactly one run_confined call) is started and ended here.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import json
 import os
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,8 +36,11 @@ from agentos_tasks.sandbox import cgroups, preexec
 from agentos_tasks.sandbox.backend import BwrapProbe, choose_backend, seccomp_filter
 from agentos_tasks.sandbox.bwrap import (
     build_bwrap_argv,
+    mask_plan,
+    network_mode,
     probe_argv,
     read_init_pid,
+    secret_environ,
     synthesized_files,
 )
 from agentos_tasks.sandbox.program import plan_program
@@ -44,11 +51,11 @@ from agentos_tasks.sandbox.spec import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from agentos_tasks.sandbox.backend import SandboxBackend
     from agentos_tasks.sandbox.program import ProgramPlan
-    from agentos_tasks.sandbox.spec import ConfinedSpec
+    from agentos_tasks.sandbox.spec import ConfinedSpec, NetworkGrant
 
 # Upper bound of one trusted host program (git on a large repository included).
 HOST_TIMEOUT_S = 900.0
@@ -163,7 +170,7 @@ def _ensure_guard(parent: cgroups.CgroupParent) -> None:
             return
         _guards[pid] = subprocess.Popen(
             [sys.executable, "-I", "-S", cgroups.__file__, "watch", str(parent.path),
-             str(pid), cgroups.owner_start()],
+             str(pid), cgroups.owner_start(), *map(str, parent.paths[1:])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             cwd="/", env={}, start_new_session=True)
 
@@ -286,6 +293,168 @@ def _reaper_source() -> str:
     return _reaper_program[0]
 
 
+# --- the allowlist proxy of a step granted network (mode "proxy") -----------------------
+#
+# One proxy per run_confined call, outside the sandbox, in its own session, listening on a
+# unix socket in a private temp dir (0700, neither the run dir nor the worktree) that bwrap
+# binds in for the bridge. It dies with the executor (PR_SET_PDEATHSIG) and, whatever
+# happens to the step, is ended before run_confined returns.
+
+PROXY_COMMAND: tuple[str, ...] = (sys.executable, "-m", "agentos_tasks.net.serve")
+PROXY_READY_S = 10.0
+_PROXY_STOP_S = 5.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass
+class _Proxy:
+    process: subprocess.Popen[bytes]
+    socket: Path
+    private_dir: Path
+    log: Path
+    drain: threading.Thread | None = None
+
+
+def proxy_config(grant: NetworkGrant) -> dict[str, object]:
+    """The proxy's --config: what it may let through, as the policy granted it."""
+    return {"step": grant.step, "allow": list(grant.allow),
+            "resolve": dict(grant.resolve), "unrestricted": grant.unrestricted,
+            "rule_id": grant.rule_id}
+
+
+def _proxy_failure(message: str, proxy: _Proxy) -> AgentosError:
+    tail = ""
+    with contextlib.suppress(OSError):
+        tail = proxy.log.read_bytes()[-2000:].decode("utf-8", "replace").strip()
+    return AgentosError(f"the network proxy for this step {message}"
+                        + (f": {tail}" if tail else ""), where=str(proxy.log), code=EXIT_STEP,
+                        hint="see the proxy's log; is agentos_tasks.net.serve installed "
+                             "with its dependency proxy.py?")
+
+
+def _start_proxy(grant: NetworkGrant) -> _Proxy:
+    """Start the proxy for `grant` and wait (PROXY_READY_S at most) for its `ready`."""
+    if grant.ledger is None:
+        raise AgentosError("a step granted network (mode proxy) needs a ledger path",
+                           code=EXIT_STEP, hint="NetworkGrant.ledger: the run's network "
+                           "ledger file (JSON lines, written by the proxy)")
+    ledger = Path(os.path.abspath(grant.ledger))
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    log = ledger.with_name(ledger.name + ".proxy.log")
+    private_dir = Path(tempfile.mkdtemp(prefix="agentos-net-"))  # 0700
+    socket_path = private_dir / "proxy.sock"
+    config = private_dir / "config.json"
+    config.write_text(json.dumps(proxy_config(grant), sort_keys=True))
+    argv = [*PROXY_COMMAND, "--socket", str(socket_path), "--config", str(config),
+            "--ledger", str(ledger)]
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": _PACKAGE_ROOT}
+    try:
+        with open(log, "ab") as log_file:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
+                cwd="/", env=env, start_new_session=True,
+                preexec_fn=preexec.child_setup(  # noqa: PLW1509 - prctl/keyctl only
+                    None, [], preexec.libc_handle(), os.getpid()))
+    except OSError as exc:
+        shutil.rmtree(private_dir, ignore_errors=True)
+        raise AgentosError(f"cannot start the network proxy {argv[0]}: {exc}",
+                           code=EXIT_STEP) from None
+    proxy = _Proxy(process, socket_path, private_dir, log)
+    try:
+        _wait_ready(proxy)
+    except BaseException:
+        _stop_proxy(proxy)
+        raise
+    return proxy
+
+
+def _wait_ready(proxy: _Proxy) -> None:
+    """Block until the proxy printed `ready` (then drain its stdout into the log)."""
+    stdout = proxy.process.stdout
+    if stdout is None:  # pragma: no cover - always a pipe
+        raise AgentosError("the network proxy has no stdout pipe", code=EXIT_STEP)
+    fd = stdout.fileno()
+    deadline = time.monotonic() + PROXY_READY_S
+    seen = b""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    while b"ready\n" not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _proxy_failure(f"did not say ready within {PROXY_READY_S:g} s", proxy)
+        if not poller.poll(remaining * 1000):
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            code = proxy.process.wait()
+            raise _proxy_failure(f"exited ({code}) before it was ready", proxy)
+        seen += chunk
+    if not proxy.socket.exists():
+        raise _proxy_failure(f"said ready but its socket {proxy.socket} does not exist",
+                             proxy)
+
+    def drain() -> None:  # whatever it prints later goes to its log, never blocks it
+        with contextlib.suppress(OSError, ValueError), open(proxy.log, "ab") as out:
+            while chunk := os.read(fd, 4096):
+                out.write(chunk)
+
+    proxy.drain = threading.Thread(target=drain, daemon=True)
+    proxy.drain.start()
+
+
+def _stop_proxy(proxy: _Proxy) -> int | None:
+    """SIGTERM the proxy's process group, SIGKILL it after _PROXY_STOP_S; its exit code
+    (None when it had to be killed). Its private dir (socket, config) is removed."""
+    code: int | None = None
+    try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proxy.process.pid, signal.SIGTERM)
+        try:
+            code = proxy.process.wait(timeout=_PROXY_STOP_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proxy.process.pid, signal.SIGKILL)
+            proxy.process.wait()
+        # what it started in its session goes with it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proxy.process.pid, signal.SIGKILL)
+        if proxy.drain is not None:
+            proxy.drain.join(1.0)
+    finally:
+        if proxy.process.stdout is not None:
+            with contextlib.suppress(OSError):
+                proxy.process.stdout.close()
+        shutil.rmtree(proxy.private_dir, ignore_errors=True)
+    return code
+
+
+@contextlib.contextmanager
+def _network(spec: ConfinedSpec, backend: str, notes: list[str]) -> Iterator[Path | None]:
+    """The network of one run (noted): nothing, or a proxy that lives exactly as long as
+    this context; yields the proxy's socket (mode proxy under bwrap) or None."""
+    grant = spec.network
+    mode = network_mode(grant)
+    if backend != "bwrap":
+        notes.append(f"network: NOT isolated (backend {backend} runs on the host's "
+                     f"network; the policy asked for {mode})")
+        yield None
+        return
+    if mode == "none":
+        notes.append("network: none")
+        yield None
+        return
+    proxy = _start_proxy(grant)
+    notes.append(f"network: proxy (rule {grant.rule_id or '?'}, {len(grant.allow)} allow "
+                 f"entries{', unrestricted' if grant.unrestricted else ''})")
+    try:
+        yield proxy.socket
+    finally:
+        code = _stop_proxy(proxy)
+        if code != 0:
+            notes.append(f"network: the proxy ended with {code if code is not None else 'a kill'}"
+                         f" (log {proxy.log})")
+
+
 # --- running ------------------------------------------------------------------------------
 
 @dataclass
@@ -362,36 +531,62 @@ def run_confined(argv: Sequence[str], spec: ConfinedSpec, output_path: Path) -> 
     if plan.program is None:
         return _not_started(argv, output_path, f"program not found: {argv[0]} (PATH="
                             f"{spec.env.get('PATH', '')})", backend.name, notes)
+    # what the spec asks for must be possible before anything starts (ValueError: the
+    # caller refuses the step): a known network mode, maskable entries, secret names
+    network_mode(spec.network)
+    mask_plan(spec.masked, worktree)
+    secrets = secret_environ(spec)
     filter_program = seccomp_filter(backend, spec.isolation, notes)
-    cgroup, nproc = _bound_processes(spec, backend.name, notes)
-    limits = preexec.rlimits(spec, nproc)
-
-    read_fd, write_fd = os.pipe()
-    fds = _Fds(read_fd, ours=[read_fd])
-    try:
-        wrapper, setup = _wrapper(argv, spec, backend, plan, filter_program, limits,
-                                  cgroup, fds)
+    with _network(spec, backend.name, notes) as proxy_socket:
+        cgroup, nproc = _bound_processes(spec, backend.name, notes)
+        limits = preexec.rlimits(spec, nproc, memory_bounded=_memory_note(spec, cgroup, notes))
+        if spec.max_file_bytes is not None:
+            notes.append(f"file size: RLIMIT_FSIZE={spec.max_file_bytes}")
+        read_fd, write_fd = os.pipe()
+        fds = _Fds(read_fd, ours=[read_fd])
+        wrapper: list[str] = [str(argv[0])]
         try:
+            wrapper, setup = _wrapper(argv, spec, backend, plan, filter_program, limits,
+                                      cgroup, fds, proxy_socket)
+            # bwrap's own environment is the secrets only (bwrap hands it on: no
+            # --clearenv, everything else is --setenv); the reaper gets the program's
+            env = secrets if backend.name == "bwrap" else dict(spec.env)
             child = subprocess.Popen(
-                wrapper, cwd=worktree, env=dict(spec.env), stdin=subprocess.DEVNULL,
+                wrapper, cwd=worktree, env=env, stdin=subprocess.DEVNULL,
                 stdout=write_fd, stderr=write_fd, pass_fds=fds.child,
-                preexec_fn=setup,  # noqa: PLW1509 - open/write/prctl/keyctl/setrlimit, no locks
+                preexec_fn=setup,  # noqa: PLW1509 - open/write/prctl/keyctl/setrlimit
                 start_new_session=True)
-        except (OSError, subprocess.SubprocessError) as exc:
+        except BaseException as exc:
+            for fd in fds.ours:
+                os.close(fd)
             if cgroup is not None:
                 cgroup.remove()
+            if not isinstance(exc, (OSError, subprocess.SubprocessError)):
+                raise
             return _not_started(argv, output_path, f"cannot start {wrapper[0]}: {exc}",
                                 backend.name, notes)
-    finally:
-        os.close(write_fd)
-        for fd in fds.child:
-            os.close(fd)
-
-    code, timed_out, state = _supervise(child, spec, backend.name, output_path,
-                                        started + spec.timeout_s, cgroup, fds)
+        finally:
+            os.close(write_fd)
+            for fd in fds.child:
+                os.close(fd)
+        code, timed_out, state = _supervise(child, spec, backend.name, output_path,
+                                            started + spec.timeout_s, cgroup, fds)
     return ConfinedResult(tuple(argv), code, timed_out, time.monotonic() - started,
                           state.kept, state.truncated, backend.name, tuple(wrapper),
                           tuple(notes))
+
+
+def _memory_note(spec: ConfinedSpec, cgroup: cgroups.Cgroup | None,
+                 notes: list[str]) -> bool:
+    """How the run's memory is bounded (noted); True when a cgroup limit applies (then no
+    RLIMIT_AS: it makes JITs that reserve address space fail)."""
+    if cgroup is not None and cgroup.memory_limit:
+        notes.append(f"memory: {cgroup.memory_limit}")
+        return True
+    why = cgroup.memory_error if cgroup is not None else "no cgroup"
+    notes.append(f"memory: RLIMIT_AS={spec.memory_bytes or DEFAULT_MEMORY_BYTES} (fallback: "
+                 f"no cgroup memory limit: {why})")
+    return False
 
 
 def _bound_processes(spec: ConfinedSpec, backend: str,
@@ -432,10 +627,11 @@ def _bound_processes(spec: ConfinedSpec, backend: str,
 
 def _wrapper(argv: Sequence[str], spec: ConfinedSpec, backend: SandboxBackend,  # noqa: PLR0917
              plan: ProgramPlan, filter_program: bytes | None, limits: list[tuple[int, int]],
-             cgroup: cgroups.Cgroup | None, fds: _Fds) -> tuple[list[str], Callable[[], None]]:
+             cgroup: cgroups.Cgroup | None, fds: _Fds,
+             proxy_socket: Path | None) -> tuple[list[str], Callable[[], None]]:
     """The argv actually started (bwrap, or the reaper for backend none) and the child's
     setup before exec. bwrap gets its data through pipes registered in `fds`."""
-    procs = cgroup.procs if cgroup else None
+    procs = cgroup.all_procs if cgroup else None
     if backend.name == "bwrap":
         if backend.probe is None:
             raise AgentosError("backend bwrap was chosen without a probe of bwrap",
@@ -446,9 +642,12 @@ def _wrapper(argv: Sequence[str], spec: ConfinedSpec, backend: SandboxBackend,  
         fds.ours.append(fds.info)
         fds.child.append(info_write)
         seccomp_fd = _data_pipe(filter_program, fds) if filter_program is not None else None
+        bridge_plan = plan_program(sys.executable, spec.env, Path(os.path.abspath(
+            spec.worktree))) if proxy_socket is not None else None
         wrapper = build_bwrap_argv(argv, spec, backend.probe.bwrap, plan=plan,
                                    data_fds=data_fds, info_fd=info_write,
-                                   userns=backend.probe.userns, seccomp_fd=seccomp_fd)
+                                   userns=backend.probe.userns, seccomp_fd=seccomp_fd,
+                                   proxy_socket=proxy_socket, bridge_plan=bridge_plan)
         return wrapper, preexec.child_setup(procs, limits, preexec.libc_handle(), os.getpid())
     config = json.dumps({"rlimits": limits})
     wrapper = [sys.executable, "-I", "-S", "-c", _reaper_source(), config, "--", *argv]

@@ -5,13 +5,21 @@ mount plan a pure function of (argv, spec, host filesystem) makes it testable an
 run record show exactly which host paths a step could see.
 
 The shape of the sandbox (README "Sandbox and isolation levels"):
-- every namespace unshared (network only when the policy allows it), no capabilities,
-  no nested user namespaces, a new session (no TIOCSTI into the caller's terminal);
-- system dirs read-only, of /etc only what dynamic linking, TLS and name lookup need plus a
-  synthesized passwd/group (never /etc/shadow), private /proc, /dev, /tmp and $HOME;
+- every namespace unshared, the network always (never `--share-net`): inside there is only
+  loopback. A step granted network (NetworkGrant mode "proxy") gets the bridge
+  (agentos_tasks/net/bridge.py, given as data) on 127.0.0.1:PROXY_PORT in front of its
+  program, which leads to the allowlist proxy's unix socket bound in from outside; no
+  capabilities, no nested user namespaces, a new session (no TIOCSTI into the caller's
+  terminal);
+- system dirs read-only, of /etc only what dynamic linking and TLS need plus a synthesized
+  passwd, group and hosts (never /etc/shadow, never the host's resolv.conf: names are
+  resolved by the proxy, outside), private /proc, /dev, /tmp and $HOME;
+- secrets (`spec.secret_env`) never on the command line: the caller passes them in
+  bwrap's own environment (`secret_environ`), which bwrap hands on since `--clearenv` is
+  not used; every other variable is a visible `--setenv`;
 - the worktree read-write (the cwd), the worktree's `.git` file read-only on top of it,
   and of the repository's git dir only the view of gitview.py, with its synthesized
-  `config`;
+  `config`; the masked entries (`spec.masked`) hidden by empty read-only mounts;
 - the program's own installation read-only, as program.py planned it; nothing at or
   below the host's /proc, /sys or /dev.
 """
@@ -22,6 +30,8 @@ import contextlib
 import os
 import re
 import shutil
+import stat
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,23 +44,34 @@ from agentos_tasks.sandbox.hostfs import (
     within,
 )
 from agentos_tasks.sandbox.program import ProgramPlan, plan_program
-from agentos_tasks.sandbox.spec import DEFAULT_TMP_BYTES
+from agentos_tasks.sandbox.spec import DEFAULT_TMP_BYTES, PROXY_PORT
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from agentos_tasks.sandbox.spec import ConfinedSpec
+    from agentos_tasks.sandbox.spec import ConfinedSpec, NetworkGrant
 
 # Of /etc only what programs need: the dynamic linker cache, alternatives symlinks, time
 # zone, TLS roots (certs only: /etc/ssl/private holds keys) and name-service switch.
-# Never shadow, never sudoers, never ssh keys.
+# Never shadow, never sudoers, never ssh keys, never resolv.conf (no DNS server is
+# reachable inside; /etc/hosts is synthesized).
 ETC_ALWAYS: tuple[str, ...] = (
     "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone",
     "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf",
     "pki/tls/certs", "pki/ca-trust", "nsswitch.conf", "protocols", "services", "mime.types",
 )
-# Name resolution only matters when the step may use the network.
-ETC_NETWORK: tuple[str, ...] = ("resolv.conf", "hosts", "host.conf", "gai.conf")
+SANDBOX_HOSTS = b"127.0.0.1 localhost\n::1 localhost\n"
+
+# Where the network bridge and the proxy's socket appear inside (mode "proxy").
+NET_DIR = "/run/agentos-net"
+BRIDGE_PATH = f"{NET_DIR}/bridge.py"
+PROXY_SOCKET = f"{NET_DIR}/proxy.sock"
+BRIDGE_SOURCE = Path(__file__).resolve().parent.parent / "net" / "bridge.py"
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+PROXY_ENV_NAMES: tuple[str, ...] = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                                    "http_proxy", "https_proxy", "all_proxy")
+NETWORK_MODES: tuple[str, ...] = ("none", "proxy")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 SANDBOX_HOSTNAME = "agentos-sandbox"
 # Private, size-bounded tmpfs mounts inside the sandbox (not the host's /tmp).
@@ -73,13 +94,92 @@ def find_bwrap() -> Path | None:
 
 
 def synthesized_files(spec: ConfinedSpec, uid: int, gid: int) -> dict[str, bytes]:
-    """Every file the sandbox gets as data (`--ro-bind-data`): /etc/passwd and /etc/group,
-    and the synthesized config of each git dir in `spec.readonly_paths`."""
+    """Every file the sandbox gets as data (`--ro-bind-data`): /etc/passwd, /etc/group and
+    /etc/hosts, the synthesized config of each git dir in `spec.readonly_paths`, an empty
+    file for each masked regular file and, in mode "proxy", the bridge script.
+
+    Raises ValueError for a masked entry that cannot be hidden (see `mask_plan`) and for
+    an unknown network mode."""
     files = synthesized_etc(uid, gid)
+    files["/etc/hosts"] = SANDBOX_HOSTS
     for mount in readonly_mounts(spec.readonly_paths):
         if isinstance(mount, GitDirView):
             files[mount.config_path] = git_view_config(mount.gitdir)
+    for path, kind in mask_plan(spec.masked, spec.worktree):
+        if kind == "file":
+            files[path] = b""
+    if network_mode(spec.network) == "proxy":
+        files[BRIDGE_PATH] = bridge_source()
     return files
+
+
+def bridge_source() -> bytes:
+    """The bridge program (agentos_tasks/net/bridge.py), given to bwrap as data."""
+    try:
+        return BRIDGE_SOURCE.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the network bridge {BRIDGE_SOURCE}: {exc} (is the "
+                         "package installed completely?)") from exc
+
+
+def network_mode(grant: NetworkGrant) -> str:
+    """The grant's mode, checked: "none" or "proxy" (ValueError otherwise)."""
+    mode = getattr(grant, "mode", None)
+    if mode not in NETWORK_MODES:
+        raise ValueError(f"ConfinedSpec.network must be a NetworkGrant with mode "
+                         f"{' or '.join(NETWORK_MODES)}, not {grant!r}")
+    return str(mode)
+
+
+def mask_plan(masked: Iterable[Path | str], worktree: Path | str) -> list[tuple[str, str]]:
+    """(path, "dir" | "file") for each masked worktree entry that exists: a real directory
+    gets an empty read-only tmpfs over it, a regular file an empty read-only file.
+    Missing entries are skipped. ValueError names an entry that is anything else (a
+    symlink, a fifo, a socket, a device), lies outside the worktree or below a symlink:
+    such an entry cannot be hidden safely, the caller refuses the step."""
+    root = os.path.normpath(os.path.abspath(worktree))
+    plan: list[tuple[str, str]] = []
+    for entry in masked:
+        path = os.path.normpath(os.path.abspath(entry))
+        if path == root or not within(path, root):
+            raise ValueError(f"masked path {entry} is not inside the worktree {root}")
+        parent = os.path.dirname(path)
+        lexical = os.path.normpath(os.path.join(os.path.realpath(root),
+                                                os.path.relpath(parent, root)))
+        if os.path.lexists(parent) and os.path.realpath(parent) != lexical:
+            raise ValueError(f"masked path {entry}: a parent directory in the worktree is "
+                             f"a symlink (to {os.path.realpath(parent)})")
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ValueError(f"masked path {entry} cannot be inspected: {exc}") from exc
+        if stat.S_ISDIR(info.st_mode):
+            plan.append((path, "dir"))
+        elif stat.S_ISREG(info.st_mode):
+            plan.append((path, "file"))
+        else:
+            raise ValueError(f"masked path {entry} is neither a directory nor a regular "
+                             f"file (mode {stat.filemode(info.st_mode)}): it cannot be "
+                             "hidden; remove it from the worktree or the tool's masks")
+    return plan
+
+
+def secret_environ(spec: ConfinedSpec) -> dict[str, str]:
+    """The environment bwrap itself is started with: exactly the secrets, which bwrap
+    passes on to the program (no `--clearenv`), so no value is ever in an argv. Names
+    must be plain identifiers and not steer the dynamic linker (LD_*): bwrap runs with
+    them too. ValueError for a bad name or a secret that `spec.env` does not hold."""
+    secrets: dict[str, str] = {}
+    for name in spec.secret_env:
+        if not _ENV_NAME.fullmatch(name) or name.startswith("LD_"):
+            raise ValueError(f"secret variable name {name!r} is not allowed (a plain "
+                             "identifier, not LD_*)")
+        if name not in spec.env:
+            raise ValueError(f"secret {name} is listed in secret_env but not in env")
+        secrets[name] = spec.env[name]
+    return secrets
 
 
 def synthesized_etc(uid: int, gid: int) -> dict[str, bytes]:
@@ -98,10 +198,8 @@ def synthesized_etc(uid: int, gid: int) -> dict[str, bytes]:
     return {"/etc/passwd": passwd.encode(), "/etc/group": groups.encode()}
 
 
-def _namespace_args(network: bool, userns: bool) -> list[str]:
-    args = ["--unshare-all"]
-    if network:
-        args.append("--share-net")
+def _namespace_args(userns: bool) -> list[str]:
+    args = ["--unshare-all"]  # the network namespace too, always: only loopback inside
     if userns:  # a user namespace lets us forbid nested ones (no unshare -U games inside)
         args += ["--unshare-user", "--disable-userns"]
     return [*args, "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
@@ -119,18 +217,30 @@ def _system_args() -> list[str]:
 
 def probe_argv(bwrap: Path, *, userns: bool) -> list[str]:
     """The smallest sandbox of the same shape, used once to check bwrap works here."""
-    return [str(bwrap), *_namespace_args(False, userns), *_system_args(),
+    return [str(bwrap), *_namespace_args(userns), *_system_args(),
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", SANDBOX_TMP, "--remount-ro", "/",
             "--", "true"]
 
 
-def sandbox_env(spec_env: Mapping[str, str], plan: ProgramPlan) -> dict[str, str]:
-    """The environment inside: spec.env, with shim-resolved program dirs first on PATH."""
+def sandbox_env(spec_env: Mapping[str, str], plan: ProgramPlan,
+                network: NetworkGrant | None = None) -> dict[str, str]:
+    """The environment inside: spec.env, with shim-resolved program dirs first on PATH and,
+    in mode "proxy", the proxy variables (the bridge's port on the sandbox's loopback;
+    NO_PROXY empty: loopback inside has nothing else)."""
     inner = dict(spec_env)
     if plan.path_prefix:
         inner["PATH"] = os.pathsep.join([*plan.path_prefix, spec_env.get("PATH", "")]).rstrip(
             os.pathsep)
+    if network is not None and network_mode(network) == "proxy":
+        for name in PROXY_ENV_NAMES:
+            inner[name] = PROXY_URL
+        inner["NO_PROXY"] = inner["no_proxy"] = ""
     return inner
+
+
+def bridge_argv(argv: Sequence[str], interpreter: str = sys.executable) -> list[str]:
+    """The sandbox's command in mode "proxy": the bridge, which then runs `argv`."""
+    return [interpreter, "-I", "-S", BRIDGE_PATH, str(PROXY_PORT), PROXY_SOCKET, "--", *argv]
 
 
 def build_bwrap_argv(
@@ -143,40 +253,57 @@ def build_bwrap_argv(
     info_fd: int | None = None,
     userns: bool = True,
     seccomp_fd: int | None = None,
+    proxy_socket: Path | None = None,
+    bridge_plan: ProgramPlan | None = None,
 ) -> list[str]:
     """The full bwrap command line for `argv` under `spec` (order of mounts matters).
 
     `data_fds` maps a path inside the sandbox (e.g. /etc/passwd) to an fd the caller opened
-    with its content (`--ro-bind-data`); `info_fd` receives bwrap's JSON with the host pid
-    of the namespace init, which the caller kills to end the whole process tree;
-    `seccomp_fd` holds the seccomp filter (seccomp.filter_bytes) bwrap loads before exec.
+    with its content (`--ro-bind-data`, see synthesized_files); `info_fd` receives bwrap's
+    JSON with the host pid of the namespace init, which the caller kills to end the whole
+    process tree; `seccomp_fd` holds the seccomp filter (seccomp.filter_bytes) bwrap loads
+    before exec. In mode "proxy" `proxy_socket` is the host path of the proxy's unix
+    socket (bound at PROXY_SOCKET) and `bridge_plan` the plan of the interpreter that runs
+    the bridge (default: plan_program(sys.executable)). Environment: every variable of
+    `spec.env` but the secrets as `--setenv`; the caller starts bwrap with
+    `secret_environ(spec)` as its whole environment.
     """
     worktree = os.path.abspath(spec.worktree)
+    mode = network_mode(spec.network)
     plan = plan or plan_program(argv[0], spec.env, Path(worktree))
     _refuse_pseudo_fs_sources(worktree, spec.readonly_paths)
+    masks = mask_plan(spec.masked, worktree)
+    fds = dict(data_fds or {})
     tmp_bytes = str(spec.tmp_bytes or DEFAULT_TMP_BYTES)
-    args = [str(bwrap), *_namespace_args(spec.network, userns),
-            "--hostname", SANDBOX_HOSTNAME, "--clearenv"]
-    for key, value in sandbox_env(spec.env, plan).items():
-        args += ["--setenv", key, value]
-    args += [*_system_args(), *_etc_args(spec.network)]
+    # no --clearenv: bwrap's own environment is exactly the secrets (secret_environ)
+    args = [str(bwrap), *_namespace_args(userns), "--hostname", SANDBOX_HOSTNAME]
+    secrets = set(spec.secret_env)
+    for key, value in sandbox_env(spec.env, plan, spec.network).items():
+        if key not in secrets:
+            args += ["--setenv", key, value]
+    args += [*_system_args(), *_etc_args()]
     mounts = readonly_mounts(spec.readonly_paths)
-    in_git_views = {m.config_path for m in mounts if isinstance(m, GitDirView)}
-    for inner_path, fd in (data_fds or {}).items():
-        if inner_path not in in_git_views:
+    late_data = {m.config_path for m in mounts if isinstance(m, GitDirView)}
+    late_data.update(path for path, kind in masks if kind == "file")
+    for inner_path, fd in fds.items():
+        if inner_path not in late_data:
             args += ["--perms", "0644", "--ro-bind-data", str(fd), inner_path]
     args += ["--proc", "/proc", "--dev", "/dev",
              "--size", tmp_bytes, "--tmpfs", SANDBOX_SHM,
              "--size", tmp_bytes, "--tmpfs", SANDBOX_TMP]
-    args += [*_home_args(spec.env.get("HOME", ""), worktree, tmp_bytes),
-             *_program_args(plan, worktree), "--bind", worktree, worktree]
+    args += _home_args(spec.env.get("HOME", ""), worktree, tmp_bytes)
+    args += _program_args(plan, worktree)
+    if mode == "proxy":
+        argv = _proxy_args(args, argv, spec, worktree, proxy_socket, bridge_plan)
+    args += ["--bind", worktree, worktree]
     remounts: list[str] = []
     for mount in mounts:  # after the worktree bind: read-only wins
         if isinstance(mount, GitDirView):
-            args += _git_view_args(mount, (data_fds or {}).get(mount.config_path))
+            args += _git_view_args(mount, fds.get(mount.config_path))
             remounts += ["--remount-ro", mount.gitdir]  # once every mount below it is made
         else:
             args += ["--ro-bind", mount, mount]
+    args += _mask_args(masks, fds, remounts)
     args += [*remounts, "--remount-ro", "/", "--chdir", worktree]
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
@@ -185,10 +312,44 @@ def build_bwrap_argv(
     return [*args, "--", *argv]
 
 
-def _etc_args(network: bool) -> list[str]:
-    """The host's /etc files a program needs (ETC_ALWAYS, ETC_NETWORK), where they exist."""
+def _proxy_args(args: list[str], argv: Sequence[str], spec: ConfinedSpec,  # noqa: PLR0917
+                worktree: str, proxy_socket: Path | None,
+                bridge_plan: ProgramPlan | None) -> list[str]:
+    """Mode "proxy": bind the proxy's socket and the bridge's interpreter (appended to
+    `args`); the bridge's command line that runs `argv`."""
+    if proxy_socket is None:
+        raise ValueError("network mode proxy needs the proxy's socket (proxy_socket)")
+    interpreter = bridge_plan or plan_program(sys.executable, spec.env, Path(worktree))
+    if interpreter.program is None:
+        raise ValueError(f"the network bridge's interpreter {sys.executable} cannot run "
+                         f"in the sandbox: {interpreter.refused or 'not found'}")
+    args += _program_args(interpreter, worktree)
+    args += ["--ro-bind", str(proxy_socket), PROXY_SOCKET]
+    return bridge_argv(argv, str(interpreter.program))
+
+
+def _mask_args(masks: Sequence[tuple[str, str]], fds: Mapping[str, int],
+               remounts: list[str]) -> list[str]:
+    """Hide masked entries after the worktree bind: an empty tmpfs over a directory
+    (remounted read-only with the others), an empty read-only file over a file."""
     args: list[str] = []
-    for name in (*ETC_ALWAYS, *(ETC_NETWORK if network else ())):
+    for path, kind in masks:
+        if kind == "dir":
+            args += ["--perms", "0555", "--size", "4096", "--tmpfs", path]
+            remounts += ["--remount-ro", path]
+        else:
+            fd = fds.get(path)
+            if fd is None:
+                raise ValueError(f"masked file {path} needs its empty data fd "
+                                 "(synthesized_files)")
+            args += ["--perms", "0444", "--ro-bind-data", str(fd), path]
+    return args
+
+
+def _etc_args() -> list[str]:
+    """The host's /etc files a program needs (ETC_ALWAYS), where they exist."""
+    args: list[str] = []
+    for name in ETC_ALWAYS:
         etc_path = os.path.join("/etc", name)
         if os.path.exists(etc_path):
             args += ["--ro-bind", etc_path, etc_path]

@@ -1,8 +1,11 @@
 """Per-run cgroups: a hard bound on processes, and nothing sandboxed outlives the executor.
 
 A run's cgroup (`Cgroup`) bounds its tasks with pids.max (RLIMIT_NPROC does not bind root)
-and, where the memory controller is delegated, memory.max; it lists every task left to
-kill when the run ends. `find_parent` probes once per process whether we may create one.
+and its memory where the memory controller is ours to use: memory.max in the same cgroup
+on v2 (delegated), or memory.limit_in_bytes in a sibling cgroup of the same name in the v1
+memory hierarchy (writable); it lists every task left to kill when the run ends.
+`find_parent` probes once per process whether we may create one. With the memory bounded
+there, proc.py sets no RLIMIT_AS (which breaks JITs that reserve address space).
 
 Every run cgroup is named after its owner, the executor process:
 `agentos-<pid>-<starttime>-<n>` (starttime from /proc/<pid>/stat, so a reused pid is not
@@ -141,6 +144,12 @@ class CgroupParent:
     path: Path
     version: int  # 1 (pids hierarchy) or 2 (unified, pids delegated)
     memory: bool  # v2 with the memory controller delegated: memory.max is enforced too
+    memory_v1: Path | None = None  # our dir in a writable v1 memory hierarchy, else None
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every directory holding run cgroups of ours (swept and guarded alike)."""
+        return (self.path,) if self.memory_v1 is None else (self.path, self.memory_v1)
 
 
 _lock = threading.Lock()
@@ -149,8 +158,9 @@ _counter = itertools.count()
 _owner_starts: dict[int, str] = {}
 
 
-def _own_cgroup_dirs() -> list[tuple[int, Path]]:
-    """Our cgroup directory in a pids-capable hierarchy: v2 first, then v1 `pids`."""
+def _own_cgroup_dirs(v1_controller: str = "pids") -> list[tuple[int, Path]]:
+    """Our cgroup directory in a pids-capable hierarchy: v2 first, then v1 `pids` (or the
+    v1 hierarchy of `v1_controller`)."""
     try:
         mountinfo = Path("/proc/self/mountinfo").read_text()
         own = Path("/proc/self/cgroup").read_text()
@@ -164,14 +174,14 @@ def _own_cgroup_dirs() -> list[tuple[int, Path]]:
             continue
         if rfields[0] == "cgroup2":
             mounts.setdefault("v2", (fields[3], fields[4]))
-        elif rfields[0] == "cgroup" and "pids" in rfields[2].split(","):
+        elif rfields[0] == "cgroup" and v1_controller in rfields[2].split(","):
             mounts.setdefault("v1", (fields[3], fields[4]))
     found: list[tuple[int, Path]] = []
     for line in own.splitlines():
         hierarchy, _, rest = line.partition(":")
         controllers, _, cg_path = rest.partition(":")
         key = "v2" if hierarchy == "0" and controllers == "" else (
-            "v1" if "pids" in controllers.split(",") else "")
+            "v1" if v1_controller in controllers.split(",") else "")
         if key not in mounts:
             continue
         mount_root, mount_point = mounts[key]
@@ -180,6 +190,25 @@ def _own_cgroup_dirs() -> list[tuple[int, Path]]:
         relative = cg_path[len(mount_root):] if mount_root != "/" else cg_path
         found.append((2 if key == "v2" else 1, Path(mount_point + "/" + relative.lstrip("/"))))
     return sorted(found, key=lambda item: -item[0])
+
+
+def _usable_memory_v1() -> Path | None:
+    """Our directory in the v1 memory hierarchy when we may make a child there with
+    memory.limit_in_bytes (tried with a probe dir, removed at once)."""
+    for version, directory in _own_cgroup_dirs("memory"):
+        if version != 1:
+            continue
+        probe_dir = directory / f"{PROBE_PREFIX}{os.getpid()}"
+        try:
+            probe_dir.mkdir()
+            try:
+                (probe_dir / "memory.limit_in_bytes").write_text("-1")
+            finally:
+                probe_dir.rmdir()
+        except OSError:
+            return None
+        return directory
+    return None
 
 
 def _usable_parent(version: int, directory: Path) -> CgroupParent | None:
@@ -217,9 +246,14 @@ def find_parent() -> CgroupParent | None:
             parent = _usable_parent(version, directory)
             if parent is not None:
                 break
+        if parent is not None and not parent.memory:
+            memory_v1 = _usable_memory_v1()
+            if memory_v1 is not None:
+                parent = CgroupParent(parent.path, parent.version, False, memory_v1)
         _parent.append(parent)
         if parent is not None:  # an executor that died before us left these behind
-            sweep(parent.path)
+            for path in parent.paths:
+                sweep(path)
         return parent
 
 
@@ -232,30 +266,71 @@ def owner_start() -> str:
 
 
 class Cgroup:
-    """One run's cgroup: bounds its tasks, and lists every task left to kill."""
+    """One run's cgroup: bounds its tasks, and lists every task left to kill.
+
+    `memory_limit` says how memory is bounded ("cgroup v2 memory.max=N", "cgroup v1
+    memory.limit_in_bytes=N") or is "" when no limit could be set (the caller falls back
+    to RLIMIT_AS); `memory_error` says why not. A task joins every file in `all_procs`.
+    """
 
     def __init__(self, parent: CgroupParent, max_tasks: int, memory_bytes: int) -> None:
-        self.path = parent.path / owner_name(os.getpid(), owner_start(), next(_counter))
+        name = owner_name(os.getpid(), owner_start(), next(_counter))
+        self.path = parent.path / name
         self.path.mkdir()
+        self.memory_limit = ""
+        self.memory_error = "" if (parent.memory or parent.memory_v1) else \
+            "no delegated v2 memory controller and no writable v1 memory hierarchy"
+        self.memory_path: Path | None = None
         try:
             (self.path / "pids.max").write_text(str(max_tasks))
-            if parent.memory:
-                (self.path / "memory.max").write_text(str(memory_bytes))
         except OSError:
             self.path.rmdir()
             raise
+        if parent.memory:
+            try:
+                (self.path / "memory.max").write_text(str(memory_bytes))
+                self.memory_limit = f"cgroup v2 memory.max={memory_bytes}"
+            except OSError as exc:
+                self.memory_error = f"memory.max: {exc}"
+        elif parent.memory_v1 is not None:
+            self._memory_v1(parent.memory_v1 / name, memory_bytes)
         self.procs = str(self.path / "cgroup.procs")
+        self.all_procs: tuple[str, ...] = (self.procs,) if self.memory_path is None else \
+            (self.procs, str(self.memory_path / "cgroup.procs"))
+
+    def _memory_v1(self, path: Path, memory_bytes: int) -> None:
+        try:
+            path.mkdir()
+        except OSError as exc:
+            self.memory_error = f"v1 memory cgroup {path}: {exc}"
+            return
+        try:
+            (path / "memory.limit_in_bytes").write_text(str(memory_bytes))
+        except OSError as exc:
+            self.memory_error = f"{path}/memory.limit_in_bytes: {exc}"
+            path.rmdir()
+            return
+        # swap too, where accounted (memsw must stay >= the limit: set after it)
+        with contextlib.suppress(OSError):
+            (path / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
+        self.memory_path = path
+        self.memory_limit = f"cgroup v1 memory.limit_in_bytes={memory_bytes}"
+
+    def _paths(self) -> tuple[Path, ...]:
+        return (self.path,) if self.memory_path is None else (self.path, self.memory_path)
 
     def pids(self) -> list[int]:
         return tasks(self.path)
 
     def kill_all(self) -> None:
         """SIGKILL every task still in the cgroup until it is empty (bounded)."""
-        kill_tasks(self.path)
+        for path in self._paths():
+            kill_tasks(path)
 
     def remove(self) -> None:
         """rmdir the cgroup; the kernel may need a moment to release exited tasks."""
-        remove(self.path)
+        for path in self._paths():
+            remove(path)
 
 
 # --- the guard, run as a script by proc.py --------------------------------------------
@@ -277,19 +352,21 @@ def _wait_for_death(pid: int) -> None:
         time.sleep(_POLL_S)
 
 
-def watch(parent: Path, pid: int, start: str) -> None:
-    """The guard: once executor `pid` is gone, remove its cgroups under `parent`."""
+def watch(parent: Path, pid: int, start: str, *more: Path) -> None:
+    """The guard: once executor `pid` is gone, remove its cgroups under `parent` (and
+    under each of `more`: the v1 memory hierarchy's parent)."""
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)  # a terminal's ^C is for the executor, not us
     _wait_for_death(pid)
-    sweep(parent, (pid, start))
+    for path in (parent, *more):
+        sweep(path, (pid, start))
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 5 and argv[1] == "watch":
-        watch(Path(argv[2]), int(argv[3]), argv[4])
+    if len(argv) >= 5 and argv[1] == "watch" and argv[3].isdigit():
+        watch(Path(argv[2]), int(argv[3]), argv[4], *map(Path, argv[5:]))
         return 0
-    sys.stderr.write("usage: cgroups.py watch PARENT PID STARTTIME\n")
+    sys.stderr.write("usage: cgroups.py watch PARENT PID STARTTIME [PARENT...]\n")
     return 2
 
 

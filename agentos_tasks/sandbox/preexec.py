@@ -4,12 +4,15 @@
 the forked child, so it only makes system calls (open/write, prctl, keyctl, setrlimit,
 kill) and takes no lock:
 
-1. join the run's cgroup (so every later fork is counted by pids.max);
+1. join the run's cgroups (so every later fork is counted by pids.max, and its memory
+   by the v1 memory cgroup where that is a separate hierarchy);
 2. die with the executor (PR_SET_PDEATHSIG), and re-check the parent afterwards: an
    executor that died before the prctl is followed at once;
 3. join a new, empty session keyring: the executor's `user` keys are not the step's;
-4. lower the rlimits (address space, file size, open files, no core dumps, and
-   RLIMIT_NPROC where no cgroup bounds the processes).
+4. lower the rlimits (open files, no core dumps; file size only when the step has a
+   bound; address space only where no cgroup bounds the memory: RLIMIT_AS makes JITs
+   that reserve address space (V8, Go, the JVM) fail; RLIMIT_NPROC where no cgroup
+   bounds the processes).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from agentos_tasks.sandbox import seccomp
 from agentos_tasks.sandbox.spec import DEFAULT_MAX_OPEN_FILES, DEFAULT_MEMORY_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from agentos_tasks.sandbox.spec import ConfinedSpec
 
@@ -41,11 +44,18 @@ def libc_handle() -> ctypes.CDLL:
     return _libc[0]
 
 
-def rlimits(spec: ConfinedSpec, nproc: int | None) -> list[tuple[int, int]]:
-    """(resource, value) pairs, never above the current hard limit (we may only lower)."""
-    wanted = [
-        (resource.RLIMIT_AS, spec.memory_bytes or DEFAULT_MEMORY_BYTES),
-        (resource.RLIMIT_FSIZE, spec.max_file_bytes),
+def rlimits(spec: ConfinedSpec, nproc: int | None, *,
+            memory_bounded: bool = False) -> list[tuple[int, int]]:
+    """(resource, value) pairs, never above the current hard limit (we may only lower).
+
+    RLIMIT_AS only when `memory_bounded` is False (no cgroup limits the run's memory),
+    RLIMIT_FSIZE only when the spec has max_file_bytes."""
+    wanted: list[tuple[int, int]] = []
+    if not memory_bounded:
+        wanted.append((resource.RLIMIT_AS, spec.memory_bytes or DEFAULT_MEMORY_BYTES))
+    if spec.max_file_bytes is not None:
+        wanted.append((resource.RLIMIT_FSIZE, spec.max_file_bytes))
+    wanted += [
         (resource.RLIMIT_NOFILE, spec.max_open_files or DEFAULT_MAX_OPEN_FILES),
         (resource.RLIMIT_CORE, 0),
     ]
@@ -77,15 +87,18 @@ def _keyctl_number() -> int | None:
     return arch.numbers["keyctl"] if arch is not None else None
 
 
-def child_setup(cgroup_procs: str | None, limits: Sequence[tuple[int, int]],
+def child_setup(cgroup_procs: str | Iterable[str] | None, limits: Sequence[tuple[int, int]],
                 libc: ctypes.CDLL, parent: int) -> Callable[[], None]:
-    """Runs in the forked child before exec: join the cgroup, die with us (`parent`, our
-    pid before the fork), a new empty session keyring, lower rlimits."""
+    """Runs in the forked child before exec: join the cgroups (`cgroup_procs`: one
+    cgroup.procs file or several, one per hierarchy), die with us (`parent`, our pid
+    before the fork), a new empty session keyring, lower rlimits."""
     keyctl = _keyctl_number()
+    procs_files = (() if cgroup_procs is None else
+                   (cgroup_procs,) if isinstance(cgroup_procs, str) else tuple(cgroup_procs))
 
     def setup() -> None:
-        if cgroup_procs is not None:
-            fd = os.open(cgroup_procs, os.O_WRONLY)
+        for procs in procs_files:
+            fd = os.open(procs, os.O_WRONLY)
             try:
                 os.write(fd, b"0")  # "0" = the writing process itself
             finally:
