@@ -55,7 +55,7 @@ tools:
     ("network: {allow: [\"evil.com@good.com:443\"]}\n", 4, "network"),
     ("network: {allow: [\"a.com:99999\"]}\n", 4, "network"),
     ("network: {allow: [\"a\\u0000.com\"]}\n", 4, "network"),
-    ("network: {resolve: {a.test: 127.0.0.1}}\n", 4, "required key not provided"),
+    ("network: {resolve: {a.test: 127.0.0.1}}\n", 4, "missing required key 'allow'"),
     ("network: {allow: [\"a.com:443\"], resolve: {a.com: not-an-ip}}\n", 4, "not an IP"),
     ("network: {allow: [\"a.com:443\"]}\ncommands:\n  - {argv: [pip], network: "
      "{allow: [\"b.com:443\"]}}\n", 6, "wider than the top-level network: b.com:443"),
