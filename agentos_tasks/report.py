@@ -208,6 +208,86 @@ def _section_steps(result: _Json) -> list[str]:
     return [*lines, ""]
 
 
+_MAX_LEDGER_ROWS = 200
+
+
+def _ledger_rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The entries of one ledger, or why it cannot be shown."""
+    try:
+        text = read_regular(path).decode("utf-8", "replace")
+    except AgentosError as exc:
+        return [], f"UNREADABLE ({_cell(exc.message)})"
+    except OSError as exc:
+        return [], f"UNREADABLE ({_cell(str(exc))})"
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return rows, f"UNREADABLE (line {number} is not JSON)"
+        rows.append(entry if isinstance(entry, dict) else {})
+    return rows, None
+
+
+def _section_network(run_dir: Path) -> list[str]:
+    """Every connection a networked step tried, as its proxy recorded it (network/)."""
+    ledgers = sorted((run_dir / "network").glob("*.jsonl"))
+    if not ledgers:
+        return ["## Network", "", "No step had network: no ledger.", ""]
+    lines = ["## Network", "", "Every connection attempt, decided by the allowlist proxy "
+             "outside the sandbox (gate NET re-decides each under the recorded policy).", "",
+             "| step | # | host:port | address | decision | rule | bytes up/down | ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for ledger in ledgers:
+        rows, problem = _ledger_rows(ledger)
+        step = ledger.name.removesuffix(".jsonl")
+        if problem:
+            lines.append(f"| {_cell(step)} | | {problem} | | | | | |")
+        if not rows and not problem:
+            lines.append(f"| {_cell(step)} | | (no connection attempted) | | | | | |")
+        for row in rows[:_MAX_LEDGER_ROWS]:
+            lines.append(
+                f"| {_cell(step)} | {_cell(row.get('seq'))} "
+                f"| {_cell(row.get('host'))}:{_cell(row.get('port'))} "
+                f"| {_cell(row.get('address'))} | {_cell(row.get('decision'))} "
+                f"| {_cell(row.get('rule'))} "
+                f"| {_cell(row.get('bytes_up'))}/{_cell(row.get('bytes_down'))} "
+                f"| {_cell(row.get('duration_ms'))} |")
+        if len(rows) > _MAX_LEDGER_ROWS:
+            lines.append(f"| {_cell(step)} | | ... {len(rows) - _MAX_LEDGER_ROWS} more in "
+                         f"network/{_cell(ledger.name)} | | | | | |")
+    return [*lines, ""]
+
+
+def _section_tools(run_dir: Path) -> list[str]:
+    """What each tool step's CLI reported about its own run (claimed, not trusted)."""
+    packs = sorted((run_dir / "tools").glob("*/tool_result_pack.json"))
+    if not packs:
+        return []
+    lines = ["## Tool usage (as the tools report it)", "",
+             "| step | tool | version | model | tokens in/out | cost USD | turns |",
+             "|---|---|---|---|---|---|---|"]
+    for pack_path in packs:
+        pack = _Json(run_dir, pack_path.relative_to(run_dir).as_posix())
+        step = pack_path.parent.name
+        if pack.problem:
+            lines.append(f"| {_cell(step)} | {pack.problem} | | | | | |")
+            continue
+        tool = _field(pack.data, "tool")
+        tool = tool if isinstance(tool, dict) else {}
+        claims = _field(pack.data, "claims")
+        usage = claims.get("usage_summary") if isinstance(claims, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        lines.append(
+            f"| {_cell(step)} | {_cell(tool.get('name'))} | {_cell(tool.get('version'))} "
+            f"| {_cell(usage.get('model'))} "
+            f"| {_cell(usage.get('input_tokens'))}/{_cell(usage.get('output_tokens'))} "
+            f"| {_cell(usage.get('cost_usd'))} | {_cell(usage.get('turns'))} |")
+    return [*lines, ""]
+
+
 def _section_gates(gates: _Json) -> list[str]:
     lines = ["## Gates", ""]
     if gates.problem:
@@ -280,6 +360,8 @@ def render_report(run_dir: Path) -> str:
     lines += _section_request(run_dir, result)
     lines += _section_repo(result)
     lines += _section_steps(result)
+    lines += _section_tools(run_dir)
+    lines += _section_network(run_dir)
     lines += _section_gates(gates)
     lines += _section_digests(run_dir)
     lines += [

@@ -103,7 +103,7 @@ def _step_ledger(ctx: GateContext, step: Step, manifest: dict[str, Any] | None,
         entries = read_ledger(ctx.note(rel))
     except ValueError as exc:
         raise Fail(f"{rel}: {exc}") from None
-    if manifest is not None and recorded.get("entries") != len(entries):
+    if isinstance(recorded, dict) and recorded.get("entries") != len(entries):
         raise Fail(f"step {step.id}: {rel} holds {len(entries)} entries, its manifest "
                    f"recorded {recorded.get('entries')}")
     allowed, denied = _check_entries(step.id, rel, entries, rule)
