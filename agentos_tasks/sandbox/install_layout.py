@@ -13,11 +13,19 @@ binds a directory of it because a program lives there. It binds the program's ow
 
 - a Python virtual environment (pipx, `uv tool`, a project venv): the environment's own
   directory, recognised by its `pyvenv.cfg`;
-- a node package (`.../node_modules/<pkg>` or `@scope/<pkg>`): the outermost package
-  directory, which holds the package's own dependencies;
+- a node package: its npm install (`node_install_of`), as outside a home;
 - a Python interpreter of an installation prefix (pyenv, uv-managed Pythons): the
   interpreter's executables, its standard library `lib/pythonX.Y` and `lib/libpython*`;
 - anything else (a native binary, a script, a symlink into a versions dir): the file alone.
+
+A program in an npm layout (`node_modules/.bin/<name>`, or a file inside
+`node_modules/<pkg>/` or `node_modules/@scope/<pkg>/`) is bound as its npm install: in a
+project install (`npm ci` into `<project>/node_modules`) the whole `node_modules` root,
+which holds the package's hoisted dependencies and optional platform packages
+(`@openai/codex-linux-x64` beside `@openai/codex`); in a global install
+(`<prefix>/lib/node_modules/<pkg>`, each package its own tree) the outermost package
+directory only, never its siblings (other global installs). The `node` of the shebang is
+planned like any interpreter (program.py).
 
 Directories are only chosen when they are their own real path (no symlinked component
 could make the bind show something else) and are never one of the shared dirs of a home
@@ -116,6 +124,31 @@ def _node_package_of(path: str) -> str | None:
     return None
 
 
+def _node_modules_root(path: str) -> str | None:
+    """The outermost `node_modules` directory with `path` strictly inside it."""
+    parts = path.split("/")
+    for index, part in enumerate(parts[:-2]):
+        if part == "node_modules" and index > 0:
+            return "/".join(parts[:index + 1])
+    return None
+
+
+def node_install_of(path: str) -> str | None:
+    """The npm install a file `path` (absolute, normalised) belongs to, None outside one.
+
+    A project install (`<project>/node_modules/...`, `.bin/<name>` included): the
+    `node_modules` root, so hoisted dependencies and optional platform packages are
+    visible. A global install (`<prefix>/lib/node_modules/<pkg>/...`): the package
+    directory (its dependencies are nested inside it; its siblings are other installs).
+    """
+    root = _node_modules_root(path)
+    if root is None:
+        return None
+    if os.path.basename(os.path.dirname(root)) == "lib":
+        return _node_package_of(path)
+    return root
+
+
 def _python_files(path: str) -> list[str] | None:
     """An interpreter `<prefix>/bin/pythonX.Y` of a real installation (its stdlib has
     os.py): the interpreter names in bin/, lib/pythonX.Y and lib/libpython*; else None."""
@@ -153,9 +186,9 @@ def own_files(path: str, home: str) -> list[str]:
     venv = _venv_of(path, home)
     if venv is not None and _may_bind_dir(venv, home):
         return [*binds, venv]
-    package = _node_package_of(path)
-    if package is not None and _may_bind_dir(package, home):
-        return [*binds, package]
+    for package in dict.fromkeys((node_install_of(path), _node_package_of(path))):
+        if package is not None and _may_bind_dir(package, home):
+            return [*binds, package]  # the install; else (a shared dir) its package
     python = _python_files(path)
     if python is not None:
         prefix = os.path.dirname(os.path.dirname(path))
@@ -218,6 +251,12 @@ def _make_visible(candidate: str, guarded: Sequence[str], homes: set[str],
                 visible.links.append((target, path))
                 hop = os.path.normpath(os.path.join(os.path.dirname(path), target))
                 _make_visible(hop, guarded, homes, visible, hops + 1)
+        return
+    install = node_install_of(candidate)
+    if install is not None and _is_own_real_dir(install) and \
+            not any(within(install, os.path.normpath(g)) for g in guarded) and \
+            may_bind_whole(install, guarded, homes):
+        visible.binds.append(Path(install))
         return
     directory = os.path.dirname(candidate)
     prefix = os.path.dirname(directory)

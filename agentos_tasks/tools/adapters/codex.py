@@ -107,7 +107,7 @@ _TRANSIENT = re.compile(r"^Reconnecting\.\.\. \d+/\d+")
 
 
 def invocation(tool: ToolSpec, worktree: Path, config_dir: Path, allow_shell: bool,
-               network: bool, provider: Provider | None = None) -> Invocation:
+               network: bool, *, provider: Provider | None = None) -> Invocation:
     """`codex exec ... -- PROMPT`: no approvals, codex's sandbox off (ours is the
     boundary), and with a `provider` a `model_providers` entry plus a one-model catalog."""
     del network  # the sandbox grants the network or not; codex's own sandbox is off
@@ -171,7 +171,7 @@ def provider_table(provider: Provider) -> str:
 def model_catalog(model: str, allow_shell: bool) -> str:
     """A catalog (`model_catalog_json`) with the one model: the fields codex 0.171 requires
     plus the freeform apply_patch tool and a shell only when the policy allows one."""
-    entry = {
+    entry: dict[str, Any] = {
         "slug": model, "display_name": model, "base_instructions": BASE_INSTRUCTIONS,
         "apply_patch_tool_type": "freeform",
         "shell_type": "unified_exec" if allow_shell else "disabled",
@@ -252,16 +252,17 @@ def _item(claims: dict[str, Any], item: Any) -> None:
         changes = item.get("changes")
         for change in changes if isinstance(changes, list) else []:
             if isinstance(change, dict):
-                entry = {"path": clipped(change.get("path", "")),
-                         "kind": clipped(change.get("kind", "")), "status": status}
-                claims["file_changes"].append(entry)
+                change_entry = {"path": clipped(change.get("path", "")),
+                                "kind": clipped(change.get("kind", "")), "status": status}
+                claims["file_changes"].append(change_entry)
                 if status == "failed":
-                    claims["failed_file_changes"].append(entry)
+                    claims["failed_file_changes"].append(change_entry)
         if status == "failed" and not isinstance(changes, list):
             claims["failed_file_changes"].append({"path": "", "kind": "", "status": status})
     elif kind == "command_execution":
-        entry = {"command": clipped(item.get("command", "")),
-                 "exit_code": as_number(item.get("exit_code")), "status": status}
+        entry: dict[str, Any] = {"command": clipped(item.get("command", "")),
+                                 "exit_code": as_number(item.get("exit_code")),
+                                 "status": status}
         claims["commands"].append(entry)
         if status == "declined":
             claims["declined_commands"].append(entry["command"])
