@@ -10,13 +10,14 @@ required; `usage` {input_tokens, output_tokens, total_tokens} all required when 
 present). A stream that closes without response.completed is an error for codex.
 
 A "main" request carries `tools` and consumes `server.next_turn()`; anything else (a
-title or summary request) gets DEFAULT_TEXT. A tool call goes out as the kind the
+title or summary request) gets `server.side_turn()` (the default text). A tool call goes out as the kind the
 request declared for that name: a `custom` tool (codex's freeform apply_patch, whose
 grammar input is the patch text) as `custom_tool_call` with `input` =
 `arguments["input"]`, a `function` tool as `function_call` with the JSON arguments.
-`Turn.error` answers with an HTTP error instead: "429 slow down" picks the status from
-a leading number, anything else is a 400 `invalid_request_error` (4xx are not retried
-by codex, so a scripted failure fails at once).
+`Turn.error` answers with an HTTP error instead (`error_status`: "NNN message" picks the
+status, anything else is a 400 `invalid_request_error`). Codex 0.171 retries even a 401
+five times ("Reconnecting... N/5") before its turn fails, so a script that must fail
+gives six error turns.
 
 `stream: false` gets the same response as one JSON object.
 """
@@ -25,18 +26,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from typing import TYPE_CHECKING, Any
 
+from tests.modelserver import error_status, json_response
+
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from tests.modelserver import ModelServer, ToolCall, Turn
 
-DEFAULT_TEXT = "OK"
 PATHS = ("/v1/responses", "/responses")
-_STATUS = re.compile(r"^(\d{3})\s+(.*)$", re.S)
-_ids = itertools.count(1)
 
 
 def handle(server: ModelServer, path: str, headers: Mapping[str, str],
@@ -51,34 +50,21 @@ def handle(server: ModelServer, path: str, headers: Mapping[str, str],
         return _error(400, "request body must be a JSON object", "invalid_request")
     if path.rstrip("/") not in PATHS:
         return _error(404, f"no such endpoint {path!r}: use POST /v1/responses", "not_found")
-    tools = request.get("tools")
-    if tools:
-        turn = server.next_turn()
-    else:
-        from tests.modelserver import Turn
-        turn = Turn(text=DEFAULT_TEXT)
+    turn = server.next_turn() if request.get("tools") else server.side_turn()
     if turn.error is not None:
-        status, message = _error_status(turn.error)
+        status, message = error_status(turn.error)
         return _error(status, message, "scripted_error")
-    response = build_response(request, turn)
+    response = build_response(request, turn, server.next_id)
     if request.get("stream", False):
         return 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}, \
             list(sse_events(response))
-    return 200, {"Content-Type": "application/json"}, \
-        [json.dumps(response).encode()]
-
-
-def _error_status(error: str) -> tuple[int, str]:
-    match = _STATUS.match(error)
-    if match and 400 <= int(match.group(1)) <= 599:
-        return int(match.group(1)), match.group(2)
-    return 400, error
+    return json_response(200, response)
 
 
 def _error(status: int, message: str, code: str) -> tuple[int, dict[str, str], list[bytes]]:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return status, {"Content-Type": "application/json"}, [json.dumps(body).encode()]
+    return json_response(status, {"error": {"message": message, "type": kind,
+                                            "param": None, "code": code}})
 
 
 def _tool_kinds(request: Mapping[str, Any]) -> dict[str, str]:
@@ -90,39 +76,37 @@ def _tool_kinds(request: Mapping[str, Any]) -> dict[str, str]:
     return kinds
 
 
-def _next_id(prefix: str) -> str:
-    return f"{prefix}_{next(_ids):06d}"
-
-
-def tool_item(call: ToolCall, kinds: Mapping[str, str]) -> dict[str, Any]:
+def tool_item(call: ToolCall, kinds: Mapping[str, str],
+              next_id: Callable[[str], str]) -> dict[str, Any]:
     """The output item for one scripted tool call, shaped as the request declared it."""
-    call_id = call.call_id or _next_id("call")
+    call_id = call.call_id or next_id("call")
     if kinds.get(call.name) == "custom":
         value = call.arguments.get("input", "")
-        return {"type": "custom_tool_call", "id": _next_id("ctc"), "status": "completed",
+        return {"type": "custom_tool_call", "id": next_id("ctc"), "status": "completed",
                 "call_id": call_id, "name": call.name,
                 "input": value if isinstance(value, str) else json.dumps(value)}
-    return {"type": "function_call", "id": _next_id("fc"), "status": "completed",
+    return {"type": "function_call", "id": next_id("fc"), "status": "completed",
             "call_id": call_id, "name": call.name,
             "arguments": json.dumps(call.arguments)}
 
 
-def build_response(request: Mapping[str, Any], turn: Turn) -> dict[str, Any]:
+def build_response(request: Mapping[str, Any], turn: Turn,
+                   next_id: Callable[[str], str]) -> dict[str, Any]:
     """The complete `response` object (status completed) for a turn."""
     output: list[dict[str, Any]] = []
     if turn.text:
-        output.append({"type": "message", "id": _next_id("msg"), "status": "completed",
+        output.append({"type": "message", "id": next_id("msg"), "status": "completed",
                        "role": "assistant",
                        "content": [{"type": "output_text", "text": turn.text,
                                     "annotations": []}]})
     kinds = _tool_kinds(request)
-    output += [tool_item(call, kinds) for call in turn.tool_calls]
+    output += [tool_item(call, kinds, next_id) for call in turn.tool_calls]
     usage = {"input_tokens": int(turn.usage.get("input_tokens", 0)),
              "output_tokens": int(turn.usage.get("output_tokens", 0))}
     usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
     usage["input_tokens_details"] = {"cached_tokens": int(turn.usage.get("cached_tokens", 0))}
     usage["output_tokens_details"] = {"reasoning_tokens": 0}
-    return {"id": _next_id("resp"), "object": "response", "status": "completed",
+    return {"id": next_id("resp"), "object": "response", "status": "completed",
             "model": str(request.get("model", "")), "output": output, "usage": usage}
 
 
@@ -200,5 +184,5 @@ def parse_sse(data: bytes) -> list[dict[str, Any]]:
     return events
 
 
-__all__ = ["DEFAULT_TEXT", "PATHS", "build_response", "handle", "parse_sse", "sse_events",
+__all__ = ["PATHS", "build_response", "handle", "parse_sse", "sse_events",
            "tool_item"]
