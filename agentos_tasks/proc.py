@@ -642,8 +642,8 @@ def _wrapper(argv: Sequence[str], spec: ConfinedSpec, backend: SandboxBackend,  
         fds.ours.append(fds.info)
         fds.child.append(info_write)
         seccomp_fd = _data_pipe(filter_program, fds) if filter_program is not None else None
-        bridge_plan = plan_program(sys.executable, spec.env, Path(os.path.abspath(
-            spec.worktree))) if proxy_socket is not None else None
+        bridge_plan = _bridge_plan(spec.env, os.path.abspath(spec.worktree)) \
+            if proxy_socket is not None else None
         wrapper = build_bwrap_argv(argv, spec, backend.probe.bwrap, plan=plan,
                                    data_fds=data_fds, info_fd=info_write,
                                    userns=backend.probe.userns, seccomp_fd=seccomp_fd,
@@ -652,6 +652,24 @@ def _wrapper(argv: Sequence[str], spec: ConfinedSpec, backend: SandboxBackend,  
     config = json.dumps({"rlimits": limits})
     wrapper = [sys.executable, "-I", "-S", "-c", _reaper_source(), config, "--", *argv]
     return wrapper, preexec.child_setup(procs, [], preexec.libc_handle(), os.getpid())
+
+
+def _bridge_plan(env: Mapping[str, str], worktree: str) -> ProgramPlan:
+    """The plan of the interpreter that runs the bridge (sys.executable), cached: planning
+    an installation under a home directory lists its files, about a second for pyenv."""
+    key = (env.get("PATH", ""), env.get("HOME", ""), env.get("PYENV_VERSION", ""), worktree)
+    with _bridge_plans_lock:
+        cached = _bridge_plans.get(key)
+        if cached is None:
+            cached = plan_program(sys.executable, env, Path(worktree))
+            if len(_bridge_plans) > 16:
+                _bridge_plans.clear()
+            _bridge_plans[key] = cached
+        return cached
+
+
+_bridge_plans: dict[tuple[str, str, str, str], ProgramPlan] = {}
+_bridge_plans_lock = threading.Lock()
 
 
 def _data_pipe(content: bytes, fds: _Fds) -> int:

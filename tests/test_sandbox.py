@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -26,7 +27,7 @@ from agentos_tasks.sandbox.gitview import git_view_config, read_repository_forma
 from agentos_tasks.sandbox.hostfs import SYSTEM_DIRS, is_system_path
 from agentos_tasks.sandbox.program import ProgramPlan, plan_program, program_binds
 from agentos_tasks.sandbox.pyenv import shim_root
-from agentos_tasks.sandbox.spec import ConfinedResult, ConfinedSpec
+from agentos_tasks.sandbox.spec import NO_NETWORK, ConfinedResult, ConfinedSpec, NetworkGrant
 
 HOST_PATH = os.environ.get("PATH", "/usr/bin:/bin")
 
@@ -34,7 +35,7 @@ HOST_PATH = os.environ.get("PATH", "/usr/bin:/bin")
 def make_spec(worktree: Path, **overrides: object) -> ConfinedSpec:
     values: dict[str, object] = {
         "worktree": worktree, "readonly_paths": (),
-        "env": {"PATH": HOST_PATH, "LANG": "C.UTF-8"}, "network": False,
+        "env": {"PATH": HOST_PATH, "LANG": "C.UTF-8"}, "network": NO_NETWORK,
         "isolation": "required", "timeout_s": 20.0, "output_limit": 1 << 20,
         "max_file_bytes": 1 << 20,
     }
@@ -69,10 +70,10 @@ def test_argv_has_every_isolation_flag_and_binds_in_order(tmp_path: Path) -> Non
                      env={"PATH": "/usr/bin:/bin", "LANG": "C"})
     argv = build_bwrap_argv(["true"], spec, Path("/x/bwrap"), userns=True)
     assert argv[0] == "/x/bwrap" and argv[-2:] == ["--", "true"]
-    for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-                 "--disable-userns"):
+    for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--disable-userns"):
         assert flag in argv
-    assert "--share-net" not in argv
+    # no --clearenv: bwrap's own environment is the secrets only (secret_environ)
+    assert "--share-net" not in argv and "--clearenv" not in argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     joined = " ".join(argv)
     assert "--setenv PATH /usr/bin:/bin" in joined and "--setenv LANG C" in joined
@@ -86,12 +87,25 @@ def test_argv_has_every_isolation_flag_and_binds_in_order(tmp_path: Path) -> Non
     assert "/etc/passwd" not in argv  # only ever synthesized (--ro-bind-data), never bound
 
 
-def test_network_adds_share_net_and_name_resolution(tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, network=True)
-    argv = build_bwrap_argv(["true"], spec, Path("/x/bwrap"), userns=False)
-    assert "--share-net" in argv and "--disable-userns" not in argv
-    if os.path.exists("/etc/resolv.conf"):
-        assert "/etc/resolv.conf" in argv
+def test_network_proxy_keeps_the_empty_namespace_and_runs_the_bridge(tmp_path: Path) -> None:
+    grant = NetworkGrant("proxy", ("api.test:443",), rule_id="tools[0]")
+    spec = make_spec(tmp_path, network=grant)
+    socket_path = tmp_path / "proxy.sock"
+    argv = build_bwrap_argv(["true"], spec, Path("/x/bwrap"), userns=False,
+                            proxy_socket=socket_path)
+    assert "--share-net" not in argv and "--disable-userns" not in argv
+    assert "/etc/resolv.conf" not in argv
+    bind = argv.index(str(socket_path))
+    assert argv[bind - 1: bind + 2] == ["--ro-bind", str(socket_path), bwrap.PROXY_SOCKET]
+    # bwrap's `--`, then the bridge in the host's interpreter, then the program
+    assert argv[-9] == "--" and argv[-7:-5] == ["-I", "-S"]
+    assert argv[-5:] == [bwrap.BRIDGE_PATH, "3128", bwrap.PROXY_SOCKET, "--", "true"]
+    assert os.path.samefile(argv[-8], sys.executable)
+    joined = " ".join(argv)
+    assert "--setenv HTTPS_PROXY http://127.0.0.1:3128" in joined
+    assert "--setenv NO_PROXY  " in joined
+    with pytest.raises(ValueError, match="proxy_socket"):
+        build_bwrap_argv(["true"], spec, Path("/x/bwrap"))
 
 
 def test_home_is_private_and_never_bound(tmp_path: Path) -> None:
@@ -187,18 +201,22 @@ def test_exit_codes_and_backend(tmp_path: Path) -> None:
 
 
 @requires_bwrap
-def test_program_sees_only_spec_env_and_bwrap_started_with_it(
+def test_program_sees_only_spec_env_and_bwrap_started_with_the_secrets(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTOS_CANARY_HOST", "leaked-canary-value")
-    env = {"PATH": HOST_PATH, "LANG": "C.UTF-8", "STEP_VAR": "visible"}
+    env = {"PATH": HOST_PATH, "LANG": "C.UTF-8", "STEP_VAR": "visible", "API_KEY": "k-1"}
     script = ('env; echo ---; tr "\\0" "\\n" < /proc/1/environ; echo ---; '
               'tr "\\0" "\\n" < /proc/$PPID/environ; echo ---; echo ran-env-check')
-    result, out = run(tmp_path, ["sh", "-c", script], env=env)
+    result, out = run(tmp_path, ["sh", "-c", script], env=env, secret_env=("API_KEY",))
     assert result.exit_code == 0 and "ran-env-check" in out
-    assert "STEP_VAR=visible" in out
+    assert "STEP_VAR=visible" in out and "API_KEY=k-1" in out
     assert "AGENTOS_CANARY" not in out and "leaked-canary-value" not in out
+    program_env = dict(line.split("=", 1) for line in out.split("---\n")[0].splitlines()
+                       if "=" in line)
+    assert {k: v for k, v in program_env.items() if k not in ("PWD", "SHLVL", "_")} == env
     init_env = out.split("---\n")[1].strip().splitlines()
-    assert dict(line.split("=", 1) for line in init_env) == env  # exactly spec.env
+    # bwrap (and its init, pid 1 inside) was started with the secrets only
+    assert dict(line.split("=", 1) for line in init_env) == {"API_KEY": "k-1"}
 
 
 @requires_bwrap
