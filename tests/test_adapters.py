@@ -10,11 +10,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.model import ToolSpec
+from agentos_tasks.policy.schema import Provider
 from agentos_tasks.tools.adapters import (
     ADAPTERS,
     CLAUDE_SETTINGS_FILE,
@@ -22,11 +24,17 @@ from agentos_tasks.tools.adapters import (
     build_invocation,
     claims_failure,
     executable_for,
+    masked_for,
     opencode_edit_patterns,
     parse_claims,
     parse_version,
+    tool_sandbox_note,
     version_argv,
 )
+from agentos_tasks.tools.adapters import codex as codex_adapter
+from agentos_tasks.tools.adapters.base import json_objects
+from agentos_tasks.tools.adapters.codex import CATALOG_FILE as CODEX_CATALOG_FILE
+from agentos_tasks.tools.adapters.codex import DISABLED_FEATURES as CODEX_DISABLED_FEATURES
 
 FAKES = Path(__file__).parent / "fakes"
 SAMPLES = FAKES / "samples"
@@ -80,32 +88,95 @@ def test_claude_shell_only_when_policy_allows(tmp_path: Path) -> None:
     assert argv[-4:] == ["--model", "sonnet", "--", "Fix the bug"]
 
 
-def test_codex_argv_is_headless_hermetic_and_sandboxed(tmp_path: Path) -> None:
+def test_codex_argv_is_headless_hermetic_with_its_sandbox_off(tmp_path: Path) -> None:
     inv = _build("codex", tmp_path)
+    disabled = [arg for feature in (*CODEX_DISABLED_FEATURES, "shell_tool", "unified_exec")
+                for arg in ("--disable", feature)]
     assert inv.argv == (
         "codex", "exec", "--json", "--color", "never",
-        "--sandbox", "workspace-write",
+        "--sandbox", "danger-full-access",
         "--skip-git-repo-check", "--ephemeral", "--ignore-user-config", "--ignore-rules",
         "-C", str(tmp_path / "wt"),
         "-c", 'approval_policy="never"',
-        "-c", "sandbox_workspace_write.network_access=false",
         "-c", 'web_search="disabled"',
-        "--disable", "hooks", "--disable", "plugins",
-        "--disable", "shell_tool", "--disable", "unified_exec",
+        *disabled,
         "--", "Fix the bug",
     )
+    assert {"hooks", "plugins", "apps", "multi_agent"} <= set(CODEX_DISABLED_FEATURES)
     assert "--ask-for-approval" not in inv.argv  # not an `exec` option
+    assert "--trust" not in inv.argv and "workspace-write" not in inv.argv
     assert inv.env == {"CODEX_HOME": str(tmp_path / "cfg"), "HOME": str(tmp_path / "cfg")}
-    assert inv.files == {}
+    assert inv.files == {} and inv.secret_env == {}
+    assert masked_for("codex") == (".codex", ".agents")
+    note = tool_sandbox_note("codex")
+    assert "danger-full-access" in note and "cannot nest" in note
 
 
-def test_codex_shell_and_network_follow_policy(tmp_path: Path) -> None:
+def test_codex_shell_follows_policy_and_network_is_the_sandboxs(tmp_path: Path) -> None:
     shell_net = _build("codex", tmp_path, allow_shell=True, network=True, model="gpt-5")
     assert "shell_tool" not in shell_net.argv and "unified_exec" not in shell_net.argv
-    assert "sandbox_workspace_write.network_access=true" in shell_net.argv
     assert shell_net.argv[-4:] == ("-m", "gpt-5", "--", "Fix the bug")
-    net_only = _build("codex", tmp_path, allow_shell=False, network=True)
-    assert "sandbox_workspace_write.network_access=false" in net_only.argv
+    no_net = _build("codex", tmp_path, allow_shell=True, network=False, model="gpt-5")
+    assert no_net.argv == shell_net.argv  # the sandbox grants the network, not a flag
+    assert not any("network_access" in arg for arg in shell_net.argv)
+
+
+def _codex_provider(tmp_path: Path, *, allow_shell: bool = False,
+                    tool_model: str | None = None, **fields: str | None) -> Invocation:
+    values: dict[str, str | None] = {"base_url": "https://gw.example.com/v1",
+                                     "api_key_env": "GW_KEY", "model": "gw-model"}
+    values.update(fields)
+    provider = Provider(**values)  # type: ignore[arg-type]
+    tool = ToolSpec(adapter="codex", prompt="Fix the bug", paths=("src/**",),
+                    model=tool_model)
+    return build_invocation(tool, worktree=tmp_path / "wt", config_dir=tmp_path / "cfg",
+                            allowed_paths=("src/**",), allow_shell=allow_shell,
+                            network=True, provider=provider)
+
+
+def test_codex_provider_is_a_model_providers_entry_and_a_catalog(tmp_path: Path) -> None:
+    inv = _codex_provider(tmp_path)
+    argv = list(inv.argv)
+    configs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-c"]
+    catalog = tmp_path / "cfg" / CODEX_CATALOG_FILE
+    assert configs[-3:] == [
+        'model_provider="agentos"',
+        'model_providers.agentos={name="agentos", base_url="https://gw.example.com/v1", '
+        'env_key="GW_KEY", wire_api="responses", supports_websockets=false}',
+        f'model_catalog_json="{catalog}"']
+    assert argv[-4:] == ["-m", "gw-model", "--", "Fix the bug"]
+    assert inv.secret_env == {}  # codex reads the key from the variable env_key names
+    models = json.loads(inv.files[CODEX_CATALOG_FILE])["models"]
+    assert [m["slug"] for m in models] == ["gw-model"]
+    assert models[0]["apply_patch_tool_type"] == "freeform"
+    assert models[0]["shell_type"] == "disabled"
+    shell = _codex_provider(tmp_path, allow_shell=True, tool_model="step-model")
+    assert list(shell.argv)[-4:] == ["-m", "step-model", "--", "Fix the bug"]
+    shell_models = json.loads(shell.files[CODEX_CATALOG_FILE])["models"]
+    assert shell_models[0]["slug"] == "step-model"
+    assert shell_models[0]["shell_type"] == "unified_exec"
+    keyless = _codex_provider(tmp_path, api_key_env=None)
+    assert not any("env_key" in arg for arg in keyless.argv)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"protocol": "openai-chat"}, "codex cannot use a 'openai-chat' provider"),
+    ({"protocol": "anthropic"}, "only 'openai-responses'"),
+    ({"base_url": "gw.example.com"}, "is not an http(s) URL"),
+    ({"base_url": 'https://x/"} ; evil'}, "is not an http(s) URL"),
+    ({"api_key_env": "GW KEY"}, "not an environment variable name"),
+    ({"model": None}, "needs a model"),
+])
+def test_codex_provider_errors_say_what_to_fix(tmp_path: Path, fields: dict[str, str | None],
+                                               message: str) -> None:
+    with pytest.raises(AgentosError) as caught:
+        _codex_provider(tmp_path, **fields)
+    assert message in str(caught.value) + str(getattr(caught.value, "hint", ""))
+
+
+def test_codex_provider_protocol_responses_is_accepted(tmp_path: Path) -> None:
+    inv = _codex_provider(tmp_path, protocol="openai-responses")
+    assert 'model_provider="agentos"' in inv.argv
 
 
 def test_opencode_argv_and_permission_env(tmp_path: Path) -> None:
@@ -249,8 +320,10 @@ def test_codex_turn_failed_fails() -> None:
 def test_codex_real_offline_output_has_no_completed_turn() -> None:
     claims = _claims("codex", "codex_real_offline.jsonl")
     assert claims["thread_id"] and claims["turns_started"] == 1
-    assert len(claims["errors"]) == 4  # type: ignore[arg-type]
-    assert claims["item_errors"]  # the WebSockets fallback notice
+    transient = claims["transient_errors"]
+    assert isinstance(transient, list) and len(transient) == 5
+    assert transient[-1].startswith("Falling back from WebSockets to HTTPS transport")
+    assert claims["errors"] == [] and claims["item_errors"] == []
     reason = claims_failure("codex", claims)
     assert reason is not None and "did not complete a turn" in reason
 
@@ -260,6 +333,75 @@ def test_codex_transient_errors_then_completed_turn_pass() -> None:
         b'{"type":"turn.completed","usage":{"input_tokens":1,"cached_input_tokens":0,' \
         b'"output_tokens":1}}\n'
     assert claims_failure("codex", parse_claims("codex", data)) is None
+
+
+def _codex_real(sample: str) -> dict[str, Any]:
+    """Claims of a recorded codex 0.171.0 transcript (merged stdout+stderr), read with the
+    merged output so codex's logged tool errors count."""
+    data = (SAMPLES / sample).read_bytes()
+    objects, _, _ = json_objects(data)
+    return codex_adapter.read_claims(objects, data)
+
+
+def test_codex_real_success_transcript_passes_with_usage() -> None:
+    claims = _codex_real("codex_real_success.jsonl")
+    assert claims["file_changes"] == [{"path": "/WORK/wt/hello.txt", "kind": "update",
+                                       "status": "completed"}]
+    assert claims["final_message"] == "Updated hello.txt."
+    assert claims["usage_summary"] == {"model": None, "input_tokens": 240,
+                                       "output_tokens": 60, "cost_usd": None, "turns": 1}
+    assert claims["tool_errors"] == [] and codex_adapter.failure(claims) is None
+
+
+def test_codex_real_failed_write_fails_the_step() -> None:
+    """Exit 0 and a completed turn, but the file_change failed: the step fails."""
+    claims = _codex_real("codex_real_write_failed.jsonl")
+    assert claims["turns_completed"] == 1
+    assert claims["failed_file_changes"] == [{"path": "/WORK/wt/docs", "kind": "add",
+                                              "status": "failed"}]
+    reason = codex_adapter.failure(claims)
+    assert reason == "codex reported 1 file change(s) failed: add /WORK/wt/docs"
+
+
+def test_codex_real_rejected_patch_is_only_in_the_log_and_fails() -> None:
+    """A patch that does not verify leaves no trace in the JSONL, only codex's stderr
+    log line; with the merged output it fails the step."""
+    data = (SAMPLES / "codex_real_patch_rejected.jsonl").read_bytes()
+    objects, _, _ = json_objects(data)
+    assert codex_adapter.failure(codex_adapter.read_claims(objects)) is None  # JSON alone
+    claims = codex_adapter.read_claims(objects, data)
+    assert claims["tool_errors"] == [
+        "apply_patch verification failed: Failed to find expected lines in "
+        "/WORK/wt/hello.txt:"]
+    reason = codex_adapter.failure(claims)
+    assert reason is not None and "1 tool error(s): apply_patch verification failed" in reason
+
+
+def test_codex_real_api_error_retries_then_fails_the_turn() -> None:
+    claims = _codex_real("codex_real_api_error.jsonl")
+    assert len(claims["transient_errors"]) == 5 and claims["turns_completed"] == 0
+    assert claims["errors"] and "401 Unauthorized" in claims["errors"][-1]
+    reason = codex_adapter.failure(claims)
+    assert reason is not None and reason.startswith("codex turn failed: unexpected status 401")
+
+
+@pytest.mark.parametrize(("event", "expected"), [
+    ({"type": "error", "message": "stream error: boom"}, "1 error event(s): stream error"),
+    ({"type": "item.completed", "item": {"id": "i", "type": "error", "message": "warn"}},
+     "1 error item(s): warn"),
+    ({"type": "item.completed", "item": {"id": "i", "type": "mcp_tool_call", "server": "s",
+                                         "tool": "t", "status": "failed",
+                                         "error": {"message": "mcp down"}}},
+     "1 tool call(s) failed: mcp down"),
+    ({"type": "item.completed", "item": {"id": "i", "type": "file_change",
+                                         "status": "failed"}}, "1 file change(s) failed"),
+])
+def test_codex_reported_errors_fail_even_after_a_completed_turn(event: dict[str, Any],
+                                                               expected: str) -> None:
+    completed = {"type": "turn.completed", "usage": {"input_tokens": 1, "output_tokens": 1}}
+    claims = codex_adapter.read_claims([{"type": "turn.started"}, event, completed])
+    reason = codex_adapter.failure(claims)
+    assert reason is not None and expected in reason
 
 
 def test_opencode_success_claims() -> None:
@@ -468,6 +610,44 @@ def test_fake_codex_needs_codex_home(tmp_path: Path, worktree: Path) -> None:
     proc = subprocess.run(list(inv.argv), cwd=worktree, check=False, capture_output=True,
                           env={"PATH": f"{FAKES}:{os.environ['PATH']}", **inv.env})
     assert proc.returncode == 1 and b"CODEX_HOME" in proc.stderr
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("failedit", "file change(s) failed: add"),
+    ("rejected", "tool error(s): apply_patch verification failed"),
+])
+def test_fake_codex_failed_edits_fail_the_step(tmp_path: Path, worktree: Path, mode: str,
+                                               expected: str) -> None:
+    proc, _ = _run_fake("codex", tmp_path, worktree, f"MODE={mode}:path=src/x.py")
+    assert proc.returncode == 0  # like the real codex: exit 0, a completed turn
+    assert _status(worktree) == ""
+    output = proc.stdout + proc.stderr
+    objects, _, _ = json_objects(output)
+    reason = codex_adapter.failure(codex_adapter.read_claims(objects, output))
+    assert reason is not None and expected in reason
+
+
+def test_fake_codex_with_a_provider_needs_its_catalog(tmp_path: Path, worktree: Path) -> None:
+    tool = ToolSpec(adapter="codex", prompt="MODE=edit:path=src/y.py", paths=("src/**",))
+    provider = Provider(base_url="http://127.0.0.1:9/v1", api_key_env="K", model="m1")
+    config = tmp_path / "cfg"
+    config.mkdir()
+    inv = build_invocation(tool, worktree=worktree, config_dir=config,
+                           allowed_paths=["src/**"], allow_shell=False, network=True,
+                           provider=provider)
+    env = {"PATH": f"{FAKES}:{os.environ['PATH']}", **inv.env}
+    missing = subprocess.run(list(inv.argv), cwd=worktree, check=False, capture_output=True,
+                             env=env, stdin=subprocess.DEVNULL)
+    assert missing.returncode == 1 and b"model_catalog_json" in missing.stderr
+    for name, text in inv.files.items():
+        (config / name).write_text(text)
+    proc = subprocess.run(list(inv.argv), cwd=worktree, check=False, capture_output=True,
+                          env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    claims = parse_claims("codex", proc.stdout + proc.stderr)
+    assert claims["item_errors"] == []  # the model is in the catalog: no metadata warning
+    assert claims_failure("codex", claims) is None
+    assert (worktree / "src" / "y.py").exists()
 
 
 @pytest.mark.parametrize(("argv", "code", "message"), [

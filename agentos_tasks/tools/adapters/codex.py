@@ -103,7 +103,9 @@ BASE_INSTRUCTIONS = (
 
 # `2026-12-02T04:52:38.552765Z ERROR codex_core::tools::router: error=...`
 _TOOL_ERROR = re.compile(r"^\S*\s*ERROR codex_core::tools::[\w:]+: error=(.*)$")
-_TRANSIENT = re.compile(r"^Reconnecting\.\.\. \d+/\d+")
+# Notices of a retry, not failures: "Reconnecting... 2/5 (...)" error events and the
+# "Falling back from WebSockets to HTTPS transport. ..." error item (OpenAI's provider).
+_TRANSIENT = re.compile(r"^(Reconnecting\.\.\. \d+/\d+|Falling back from WebSockets to HTTPS)")
 
 
 def invocation(tool: ToolSpec, worktree: Path, config_dir: Path, allow_shell: bool,
@@ -273,7 +275,9 @@ def _item(claims: dict[str, Any], item: Any) -> None:
     elif kind == "agent_message":
         claims["final_message"] = clipped(item.get("text", ""), RESULT_TEXT_LIMIT)
     elif kind == "error":
-        claims["item_errors"].append(clipped(item.get("message", "")))
+        message = clipped(item.get("message", ""))
+        claims["transient_errors" if _TRANSIENT.match(message) else "item_errors"].append(
+            message)
 
 
 def failure(claims: Mapping[str, Any]) -> str | None:
