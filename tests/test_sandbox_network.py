@@ -76,75 +76,17 @@ def py(code: str) -> list[str]:
     return [PY, "-I", "-c", code]
 
 
-# --- the proxy: the real one (agentos_tasks.net.serve) once it exists, else a stand-in ---
-
-STANDIN_PROXY = r'''
-import json, os, signal, socket, sys, threading
-args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-config = json.load(open(args["--config"]))
-ledger = open(args["--ledger"], "a")
-lock = threading.Lock()
-def record(host, port, decision):
-    with lock:
-        ledger.write(json.dumps({"step": config["step"], "host": host, "port": port,
-                                 "decision": decision}) + "\n")
-        ledger.flush()
-def pump(a, b):
-    try:
-        while data := a.recv(65536):
-            b.sendall(data)
-    except OSError:
-        pass
-    try:
-        b.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-def serve(client):
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = client.recv(65536)
-        if not chunk:
-            return client.close()
-        head += chunk
-    method, target = head.split(b" ")[:2]
-    hostport = target.decode() if method == b"CONNECT" else target.decode().split("/")[2]
-    host, _, port = hostport.rpartition(":")
-    if f"{host}:{port}" not in config["allow"]:
-        record(host, int(port), "deny")
-        client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        return client.close()
-    record(host, int(port), "allow")
-    upstream = socket.create_connection((dict(config["resolve"]).get(host, host), int(port)))
-    if method == b"CONNECT":
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-    else:
-        upstream.sendall(head)
-    threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
-    pump(client, upstream)
-listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-listener.bind(args["--socket"])
-listener.listen(16)
-signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-'''
+# --- the proxy: agentos_tasks.net.serve, started by proc.run_confined -----------------
 
 REAL_PROXY = Path(proc.__file__).parent / "net" / "serve.py"
 
 
 @pytest.fixture
-def proxy_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
-    """The command proc starts as the proxy: the real module when it is there."""
-    if REAL_PROXY.exists():
-        return proc.PROXY_COMMAND
-    script = tmp_path / "standin_proxy.py"
-    script.write_text(STANDIN_PROXY)
-    command = (PY, "-I", str(script))
-    monkeypatch.setattr(proc, "PROXY_COMMAND", command)
-    return command
+def proxy_command() -> tuple[str, ...]:
+    """The command proc starts as the proxy: the package's own, never a stand-in."""
+    assert REAL_PROXY.is_file(), f"the allowlist proxy {REAL_PROXY} is missing"
+    assert proc.PROXY_COMMAND[1:] == ("-m", "agentos_tasks.net.serve")
+    return proc.PROXY_COMMAND
 
 
 def ledger_entries(path: Path) -> list[dict[str, object]]:
@@ -333,6 +275,37 @@ def test_proxy_denies_an_unlisted_host_with_403(
     assert "STATUS 403" in out, out
     entries = ledger_entries(grant.ledger)  # type: ignore[arg-type]
     assert any(e["host"] == "other.test" and e["decision"] == "deny" for e in entries), entries
+
+
+TUNNEL = r'''
+import socket, sys
+host = sys.argv[1]
+s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+s.sendall(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    head += chunk
+print("TUNNEL", head.split(b"\r\n")[0].decode())
+s.sendall(b"GET /hello HTTP/1.0\r\nHost: model.test\r\n\r\n")
+s.shutdown(socket.SHUT_WR)  # half-close: the answer must still come back
+reply = b""
+while chunk := s.recv(4096):
+    reply += chunk
+print("REPLY", reply.split(b"\r\n\r\n", 1)[-1].decode())
+'''
+
+
+def test_connect_tunnel_through_the_bridge_survives_a_half_close(
+        tmp_path: Path, upstream: int, proxy_command: tuple[str, ...]) -> None:
+    grant = grant_for(tmp_path, upstream)
+    result, out = run(tmp_path, [*py(TUNNEL), f"model.test:{upstream}"], network=grant)
+    assert result.exit_code == 0, out
+    assert "TUNNEL HTTP/1.1 200" in out and "REPLY upstream says hi" in out, out
+    entries = ledger_entries(grant.ledger)  # type: ignore[arg-type]
+    assert [e["decision"] for e in entries if e["host"] == "model.test"] == ["allow"], entries
 
 
 def test_proxy_mode_cannot_reach_host_loopback_directly(

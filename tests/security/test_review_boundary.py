@@ -202,17 +202,15 @@ def host_listeners() -> tuple[str, int]:
     tcp.close()
 
 
-@pytest.mark.xfail(strict=True, reason="open, tracked by issue 11: `network: true` still "
-                   "shares the host's network namespace; the allowlist proxy in a private "
-                   "namespace replaces it (strict: this fails once the hole is closed)")
 @pytest.mark.parametrize("target", ["abstract-unix", "loopback-tcp"])
 def test_tool_with_network_cannot_reach_host_only_services(
         tmp_path: Path, host_listeners: tuple[str, int], target: str) -> None:
-    """HOLE. `tools: [{adapter: ..., network: true}]` (the shipped policy grants it to
-    claude, codex and opencode) runs the agent with `--share-net`: the HOST's network
-    namespace. Besides the internet the agent then reaches every host-local service:
-    127.0.0.1 ports and abstract unix sockets (X11's @/tmp/.X11-unix/X0, D-Bus, ...),
-    which a step of a repository-steered agent must not."""
+    """Closed (issue 11). `tools: [{adapter: ..., network: true}]` once ran the agent with
+    `--share-net`, in the HOST's network namespace, where it reached every host-local
+    service: 127.0.0.1 ports and abstract unix sockets (X11's @/tmp/.X11-unix/X0, D-Bus,
+    ...). Now every step has its own namespace with only loopback; a network grant adds
+    the bridge to the allowlist proxy, nothing of the host's. The probe must have run
+    (its answer is in the worktree) and been refused."""
     name, port = host_listeners
     code = (
         "import socket\n"
@@ -228,7 +226,9 @@ def test_tool_with_network_cannot_reach_host_only_services(
         "    got = ('refused: %s' % exc.__class__.__name__).encode()\n"
         "open('docs/probe.md', 'wb').write(got)\n"
     )
-    write_policy(tmp_path / "policy.yaml", tools=[{"adapter": "command", "network": True}])
+    # the widest grant there is: any public host through the proxy, still nothing local
+    write_policy(tmp_path / "policy.yaml",
+                 tools=[{"adapter": "command", "network": "unrestricted"}])
     write_request(tmp_path, [WRITE_DOC, {"id": "s2", "tool": {
         "adapter": "command", "argv": ["python3", "-c", code], "prompt": "probe",
         "paths": ["docs/**"]}}])
@@ -240,6 +240,8 @@ def test_tool_with_network_cannot_reach_host_only_services(
         (landed.exists() or probe.exists()) else b""
     assert b"HOST-ONLY-SECRET" not in seen, \
         f"a network-enabled tool step read a host-only service ({target})"
+    assert seen.startswith(b"refused: "), \
+        f"the probe did not run to its end: {seen!r}\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
 
 
 # --------------------------------------------------------------------------- 3: hostile YAML
