@@ -99,6 +99,7 @@ def test_codex_argv_is_headless_hermetic_with_its_sandbox_off(tmp_path: Path) ->
         "-C", str(tmp_path / "wt"),
         "-c", 'approval_policy="never"',
         "-c", 'web_search="disabled"',
+        "-c", "analytics.enabled=false",
         *disabled,
         "--", "Fix the bug",
     )

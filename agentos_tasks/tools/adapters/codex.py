@@ -23,6 +23,8 @@ exec/src/exec_events.rs: the JSONL below).
   --ignore-rules             no user or project execpolicy .rules files
   -c approval_policy="never" nobody is asked; failures go back to the model
   -c web_search="disabled"   no web search tool
+  -c analytics.enabled=false no metrics to ab.chatgpt.com:443 (without it, every run
+                             tries that host: a denied connection in the network ledger)
   --disable FEATURE          hooks, plugins, apps, MCP skill installs, sub-agents, browser
                              and computer use, goals, ...: DISABLED_FEATURES; without a
                              shell also shell_tool and unified_exec
@@ -119,7 +121,8 @@ def invocation(tool: ToolSpec, worktree: Path, config_dir: Path, allow_shell: bo
             "--ignore-user-config", "--ignore-rules",
             "-C", str(worktree),
             "-c", 'approval_policy="never"',
-            "-c", 'web_search="disabled"']
+            "-c", 'web_search="disabled"',
+            "-c", "analytics.enabled=false"]
     features = [*DISABLED_FEATURES, *(() if allow_shell else SHELL_FEATURES)]
     for feature in features:
         argv += ["--disable", feature]
