@@ -352,6 +352,9 @@ def test_codex_real_success_transcript_passes_with_usage() -> None:
     assert claims["usage_summary"] == {"model": None, "input_tokens": 240,
                                        "output_tokens": 60, "cost_usd": None, "turns": 1}
     assert claims["tool_errors"] == [] and codex_adapter.failure(claims) is None
+    data = (SAMPLES / "codex_real_success.jsonl").read_bytes()
+    asked = codex_adapter.read_claims(json_objects(data)[0], data, model="agentos-test-model")
+    assert asked["usage_summary"]["model"] == "agentos-test-model"  # as asked: codex names none
 
 
 def test_codex_real_failed_write_fails_the_step() -> None:

@@ -189,9 +189,12 @@ def model_catalog(model: str, allow_shell: bool) -> str:
 
 # --------------------------------------------------------------------------- claims
 
-def read_claims(objects: list[dict[str, Any]], output: bytes = b"") -> dict[str, Any]:
+def read_claims(objects: list[dict[str, Any]], output: bytes = b"",
+                model: str | None = None) -> dict[str, Any]:
     """Turns, usage, file changes, commands and errors from the JSONL events, plus the
-    tool errors codex logs on stderr (`output`: the merged output the objects came from)."""
+    tool errors codex logs on stderr (`output`: the merged output the objects came from).
+    Codex names no model in its events: `model` is the one it was asked to use (`-m`),
+    recorded in `usage_summary` as asked, not as reported."""
     claims: dict[str, Any] = {
         "thread_id": None, "turns_started": 0, "turns_completed": 0, "turns_failed": [],
         "errors": [], "transient_errors": [],
@@ -225,7 +228,7 @@ def read_claims(objects: list[dict[str, Any]], output: bytes = b"") -> dict[str,
             claims["user_input_requests"].append(clipped(event.get("questions", [])))
         elif kind == "item.completed":
             _item(claims, event.get("item"))
-    claims["usage_summary"] = _usage_summary(claims)
+    claims["usage_summary"] = _usage_summary(claims, model)
     return claims
 
 
@@ -239,11 +242,10 @@ def tool_errors(output: bytes) -> list[str]:
     return found
 
 
-def _usage_summary(claims: Mapping[str, Any]) -> dict[str, Any]:
-    """The adapter-independent usage record (codex reports no model and no cost: the
-    executor knows the model it asked for)."""
+def _usage_summary(claims: Mapping[str, Any], model: str | None) -> dict[str, Any]:
+    """The adapter-independent usage record (codex reports no cost)."""
     usage = claims["usage"]
-    return {"model": None, "input_tokens": usage["input_tokens"],
+    return {"model": model, "input_tokens": usage["input_tokens"],
             "output_tokens": usage["output_tokens"], "cost_usd": None,
             "turns": claims["turns_completed"]}
 
