@@ -3,7 +3,10 @@
 A program outside the system dirs (a pyenv Python, a CLI under a user prefix, a test's
 fake CLI) is found the way the host would find it on the step's PATH, pyenv shims resolved
 to the real interpreter (pyenv.py), and its installation is bound read-only
-(install_layout.py: a prefix or directory, in a home directory only its own files).
+(install_layout.py: a prefix or directory; an npm project install as its whole
+`node_modules` root, a global one as its package; in a home directory only its own
+files). A node CLI's `#!/usr/bin/env node` is followed like any shebang, so the `node`
+found on the step's PATH is made visible too.
 Nothing at or below /proc, /sys or /dev is run.
 
 Shebangs are followed so a script's interpreter is runnable too, but trust decides how
