@@ -33,11 +33,16 @@ class Invocation:
          settings); they win over the allowlist.
     files: config files to write into the step's private config dir before the run
            (relative posix name -> text).
+    secret_env: variables the executor sets inside the sandbox from the policy's secrets
+           (variable name -> name of the secret whose value it gets, e.g.
+           {"ANTHROPIC_API_KEY": "ANTHROPIC_KEY"}); the adapter never sees a value, and
+           no value ever reaches argv, env or files.
     """
 
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, str] = field(default_factory=dict)
 
 
 def unknown_adapter(adapter: str) -> AgentosError:
@@ -138,5 +143,31 @@ def as_number(value: Any) -> float | int | None:
     return value
 
 
+def usage_summary(*, model: Any, input_tokens: Any, output_tokens: Any, cost_usd: Any = None,
+                  turns: Any = None) -> dict[str, Any]:
+    """The one usage record every adapter puts in `claims["usage_summary"]`.
+
+    {"model": str | None, "input_tokens": int, "output_tokens": int,
+     "cost_usd": float | None, "turns": int | None}. `input_tokens` counts every input
+    token the model processed, cached or not (claude reports cache reads and writes apart;
+    the adapter adds them). Unreadable numbers become 0 (tokens) or None (cost, turns);
+    a negative count is refused as 0: this is a tool's claim, never trusted.
+    """
+    def count(value: Any) -> int:
+        number = as_number(value)
+        return int(number) if number is not None and number >= 0 else 0
+
+    cost = as_number(cost_usd)
+    turn_count = as_number(turns)
+    return {
+        "model": clipped(model, 200) if isinstance(model, str) and model else None,
+        "input_tokens": count(input_tokens),
+        "output_tokens": count(output_tokens),
+        "cost_usd": float(cost) if cost is not None and cost >= 0 else None,
+        "turns": int(turn_count) if turn_count is not None and turn_count >= 0 else None,
+    }
+
+
 __all__ = ["MESSAGE_LIMIT", "RESULT_TEXT_LIMIT", "Invocation", "add_numbers", "as_number",
-           "checked_globs", "clipped", "json_objects", "parse_version", "unknown_adapter"]
+           "checked_globs", "clipped", "json_objects", "parse_version", "unknown_adapter",
+           "usage_summary"]

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from agentos_tasks.model import ToolSpec
+    from agentos_tasks.policy.schema import Provider
 
 EXECUTABLE = "claude"
 CLAUDE_SETTINGS_FILE = "agentos-claude-settings.json"
@@ -54,7 +55,8 @@ CLAUDE_DENIED_TOOLS: tuple[str, ...] = ("WebFetch", "WebSearch", "Task", "Notebo
 
 
 def invocation(tool: ToolSpec, config_dir: Path, globs: tuple[str, ...],
-               allow_shell: bool) -> Invocation:
+               allow_shell: bool, *,
+               provider: Provider | None = None) -> Invocation:
     """`claude -p ... -- PROMPT` with our settings file; edits only on `globs`."""
     tools = list(CLAUDE_EDIT_TOOLS) + (["Bash"] if allow_shell else [])
     allowed = ["Read", "Glob", "Grep"] + [f"Edit({glob})" for glob in globs]

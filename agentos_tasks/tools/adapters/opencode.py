@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from agentos_tasks.model import ToolSpec
+    from agentos_tasks.policy.schema import Provider
 
 EXECUTABLE = "opencode"
 _REJECTED = ("rejected permission", "specified a rule which prevents")
@@ -67,7 +68,8 @@ def edit_patterns(globs: Sequence[str]) -> list[str]:
 
 
 def invocation(tool: ToolSpec, worktree: Path, config_dir: Path,
-               globs: tuple[str, ...], allow_shell: bool) -> Invocation:
+               globs: tuple[str, ...], allow_shell: bool, *,
+               provider: Provider | None = None) -> Invocation:
     """`opencode run ... -- PROMPT` with a deny-by-default OPENCODE_PERMISSION."""
     # Last matching rule wins, so the catch-all deny comes first.
     edit_rules: dict[str, str] = {"*": "deny"}
