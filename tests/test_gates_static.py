@@ -74,6 +74,22 @@ def test_a_new_module_with_a_subprocess_import_is_found(package_copy: Path) -> N
     assert all(v.startswith("agentos_tasks/helper.py:2: from subprocess import") for v in violations)
 
 
+def test_the_sandbox_side_bridge_may_fork_but_never_be_imported(package_copy: Path) -> None:
+    """net/bridge.py runs only inside the sandbox (given to bwrap as data): its fork and
+    exec are allowed there, and a host module importing it is a violation."""
+    assert scan_source((package_copy / "agentos_tasks/net/bridge.py").read_text(),
+                       "agentos_tasks/net/bridge.py"), "the bridge does start a process"
+    _, clean = scan_package(_files(package_copy))
+    assert clean == []
+    for line in ("from agentos_tasks.net import bridge\n",
+                 "import agentos_tasks.net.bridge\n",
+                 "from agentos_tasks.net.bridge import main\n"):
+        (package_copy / "agentos_tasks" / "helper.py").write_text('"""x"""\n' + line)
+        _, violations = scan_package(_files(package_copy))
+        assert violations == [
+            "agentos_tasks/helper.py:2: imports sandbox-side agentos_tasks.net.bridge"], line
+
+
 def test_scan_source_accepts_harmless_lookalikes() -> None:
     source = ("import os\nos.path.join('a', 'b')\nos.environ.get('X')\n"
               "getattr(os, 'getcwd')\nimport importlib\nimportlib.import_module('json')\n")
