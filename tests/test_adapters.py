@@ -58,7 +58,7 @@ def test_claude_argv_is_headless_hermetic_and_edit_only(tmp_path: Path) -> None:
     inv = _build("claude", tmp_path)
     cfg = tmp_path / "cfg"
     assert inv.argv == (
-        "claude", "-p", "--output-format", "json",
+        "claude", "-p", "--output-format", "stream-json", "--verbose",
         "--permission-mode", "dontAsk",
         "--tools", "Read,Edit,Write,Glob,Grep",
         "--allowedTools", "Read", "Glob", "Grep", "Edit(src/**)", "Edit(docs/*.md)",
