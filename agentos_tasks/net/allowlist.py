@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,9 @@ RULE_PORT = "net.port"  # an entry names the host, none that port
 RULE_ADDRESS = "net.address"  # the host is allowed, no address it resolved to is
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+# control, format (zero-width, bidi) and separator characters: IDNA would silently drop or
+# map some of them, so a name could look different from the host it reaches
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 _FORBIDDEN_CHARS = frozenset("%@/\\?#[]:;,'\"`<>{}|^~ ")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -167,15 +171,17 @@ def normalize_host(raw: str) -> str:
     if not raw:
         raise ValueError("empty host")
     for char in raw:
-        if ord(char) < 0x21 or ord(char) == 0x7F or (0x80 <= ord(char) < 0xA0):
+        if ord(char) < 0x21 or unicodedata.category(char) in _INVISIBLE:
             raise ValueError(f"control character or space {char!r} in host {raw!r}")
+    bad = sorted(set(raw) & (_FORBIDDEN_CHARS - set("[]:")))
+    if bad:  # '%' also refuses IPv6 zone ids (fe80::1%eth0): a host, not an interface
+        raise ValueError(f"character {bad[0]!r} not allowed in host {raw!r}")
     if raw.startswith("[") and raw.endswith("]"):
         return _canonical_ipv6(raw[1:-1], raw)
-    if ":" in raw and "%" not in raw and "@" not in raw:
+    if ":" in raw:
         return _canonical_ipv6(raw, raw)
-    bad = sorted(set(raw) & _FORBIDDEN_CHARS)
-    if bad:
-        raise ValueError(f"character {bad[0]!r} not allowed in host {raw!r}")
+    if "[" in raw or "]" in raw:
+        raise ValueError(f"brackets only around a whole IPv6 address, not in {raw!r}")
     host = raw[:-1] if raw.endswith(".") else raw
     try:
         host = host.encode("idna").decode("ascii") if not host.isascii() else host.lower()
@@ -344,6 +350,8 @@ def _match_entry(
 
 
 def _canonical_ipv6(text: str, raw: str) -> str:
+    if "%" in text:
+        raise ValueError(f"zone id in host {raw!r}")
     try:
         return str(ipaddress.IPv6Address(text))
     except ValueError:
