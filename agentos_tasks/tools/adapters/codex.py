@@ -60,6 +60,7 @@ from agentos_tasks.tools.adapters.base import (
     add_numbers,
     as_number,
     clipped,
+    usage_summary,
 )
 
 if TYPE_CHECKING:
@@ -243,11 +244,12 @@ def tool_errors(output: bytes) -> list[str]:
 
 
 def _usage_summary(claims: Mapping[str, Any], model: str | None) -> dict[str, Any]:
-    """The adapter-independent usage record (codex reports no cost)."""
+    """The shared usage record; codex's input_tokens already include the cached ones (the
+    Responses API counts them in), and it reports no cost."""
     usage = claims["usage"]
-    return {"model": model, "input_tokens": usage["input_tokens"],
-            "output_tokens": usage["output_tokens"], "cost_usd": None,
-            "turns": claims["turns_completed"]}
+    return usage_summary(model=model, input_tokens=usage["input_tokens"],
+                         output_tokens=usage["output_tokens"], cost_usd=None,
+                         turns=claims["turns_completed"])
 
 
 def _item(claims: dict[str, Any], item: Any) -> None:
