@@ -146,7 +146,7 @@ def test_codex_provider_is_a_model_providers_entry_and_a_catalog(tmp_path: Path)
         'env_key="GW_KEY", wire_api="responses", supports_websockets=false}',
         f'model_catalog_json="{catalog}"']
     assert argv[-4:] == ["-m", "gw-model", "--", "Fix the bug"]
-    assert inv.secret_env == {}  # codex reads the key from the variable env_key names
+    assert inv.secret_env == {"GW_KEY": "GW_KEY"}  # env_key: the secret's own name
     models = json.loads(inv.files[CODEX_CATALOG_FILE])["models"]
     assert [m["slug"] for m in models] == ["gw-model"]
     assert models[0]["apply_patch_tool_type"] == "freeform"
@@ -157,7 +157,7 @@ def test_codex_provider_is_a_model_providers_entry_and_a_catalog(tmp_path: Path)
     assert shell_models[0]["slug"] == "step-model"
     assert shell_models[0]["shell_type"] == "unified_exec"
     keyless = _codex_provider(tmp_path, api_key_env=None)
-    assert not any("env_key" in arg for arg in keyless.argv)
+    assert not any("env_key" in arg for arg in keyless.argv) and keyless.secret_env == {}
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -747,3 +747,143 @@ def test_real_cli_flags(adapter: str, tmp_path: Path) -> None:
 
 def test_every_adapter_is_covered() -> None:
     assert ADAPTERS == ("claude", "codex", "opencode", "command")
+
+
+# ------------------------------------------------------------------ real claude / opencode
+# The pinned CLIs (package.json, `npm ci`) driven by the scripted model server on loopback,
+# on the host (the sandboxed runs are the executor's tests). Never skipped under CI=true.
+
+PROJECT = Path(__file__).resolve().parent.parent
+TEST_KEY = "sk-agentos-test-key-0123456789"
+TEST_MODEL = "agentos-test-model"
+
+
+def _real_cli(adapter: str) -> str:
+    pinned = PROJECT / "node_modules" / ".bin" / adapter
+    found = str(pinned) if pinned.is_file() else shutil.which(adapter)
+    if found is None:
+        message = (f"the real {adapter} CLI is not installed: run `npm ci` in {PROJECT} "
+                   "(package-lock.json pins it)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def _run_real(adapter: str, tmp_path: Path, wt: Path, script: list[Any], *,
+              paths: tuple[str, ...] = ("src/**",), protocol: str | None = None,
+              ) -> tuple[subprocess.CompletedProcess[bytes], dict[str, Any], Any]:
+    from tests.modelserver import ModelServer
+    exe = _real_cli(adapter)
+    config_dir = tmp_path / "cfg"
+    config_dir.mkdir()
+    with ModelServer(script, default_text="A title") as server:
+        base_url = server.url if adapter == "claude" else server.url + "/v1"
+        provider = Provider(base_url=base_url, api_key_env="AGENTOS_TEST_SECRET",
+                            model=TEST_MODEL, protocol=protocol)
+        tool = ToolSpec(adapter=adapter, prompt="Make the change.", paths=paths)
+        inv = build_invocation(tool, worktree=wt, config_dir=config_dir,
+                               allowed_paths=list(paths), allow_shell=False, network=True,
+                               provider=provider)
+        for name, text in inv.files.items():
+            (config_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (config_dir / name).write_text(text)
+        assert set(inv.secret_env.values()) == {"AGENTOS_TEST_SECRET"}
+        assert TEST_KEY not in json.dumps([inv.argv, inv.env, inv.files])
+        env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **inv.env,
+               **dict.fromkeys(inv.secret_env, TEST_KEY)}
+        proc = subprocess.run([exe, *inv.argv[1:]], cwd=wt, env=env, capture_output=True,
+                              timeout=240, stdin=subprocess.DEVNULL, check=False)
+        claims = parse_claims(adapter, proc.stdout + proc.stderr)
+    return proc, claims, server
+
+
+def _edit_script(wt: Path, adapter: str, *, old: str = "x = 1") -> list[Any]:
+    from tests.modelserver import ToolCall, Turn
+    target = str(wt / "src" / "app.py")
+    if adapter == "claude":
+        call = ToolCall("Edit", {"file_path": target, "old_string": old,
+                                 "new_string": "x = 2"})
+    else:
+        call = ToolCall("edit", {"filePath": target, "oldString": old, "newString": "x = 2"})
+    return [Turn(tool_calls=[call], usage={"input_tokens": 100, "output_tokens": 20}),
+            Turn(text="Changed src/app.py.", usage={"input_tokens": 150, "output_tokens": 10})]
+
+
+def _write_readme_script(wt: Path, adapter: str) -> list[Any]:
+    from tests.modelserver import ToolCall, Turn
+    name, args = (("Write", {"file_path": str(wt / "README.md"), "content": "pwned\n"})
+                  if adapter == "claude" else
+                  ("write", {"filePath": str(wt / "README.md"), "content": "pwned\n"}))
+    return [Turn(tool_calls=[ToolCall(name, args)]), Turn(text="I could not write it.")]
+
+
+@pytest.mark.realcli
+@pytest.mark.parametrize("adapter", ["claude", "opencode"])
+def test_real_cli_edits_through_the_scripted_provider(adapter: str, tmp_path: Path,
+                                                      worktree: Path) -> None:
+    script = _edit_script(worktree, adapter)
+    proc, claims, server = _run_real(adapter, tmp_path, worktree, script)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (worktree / "src" / "app.py").read_text() == "x = 2\n"
+    assert claims_failure(adapter, claims) is None, claims
+    assert server.remaining == 0
+    main = [r for r in server.requests if isinstance(r.body, dict) and r.body.get("tools")]
+    assert len(main) == 2 and all(r.body["model"] == TEST_MODEL for r in main)
+    if adapter == "claude":
+        assert {r.path for r in server.requests} == {"/v1/messages"}
+        assert all(r.headers.get("x-api-key") == TEST_KEY for r in server.requests)
+        summary = claims["usage_summary"]
+        cost = summary.pop("cost_usd")  # claude's own price estimate for an unknown model
+        assert isinstance(cost, float) and cost > 0
+        assert summary == {"model": TEST_MODEL, "input_tokens": 250, "output_tokens": 30,
+                           "turns": 2}
+        assert claims["tool_calls"][0]["tool"] == "Edit"
+    else:
+        assert {r.path for r in server.requests} == {"/v1/chat/completions"}
+        assert all(r.headers.get("authorization") == f"Bearer {TEST_KEY}"
+                   for r in server.requests)
+        assert len(server.requests) == 3  # the title request carries no tools
+        assert claims["usage_summary"] == {"model": None, "input_tokens": 250,
+                                           "output_tokens": 30, "cost_usd": 0.0, "turns": 2}
+        assert [c["tool"] for c in claims["tool_calls"]] == ["edit"]
+        cfg = tmp_path / "cfg"
+        assert not (cfg / ".npm").exists()  # the background plugin install never ran
+        assert sorted(p.name for p in (cfg / "xdg/config/opencode/node_modules").iterdir()) \
+            == [".agentos-no-install"]
+
+
+@pytest.mark.realcli
+@pytest.mark.parametrize("adapter", ["claude", "opencode"])
+def test_real_cli_failed_edit_fails_the_step(adapter: str, tmp_path: Path,
+                                             worktree: Path) -> None:
+    script = _edit_script(worktree, adapter, old="NOT IN THE FILE")
+    proc, claims, _ = _run_real(adapter, tmp_path, worktree, script)
+    assert proc.returncode == 0  # the CLI itself calls it a success
+    assert (worktree / "src" / "app.py").read_text() == "x = 1\n"
+    reason = claims_failure(adapter, claims)
+    assert reason is not None and "1 file edit(s) fail" in reason, claims
+
+
+@pytest.mark.realcli
+@pytest.mark.parametrize("adapter", ["claude", "opencode"])
+def test_real_cli_write_outside_the_globs_is_denied(adapter: str, tmp_path: Path,
+                                                    worktree: Path) -> None:
+    proc, claims, _ = _run_real(adapter, tmp_path, worktree,
+                                _write_readme_script(worktree, adapter))
+    assert proc.returncode == 0
+    assert not (worktree / "README.md").exists()
+    reason = claims_failure(adapter, claims)
+    assert reason is not None and ("denied" in reason or "refused permission" in reason)
+
+
+@pytest.mark.realcli
+@pytest.mark.parametrize("adapter", ["claude", "opencode"])
+def test_real_cli_api_error_fails_the_step(adapter: str, tmp_path: Path,
+                                           worktree: Path) -> None:
+    from tests.modelserver import Turn
+    script = [Turn(error="400 scripted refusal")] * 8  # claude re-sends a 400 with fewer betas
+    proc, claims, _ = _run_real(adapter, tmp_path, worktree, script)
+    assert proc.returncode == 1
+    reason = claims_failure(adapter, claims)
+    assert reason is not None and "scripted refusal" in reason, claims

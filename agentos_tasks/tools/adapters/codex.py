@@ -143,7 +143,11 @@ def invocation(tool: ToolSpec, worktree: Path, config_dir: Path, allow_shell: bo
         argv += ["-m", model]
     argv += ["--", tool.prompt]
     env = {"CODEX_HOME": str(config_dir), "HOME": str(config_dir)}
-    return Invocation(argv=tuple(argv), env=env, files=files)
+    # codex reads the key from the variable `env_key` names: the secret's own name. Asked
+    # for anyway, so a key the host does not set fails before anything runs.
+    secret_env = {provider.api_key_env: provider.api_key_env} \
+        if provider is not None and provider.api_key_env else {}
+    return Invocation(argv=tuple(argv), env=env, files=files, secret_env=secret_env)
 
 
 def _toml(value: str) -> str:
