@@ -168,9 +168,9 @@ class RunPaths:
         return self.root / "network" / f"{step_id}.jsonl"
 
     def tool_home(self, step_id: str) -> Path:
-        """A tool's private home and config dir on the host (not evidence: what the CLI
-        keeps there is its own state; inside the sandbox it is an empty tmpfs)."""
-        return self.state / "tools" / step_id / "home"
+        """A tool step's scratch dir on the host (not evidence): its raw output before
+        secrets are redacted from it."""
+        return self.state / "tools" / step_id
 
     def spec(self, step_id: str) -> Path:
         return self.state / "specs" / f"{step_id}.json"

@@ -98,9 +98,9 @@ def test_fake_claude_edit_of_an_allowed_path_lands_with_packs_and_claims(tmp_pat
     assert task["allowed_paths"] == ["src/**"] and task["adapter"] == "claude"
     assert result["task_pack_sha256"] == sha256(rd / "tools" / "t1" / "tool_task_pack.json")
     assert result["tool"]["name"] == "claude"
-    assert result["tool"]["version"] == "2.1.197 (Claude Code)"
+    assert result["tool"]["version"] == "2.1.332 (Claude Code)"
     assert result["tool"]["path"] == str(FAKES / "claude")
-    assert result["argv"][:4] == ["claude", "-p", "--output-format", "json"]
+    assert result["argv"][:3] == ["claude", "-p", "--output-format"]
     assert result["argv"][-1] == "Please do it. MODE=edit:path=src/app.py:content=hello"
     assert result["claims"]["session_id"] and result["claims"]["subtype"] == "success"
     assert result["claims"]["total_cost_usd"] == 0.0123
@@ -114,7 +114,7 @@ def test_fake_claude_edit_of_an_allowed_path_lands_with_packs_and_claims(tmp_pat
     assert (rd / "logs" / "t1.out").read_bytes() == transcript.read_bytes()
     assert manifest["tool"]["version"] == result["tool"]["version"]
     assert manifest["sandbox"]["backend"] == "bwrap"
-    assert manifest["sandbox"]["network"] is False  # the policy's tools entry has no network
+    assert manifest["sandbox"]["network"] is None  # the policy's tools entry has no network
     assert "--unshare-all" in manifest["sandbox"]["wrapper_argv"]
     assert "--share-net" not in manifest["sandbox"]["wrapper_argv"]
     # the CLI's settings file is evidence; whatever the CLI wrote to its home is not
@@ -292,28 +292,51 @@ def listener() -> Iterator[int]:
 
 CONNECT = """\
 import os, socket, sys
+port = int(sys.argv[1])
 try:
-    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2).close()
-    result = "connected"
-except OSError as exc:
-    result = "refused"
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    direct = "connected"
+except OSError:
+    direct = "refused"
+via = "no-proxy"
+proxy = os.environ.get("HTTPS_PROXY", "")
+if proxy:
+    host, _, pport = proxy.removeprefix("http://").rstrip("/").rpartition(":")
+    with socket.create_connection((host, int(pport)), timeout=5) as conn:
+        conn.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\n\\r\\n".encode())
+        via = conn.recv(64).split(b" ")[1].decode()
 os.makedirs("src", exist_ok=True)
-open("src/net.txt", "w").write(result + "\\n")
+open("src/net.txt", "w").write(direct + " " + via + "\\n")
 """
 
 
 @pytest.mark.parametrize("network", [False, True])
 def test_tool_network_only_when_the_policy_tools_entry_allows_it(
         tmp_path: Path, listener: int, network: bool) -> None:
+    """Never the host's network: a direct connect to a host-loopback listener is refused
+    either way; with a grant that names the listener's literal address, the tool reaches
+    it through the allowlist proxy (CONNECT 200), and the ledger records it."""
     tool = {"adapter": "command", "prompt": "connect", "paths": ["src/**"],
             "argv": ["python3", "-c", CONNECT, str(listener)]}
-    tools = [{"adapter": "command", "network": True}] if network else [{"adapter": "command"}]
+    grant = {"allow": [f"127.0.0.1:{listener}"]}
+    tools = [{"adapter": "command", "network": grant}] if network else [{"adapter": "command"}]
     proc = tool_run(tmp_path, tool, tools=tools)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     content = git(tmp_path / "repo", "show", "main:src/net.txt")
-    assert content == ("connected" if network else "refused")
+    assert content == ("refused 200" if network else "refused no-proxy")
     manifest = json.loads((run_dir(tmp_path) / "steps" / "t1.json").read_text())
-    assert manifest["sandbox"]["network"] is network
+    ledger = run_dir(tmp_path) / "network" / "t1.jsonl"
+    if not network:
+        assert manifest["sandbox"]["network"] is None and not ledger.exists()
+        return
+    assert manifest["sandbox"]["network"] == {"rule_id": "tools[0].network",
+                                              "allow": grant["allow"], "resolve": {},
+                                              "unrestricted": False}
+    entries = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [(e["host"], e["port"], e["decision"], e["rule"]) for e in entries] == \
+        [("127.0.0.1", listener, "allow", "tools[0].network.allow[0]")]
+    assert manifest["sandbox"]["ledger"]["sha256"] == sha256(ledger)
+    assert manifest["sandbox"]["ledger"]["entries"] == 1
 
 
 def test_command_adapter_gets_prompt_paths_and_task_pack(tmp_path: Path) -> None:

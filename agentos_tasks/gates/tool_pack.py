@@ -17,6 +17,7 @@ from agentos_tasks.gates.common import PASS, Fail, Verdict
 from agentos_tasks.gates.tool_step import landed_or_failed
 from agentos_tasks.policy import tool_network
 from agentos_tasks.tools import adapters, packs
+from agentos_tasks.tools.dispatch import requested_model
 
 if TYPE_CHECKING:
     from agentos_tasks.gates.tool_step import ToolStep
@@ -112,7 +113,8 @@ def tl_e(ts: ToolStep, strict: bool) -> Verdict:
     transcript = ts.ctx.read_bytes(ts.transcript_rel)
     if sha256_bytes(transcript) != pack["transcript_sha256"]:
         raise Fail(f"{ts.transcript_rel} does not match the recorded transcript_sha256")
-    if adapters.parse_claims(spec.adapter, transcript) != pack["claims"]:
+    model = requested_model(spec, ts.policy().tool_rule(spec.adapter))
+    if adapters.parse_claims(spec.adapter, transcript, model=model) != pack["claims"]:
         raise Fail(f"{ts.id}: claims do not re-parse from {ts.transcript_rel}")
     state, event = landed_or_failed(ts)
     if state == "landed":

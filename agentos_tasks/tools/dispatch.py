@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from agentos_tasks import proc, secretenv
 from agentos_tasks.errors import EXIT_STEP, AgentosError, PolicyViolation
 from agentos_tasks.fsutil import atomic_write, sha256_bytes
-from agentos_tasks.layout import RunPaths
 from agentos_tasks.sandbox.program import plan_program
 from agentos_tasks.sandbox.spec import NO_NETWORK
 from agentos_tasks.stepkit import (
@@ -76,10 +75,11 @@ def tool_dir(ctx: RunContext, step: Step) -> Path:
 
 
 def config_dir_for(worktree_path: Path, step_id: str) -> Path:
-    """The CLI's private home/config dir for a step (`<run>/.state/tools/<step>/home`, not
-    evidence), derived from the recorded worktree path (`<run>/worktree`), so a verifier
-    can rebuild the exact argv from the tape."""
-    return RunPaths(worktree_path.parent).tool_home(step_id)
+    """The CLI's config dir for a step (`<run>/tools/<step>/config`: the files the adapter
+    wrote, evidence), derived from the recorded worktree path (`<run>/worktree`), so a
+    verifier can rebuild the exact argv from the tape. Inside the sandbox it is an empty
+    private tmpfs with those files bound read-only: nothing the CLI writes reaches it."""
+    return worktree_path.parent / "tools" / step_id / CONFIG_DIR_NAME
 
 
 def _tool_spec(step: Step) -> ToolSpec:
@@ -350,9 +350,11 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         shutil.rmtree(directory)  # a re-executed step starts its evidence afresh
     directory.mkdir(parents=True)
     config_dir = config_dir_for(wt, step.id)
-    if config_dir.parent.exists():
-        shutil.rmtree(config_dir.parent)
-    config_dir.mkdir(parents=True)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    scratch = ctx.paths.tool_home(step.id)  # not evidence: the raw, unredacted output
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
 
     task_pack_path = directory / packs.TASK_PACK_NAME
     task_pack = packs.build_task_pack(
@@ -410,7 +412,7 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         if version_result.exit_code == 0 and not version_result.timed_out else "unknown"
 
     transcript = directory / TRANSCRIPT_NAME
-    raw = config_dir.parent / "output.raw"  # not evidence: redacted into the transcript
+    raw = scratch / "output.raw"  # redacted into the transcript, then removed
     start_ledger(grant)
     try:
         result = proc.run_confined(list(invocation.argv), spec, raw)
@@ -424,7 +426,7 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
     log = ctx.paths.log(step.id)
     atomic_write(log, output)
     transcript_sha = sha256_bytes(output)
-    claims = adapters.parse_claims(tool.adapter, output)
+    claims = adapters.parse_claims(tool.adapter, output, model=requested_model(tool, rule))
     facts: dict[str, Any] = {
         "exit_code": result.exit_code, "timed_out": result.timed_out,
         "log": f"logs/{step.id}.out", "log_sha256": transcript_sha,
@@ -470,6 +472,13 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         _write_failure_pack(ctx, step, facts, failure)
         raise failure
     return facts
+
+
+def requested_model(tool: ToolSpec, rule: ToolRule | None) -> str | None:
+    """The model a tool step asked for: its own `model:`, else the provider's."""
+    if tool.model:
+        return tool.model
+    return rule.provider.model if rule is not None and rule.provider is not None else None
 
 
 def _tool_secrets(ctx: RunContext, step: Step, rule: ToolRule | None,

@@ -18,7 +18,7 @@ computes the diff itself and judges it against the policy.
 Each adapter is one module (`claude`, `codex`, `opencode`, `command`) that builds its
 invocation, reads its claims and says when they fail a step; each lists every flag and
 setting it uses and where it is documented, checked against the installed CLIs'
-`--help` of claude 2.1.197, codex-cli 0.169.0, opencode 1.18.33 (npm
+`--help` of claude 2.1.332, codex-cli 0.171.0, opencode 1.18.33 (npm
 @anthropic-ai/claude-code, @openai/codex, opencode-ai) and their docs/source. `base`
 holds what they share. This module is the one entry point the executor and the gates use.
 """
@@ -126,11 +126,13 @@ def version_argv(adapter: str, executable: str) -> list[str]:
     return [executable, "--version"]
 
 
-def parse_claims(adapter: str, stdout: bytes) -> dict[str, Any]:
+def parse_claims(adapter: str, stdout: bytes, model: str | None = None) -> dict[str, Any]:
     """What the tool says about its run, in a small stable shape; never raises on garbage.
 
     `stdout` is the captured (merged, possibly truncated) output. Any problem reading it
-    is reported as `parse_error` next to whatever did parse.
+    is reported as `parse_error` next to whatever did parse. `model`: the model the step
+    asked for (the tool's or the provider's), for the usage summary when the CLI does not
+    name one itself.
     """
     if adapter not in ADAPTERS:
         raise unknown_adapter(adapter)
@@ -138,11 +140,11 @@ def parse_claims(adapter: str, stdout: bytes) -> dict[str, Any]:
         return command.read_claims(stdout)
     objects, other, problem = json_objects(stdout)
     if adapter == "claude":
-        claims = claude.read_claims(objects)
+        claims = claude.read_claims(objects, model=model)
     elif adapter == "codex":
-        claims = codex.read_claims(objects)
+        claims = codex.read_claims(objects, stdout, model=model)
     else:
-        claims = opencode.read_claims(objects, stdout)
+        claims = opencode.read_claims(objects, stdout, model=model)
     claims["adapter"] = adapter
     claims["json_objects"] = len(objects)
     claims["other_lines"] = other
