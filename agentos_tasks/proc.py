@@ -340,7 +340,7 @@ def _start_proxy(grant: NetworkGrant) -> _Proxy:
                            "ledger file (JSON lines, written by the proxy)")
     ledger = Path(os.path.abspath(grant.ledger))
     ledger.parent.mkdir(parents=True, exist_ok=True)
-    log = ledger.with_name(ledger.name + ".proxy.log")
+    log = ledger.with_name(ledger.stem + ".proxy.log")
     private_dir = Path(tempfile.mkdtemp(prefix="agentos-net-"))  # 0700
     socket_path = private_dir / "proxy.sock"
     config = private_dir / "config.json"

@@ -119,7 +119,9 @@ def net_ledger(ctx: GateContext) -> Verdict:
     steps = {s.id: s for s in request_from_record(ctx.request_record).steps}
     manifests = dict(executed_manifests(ctx))
     files = _ledger_files(ctx)
-    expected = {f"{LEDGER_DIR}/{step_id}.jsonl" for step_id in steps}
+    # each step's ledger and the proxy's own diagnostics (proc.py)
+    expected = {f"{LEDGER_DIR}/{step_id}{suffix}" for step_id in steps
+                for suffix in (".jsonl", ".proxy.log")}
     stray = [rel for rel in files if rel not in expected]
     if stray:
         raise Fail(f"{stray[0]} is not the ledger of any step of the request")
