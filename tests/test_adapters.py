@@ -32,6 +32,7 @@ from agentos_tasks.tools.adapters import (
     version_argv,
 )
 from agentos_tasks.tools.adapters import codex as codex_adapter
+from agentos_tasks.tools.adapters import opencode as opencode_adapter
 from agentos_tasks.tools.adapters.base import json_objects
 from agentos_tasks.tools.adapters.codex import CATALOG_FILE as CODEX_CATALOG_FILE
 from agentos_tasks.tools.adapters.codex import DISABLED_FEATURES as CODEX_DISABLED_FEATURES
@@ -885,3 +886,194 @@ def test_real_cli_api_error_fails_the_step(adapter: str, tmp_path: Path,
     assert proc.returncode == 1
     reason = claims_failure(adapter, claims)
     assert reason is not None and "scripted refusal" in reason, claims
+
+
+@pytest.mark.realcli
+@pytest.mark.parametrize("protocol", ["anthropic", "openai-responses"])
+def test_real_opencode_speaks_every_provider_protocol(protocol: str, tmp_path: Path,
+                                                      worktree: Path) -> None:
+    script = _edit_script(worktree, "opencode")
+    proc, claims, server = _run_real("opencode", tmp_path, worktree, script,
+                                     protocol=protocol)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (worktree / "src" / "app.py").read_text() == "x = 2\n"
+    assert claims_failure("opencode", claims) is None
+    expected = "/v1/messages" if protocol == "anthropic" else "/v1/responses"
+    assert {r.path for r in server.requests} == {expected} and server.remaining == 0
+
+
+# ------------------------------------------------------------------ claude / opencode providers
+
+
+CLAUDE_PROVIDER = Provider(base_url="https://gateway.example:8443/", api_key_env="ANTH_KEY",
+                           model="claude-sonnet-4-5")
+
+
+def test_claude_provider_sets_base_url_secret_and_model(tmp_path: Path) -> None:
+    tool = ToolSpec(adapter="claude", prompt="Fix it", paths=("src/**",))
+    inv = build_invocation(tool, worktree=tmp_path / "wt", config_dir=tmp_path / "cfg",
+                           allowed_paths=["src/**"], allow_shell=False, network=True,
+                           provider=CLAUDE_PROVIDER)
+    assert inv.env["ANTHROPIC_BASE_URL"] == "https://gateway.example:8443"
+    assert inv.secret_env == {"ANTHROPIC_API_KEY": "ANTH_KEY"}
+    assert "ANTHROPIC_API_KEY" not in inv.env
+    assert inv.argv[-4:] == ("--model", "claude-sonnet-4-5", "--", "Fix it")
+    stepped = build_invocation(ToolSpec(adapter="claude", prompt="Fix it", paths=("src/**",),
+                                        model="opus"),
+                               worktree=tmp_path, config_dir=tmp_path, allowed_paths=["src/**"],
+                               allow_shell=False, network=True, provider=CLAUDE_PROVIDER)
+    assert stepped.argv[-4:-2] == ("--model", "opus")  # the step's model wins
+    keyless = build_invocation(tool, worktree=tmp_path, config_dir=tmp_path,
+                               allowed_paths=["src/**"], allow_shell=False, network=True,
+                               provider=Provider(base_url="http://gw.test"))
+    assert keyless.secret_env == {} and "--model" not in keyless.argv
+    assert _build("claude", tmp_path).secret_env == {}
+
+
+@pytest.mark.parametrize(("adapter", "provider", "needle"), [
+    ("claude", Provider(base_url="http://gw", protocol="openai-chat"), "only the Anthropic"),
+    ("claude", Provider(base_url="gw.example:80"), "not an http(s) URL"),
+    ("opencode", Provider(base_url="http://gw/v1"), "needs a plain model id"),
+    ("opencode", Provider(base_url="http://gw/v1", model="a/b"), "needs a plain model id"),
+    ("opencode", Provider(base_url="http://gw/v1", model="m", protocol="grpc"),
+     "unknown provider protocol 'grpc'"),
+    ("opencode", Provider(base_url="ftp://gw", model="m"), "not an http(s) URL"),
+])
+def test_bad_providers_are_agentos_errors(adapter: str, provider: Provider, needle: str,
+                                          tmp_path: Path) -> None:
+    tool = ToolSpec(adapter=adapter, prompt="x", paths=("src/**",))
+    with pytest.raises(AgentosError, match=re.escape(needle)):
+        build_invocation(tool, worktree=tmp_path, config_dir=tmp_path,
+                         allowed_paths=["src/**"], allow_shell=False, network=True,
+                         provider=provider)
+
+
+@pytest.mark.parametrize(("protocol", "sdk", "base_url"), [
+    (None, "@ai-sdk/openai-compatible", "http://model.agentos.test:9/v1"),
+    ("openai-chat", "@ai-sdk/openai-compatible", "http://model.agentos.test:9/v1"),
+    ("openai-responses", "@ai-sdk/openai", "http://model.agentos.test:9/v1"),
+    ("anthropic", "@ai-sdk/anthropic", "http://model.agentos.test:9/v1"),
+])
+def test_opencode_provider_config(protocol: str | None, sdk: str, base_url: str,
+                                  tmp_path: Path) -> None:
+    given = "http://model.agentos.test:9" + ("" if protocol == "anthropic" else "/v1/")
+    provider = Provider(base_url=given, api_key_env="GW_KEY", model="gpt-x",
+                        protocol=protocol)
+    tool = ToolSpec(adapter="opencode", prompt="Fix it", paths=("src/**",))
+    inv = build_invocation(tool, worktree=tmp_path / "wt", config_dir=tmp_path / "cfg",
+                           allowed_paths=["src/**"], allow_shell=False, network=True,
+                           provider=provider)
+    config = json.loads(inv.env["OPENCODE_CONFIG_CONTENT"])
+    assert config["provider"] == {"agentos": {
+        "npm": sdk, "name": "agentos provider",
+        "options": {"baseURL": base_url, "apiKey": "{env:AGENTOS_PROVIDER_API_KEY}"},
+        "models": {"gpt-x": {"name": "gpt-x", "tool_call": True}}}}
+    assert config["model"] == config["small_model"] == "agentos/gpt-x"
+    assert inv.argv[-4:] == ("-m", "agentos/gpt-x", "--", "Fix it")
+    assert inv.secret_env == {"AGENTOS_PROVIDER_API_KEY": "GW_KEY"}
+    assert "GW_KEY" not in inv.env["OPENCODE_CONFIG_CONTENT"]
+    for flag in ("OPENCODE_DISABLE_MODELS_FETCH", "OPENCODE_DISABLE_DEFAULT_PLUGINS",
+                 "OPENCODE_DISABLE_EXTERNAL_SKILLS"):
+        assert inv.env[flag] == "1"
+    step_model = ToolSpec(adapter="opencode", prompt="Fix it", paths=("src/**",),
+                          model="agentos/other")
+    other = build_invocation(step_model, worktree=tmp_path, config_dir=tmp_path,
+                             allowed_paths=["src/**"], allow_shell=False, network=True,
+                             provider=provider)
+    assert json.loads(other.env["OPENCODE_CONFIG_CONTENT"])["model"] == "agentos/other"
+
+
+def test_opencode_config_dir_is_seeded_so_nothing_is_installed(tmp_path: Path) -> None:
+    inv = _build("opencode", tmp_path)
+    base = "xdg/config/opencode/"
+    assert sorted(inv.files) == [base + "node_modules/.agentos-no-install",
+                                 base + "package-lock.json", base + "package.json"]
+    package = json.loads(inv.files[base + "package.json"])
+    lock = json.loads(inv.files[base + "package-lock.json"])
+    # npm.ts Npm.install: no reify when node_modules/ exists and the lock's root lists
+    # every dependency of package.json (plus @opencode-ai/plugin, the one it adds).
+    assert set(package["dependencies"]) == {"@opencode-ai/plugin"}
+    assert lock["packages"][""]["dependencies"] == package["dependencies"]
+    assert inv.env["XDG_CONFIG_HOME"] == str(tmp_path / "cfg" / "xdg" / "config")
+
+
+def test_claude_and_opencode_mask_their_repository_config() -> None:
+    assert masked_for("claude") == (".claude", ".mcp.json")
+    assert masked_for("opencode") == (".opencode", "opencode.json", "opencode.jsonc")
+
+
+# ------------------------------------------------------------------ recorded claude / opencode runs
+
+
+def test_claude_real_stream_write_passes_with_usage() -> None:
+    claims = _claims("claude", "claude_real_stream_write.jsonl")
+    assert claims_failure("claude", claims) is None
+    assert claims["tool_calls"] == [{"tool": "Write", "id": "call_000001"}]
+    assert claims["tool_errors"] == [] and claims["model"] == "agentos-test-model"
+    assert claims["usage_summary"] == {"model": "agentos-test-model", "input_tokens": 240,
+                                       "output_tokens": 60, "cost_usd": 0.00216, "turns": 2}
+    assert claims["other_lines"] == 0 and "parse_error" not in claims
+
+
+def test_claude_real_stream_failed_edit_fails_although_success() -> None:
+    claims = _claims("claude", "claude_real_stream_failed_edit.jsonl")
+    assert claims["subtype"] == "success" and claims["is_error"] is False
+    assert claims["failed_file_tools"] == [{
+        "tool": "Edit", "error": "<tool_use_error>String to replace not found in file.\n"
+                                 "String: NOT THERE</tool_use_error>"}]
+    reason = claims_failure("claude", claims)
+    assert reason is not None and reason.startswith("claude had 1 file edit(s) fail: Edit: ")
+
+
+def test_claude_real_stream_denial_fails() -> None:
+    claims = _claims("claude", "claude_real_stream_denied.jsonl")
+    assert [d["tool_name"] for d in claims["permission_denials"]] == ["Write"]  # type: ignore[attr-defined]
+    reason = claims_failure("claude", claims)
+    assert reason is not None and "denied 1 tool call(s) (Write)" in reason
+
+
+def test_claude_real_stream_api_error_fails() -> None:
+    claims = _claims("claude", "claude_real_stream_api_error.jsonl")
+    assert claims["api_error_status"] == 400 and claims["terminal_reason"] == "api_error"
+    reason = claims_failure("claude", claims)
+    assert reason == ("claude reported is_error (subtype 'success', API status 400): "
+                      "API Error: 400 scripted failure: bad request")
+    assert claims["usage_summary"]["input_tokens"] == 0  # type: ignore[index]
+
+
+def test_opencode_real_edit_passes_with_usage() -> None:
+    data = (SAMPLES / "opencode_real_edit.jsonl").read_bytes()
+    claims = opencode_adapter.read_claims(json_objects(data)[0], data, model="agentos/m")
+    assert opencode_adapter.failure({**claims, "json_objects": 6}) is None
+    assert claims["usage_summary"] == {"model": "agentos/m", "input_tokens": 240,
+                                       "output_tokens": 60, "cost_usd": 0.0, "turns": 2}
+    assert [c["tool"] for c in claims["tool_calls"]] == ["edit"]
+
+
+@pytest.mark.parametrize(("sample", "expected"), [
+    ("opencode_real_failed_edit.jsonl",
+     "opencode had 1 file edit(s) fail: edit: Could not find oldString in the file."),
+    ("opencode_real_denied.jsonl",
+     "opencode was refused permission for write: The user has specified a rule"),
+    ("opencode_real_api_error.jsonl",
+     "opencode reported an error: scripted failure: bad request"),
+    ("opencode_real_no_connection.jsonl",
+     "opencode reported an error: Cannot connect to API"),
+    ("opencode_real_fsize_1mib.jsonl",
+     "opencode reported an error: Failed to execute statement"),
+])
+def test_opencode_real_failures_fail_the_step(sample: str, expected: str) -> None:
+    claims = _claims("opencode", sample)
+    reason = claims_failure("opencode", claims)
+    assert reason is not None and reason.startswith(expected), reason
+
+
+def test_opencode_non_edit_tool_error_is_recorded_not_a_failure() -> None:
+    data = (SAMPLES / "opencode_real_edit.jsonl").read_bytes()
+    read_error = {"type": "tool_use", "part": {"type": "tool", "tool": "read", "state": {
+        "status": "error", "error": "File not found: /w/nope.py"}}}
+    objects = [*json_objects(data)[0], read_error]
+    claims = opencode_adapter.read_claims(objects, data)
+    assert claims["tool_errors"][-1] == {"tool": "read", "error": "File not found: /w/nope.py"}
+    assert claims["failed_file_tools"] == []
+    assert opencode_adapter.failure({**claims, "json_objects": len(objects)}) is None
