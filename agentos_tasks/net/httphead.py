@@ -58,6 +58,12 @@ class RequestHead:
     def is_connect(self) -> bool:
         return self.method == "CONNECT"
 
+    @property
+    def wants_close(self) -> bool:
+        """The client asked for the connection to end after this request's response."""
+        tokens = {t.strip().lower() for v in self.header("connection") for t in v.split(",")}
+        return "close" in tokens or (self.version == "HTTP/1.0" and "keep-alive" not in tokens)
+
     def header(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key.lower() == name]
 

@@ -17,7 +17,7 @@ import json
 import threading
 from typing import IO, TYPE_CHECKING, Any
 
-from agentos_tasks.net.allowlist import NetDecision, decide, normalize_host
+from agentos_tasks.net.allowlist import RULE_SYNTAX, NetDecision, decide, normalize_host
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -113,14 +113,18 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
 def redecide(entry: dict[str, Any], allowlist: Allowlist) -> NetDecision:
     """Decide a recorded entry again under `allowlist`, from its recorded address (no
     resolution). A gate compares the result with the entry's decision, rule and address.
-    Entries whose host did not parse are refused with net.syntax, as the proxy did."""
+    Entries the proxy refused for the request's shape (rule net.syntax: a Host header
+    naming another host, smuggling framing, userinfo...) stay refused: the ledger does not
+    keep the request head, and a refusal never needs the policy's support."""
+    if entry["rule"] == RULE_SYNTAX:
+        return NetDecision(False, RULE_SYNTAX, "refused for the request's shape", None)
     try:
         host = normalize_host(entry["host"])
     except ValueError as exc:
-        return NetDecision(False, "net.syntax", str(exc), None)
+        return NetDecision(False, RULE_SYNTAX, str(exc), None)
     if host != entry["host"] or entry["port"] is None:
-        return NetDecision(False, "net.syntax", f"recorded host {entry['host']!r} is not canonical "
-                           "or has no port", None)
+        reason = f"recorded host {entry['host']!r} is not canonical or has no port"
+        return NetDecision(False, RULE_SYNTAX, reason, None)
     addresses = [entry["address"]] if entry["address"] is not None else []
     return decide(allowlist, host, entry["port"], addresses)
 

@@ -252,7 +252,7 @@ def _forward_http(
         downstream.join()
         return False, b""
     downstream.join()
-    return sniff.framed and not sniff.failed, pending
+    return sniff.framed and not sniff.failed and not head.wants_close, pending
 
 
 def _relay_body(client: socket.socket, upstream: socket.socket, head: RequestHead,
