@@ -1077,3 +1077,13 @@ def test_opencode_non_edit_tool_error_is_recorded_not_a_failure() -> None:
     assert claims["tool_errors"][-1] == {"tool": "read", "error": "File not found: /w/nope.py"}
     assert claims["failed_file_tools"] == []
     assert opencode_adapter.failure({**claims, "json_objects": len(objects)}) is None
+
+
+@pytest.mark.parametrize("adapter", ["claude", "opencode"])
+def test_fake_failed_edit_fails_the_step_like_the_real_cli(adapter: str, tmp_path: Path,
+                                                           worktree: Path) -> None:
+    proc, _ = _run_fake(adapter, tmp_path, worktree, "MODE=failedit:path=src/app.py")
+    assert proc.returncode == 0
+    assert (worktree / "src" / "app.py").read_text() == "x = 1\n"
+    reason = claims_failure(adapter, parse_claims(adapter, proc.stdout + proc.stderr))
+    assert reason is not None and "1 file edit(s) fail" in reason
