@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import threading
 from typing import IO, TYPE_CHECKING, Any
 
@@ -82,7 +83,11 @@ class LedgerWriter:
                 "bytes_down": bytes_down,
                 "duration_ms": round(duration_ms, 3),
             }
-            self._file.write(json.dumps(entry, ensure_ascii=True, sort_keys=False) + "\n")
+            line = json.dumps(entry, ensure_ascii=True) + "\n"
+            if self._file.closed:  # a connection outlived the shutdown's join timeout
+                sys.stderr.write(f"agentos proxy: ledger closed, entry not recorded: {line}")
+                return
+            self._file.write(line)
             self._file.flush()
 
     def close(self) -> None:

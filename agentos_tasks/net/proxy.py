@@ -137,7 +137,7 @@ class ProxyHandler:
             _send_quietly(client, _refusal(403, "Forbidden", decision))
             return False, b""
         try:
-            upstream = _connect(decision.address, head.port)
+            upstream = _connect(decision.address, head.port, self.idle_timeout_s)
         except OSError as exc:
             failed = NetDecision(
                 True, decision.rule, f"{decision.reason}; upstream unreachable: {exc}",
@@ -190,7 +190,8 @@ def _read_head(sock: socket.socket, pending: bytes) -> tuple[bytes | None, bytes
     return buffer[:end], buffer[end:]
 
 
-def _connect(address: str | None, port: int) -> socket.socket:
+def _connect(address: str | None, port: int, idle_timeout_s: float) -> socket.socket:
+    """A TCP connection to exactly this address (numeric: no resolution happens here)."""
     if address is None:  # decide() gives every allowed decision an address
         raise OSError("allowed decision without an address (a bug in the allowlist)")
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -201,7 +202,7 @@ def _connect(address: str | None, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.settimeout(None)
+    sock.settimeout(idle_timeout_s)
     return sock
 
 
@@ -214,9 +215,10 @@ def _pump(source: socket.socket, target: socket.socket, counter: Counter) -> Non
                 break
             target.sendall(data)
             counter.count += len(data)
-    except OSError:
-        _shutdown(source, socket.SHUT_RDWR)
-    finally:
+    except OSError:  # reset or idle timeout: end both directions, so the other relay
+        _shutdown(source, socket.SHUT_RDWR)  # thread's recv returns too
+        _shutdown(target, socket.SHUT_RDWR)
+    else:
         _shutdown(target, socket.SHUT_WR)
 
 
@@ -389,10 +391,12 @@ def _printable(text: str) -> str:
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send a final response and half-close, so the client reads it before the close."""
     try:
         sock.sendall(data)
     except OSError:
         pass
+    _shutdown(sock, socket.SHUT_WR)
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:
