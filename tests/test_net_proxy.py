@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -481,3 +482,65 @@ def test_an_existing_socket_path_is_never_replaced(tmp_path: Path) -> None:
     assert done.returncode == 3 and "already exists" in done.stderr
     assert taken.read_text() == "someone else's"
     assert os.path.exists(taken)
+
+
+# -- a real client through a loopback TCP bridge (what the sandbox's bridge does) --------
+
+
+@pytest.fixture(scope="module")
+def tcp_bridge(net: Any) -> Any:
+    """127.0.0.1:PORT -> the proxy's unix socket, one thread per direction."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = net.proxy.connect()
+            upstream.settimeout(None)
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("curl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("curl is needed for the real-client proxy tests (CI=true: no skipping)")
+        pytest.skip("curl not installed")
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    return subprocess.run(["curl", "-sS", "--max-time", "5", *args], capture_output=True, text=True, env=env, timeout=10)
+
+
+def test_curl_through_the_proxy_plain_and_tunnelled(net: Any, tcp_bridge: str) -> None:
+    before = len(net.proxy.entries())
+    url = f"http://allowed.test:{net.http.port}/via-curl"
+    plain = curl("-x", tcp_bridge, url)
+    assert plain.returncode == 0 and plain.stdout == "upstream saw /via-curl body=", plain.stderr
+    tunnelled = curl("-p", "-x", tcp_bridge, url)  # CONNECT, then HTTP inside the tunnel
+    assert tunnelled.returncode == 0 and tunnelled.stdout == "upstream saw /via-curl body=", tunnelled.stderr
+    denied = curl("-x", tcp_bridge, f"http://evil.test:{net.evil.port}/")
+    assert denied.returncode == 0 and denied.stdout.startswith("agentos proxy: net.host: evil.test")
+    denied_tunnel = curl("-p", "-x", tcp_bridge, f"http://localhost:{net.http.port}/")
+    assert denied_tunnel.returncode != 0 and "403" in denied_tunnel.stderr
+    entries = net.proxy.wait_entries(before, 4)
+    assert [(e["kind"], e["decision"], e["rule"]) for e in entries] == [
+        ("http", "allow", f"{RULE}.allow[0]"),
+        ("connect", "allow", f"{RULE}.allow[0]"),
+        ("http", "deny", "net.host"),
+        ("connect", "deny", "net.address"),
+    ]
+    assert net.evil.connections == 0
