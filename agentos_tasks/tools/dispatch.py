@@ -374,8 +374,10 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
     config_files = []
     for name, text in sorted(invocation.files.items()):
         target = config_dir / name
-        if target.resolve().parent != config_dir.resolve():
+        if name.startswith("/") or ".." in Path(name).parts or \
+                not target.resolve().is_relative_to(config_dir.resolve()):
             raise AgentosError(f"adapter config file {name!r} would leave {config_dir}")
+        target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, text.encode("utf-8"))
         config_files.append(target)
     env = {**step_env(policy, os.environ), **invocation.env}
