@@ -771,13 +771,15 @@ def _real_cli(adapter: str) -> str:
 
 def _run_real(adapter: str, tmp_path: Path, wt: Path, script: list[Any], *,
               paths: tuple[str, ...] = ("src/**",), protocol: str | None = None,
+              host: str = "127.0.0.1", extra_env: dict[str, str] | None = None,
               ) -> tuple[subprocess.CompletedProcess[bytes], dict[str, Any], Any]:
     from tests.modelserver import ModelServer
     exe = _real_cli(adapter)
     config_dir = tmp_path / "cfg"
-    config_dir.mkdir()
+    config_dir.mkdir(parents=True)
     with ModelServer(script, default_text="A title") as server:
-        base_url = server.url if adapter == "claude" else server.url + "/v1"
+        root = f"http://{host}:{server.port}"
+        base_url = root if adapter == "claude" else root + "/v1"
         provider = Provider(base_url=base_url, api_key_env="AGENTOS_TEST_SECRET",
                             model=TEST_MODEL, protocol=protocol)
         tool = ToolSpec(adapter=adapter, prompt="Make the change.", paths=paths)
@@ -790,7 +792,7 @@ def _run_real(adapter: str, tmp_path: Path, wt: Path, script: list[Any], *,
         assert set(inv.secret_env.values()) == {"AGENTOS_TEST_SECRET"}
         assert TEST_KEY not in json.dumps([inv.argv, inv.env, inv.files])
         env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **inv.env,
-               **dict.fromkeys(inv.secret_env, TEST_KEY)}
+               **dict.fromkeys(inv.secret_env, TEST_KEY), **(extra_env or {})}
         proc = subprocess.run([exe, *inv.argv[1:]], cwd=wt, env=env, capture_output=True,
                               timeout=240, stdin=subprocess.DEVNULL, check=False)
         claims = parse_claims(adapter, proc.stdout + proc.stderr)
@@ -1087,3 +1089,115 @@ def test_fake_failed_edit_fails_the_step_like_the_real_cli(adapter: str, tmp_pat
     assert (worktree / "src" / "app.py").read_text() == "x = 1\n"
     reason = claims_failure(adapter, parse_claims(adapter, proc.stdout + proc.stderr))
     assert reason is not None and "1 file edit(s) fail" in reason
+
+
+class _ForwardProxy:
+    """A logging forward proxy on loopback: absolute-URI requests for `host` go to the
+    scripted server on 127.0.0.1 at the same port; anything else (CONNECT, other hosts)
+    gets 403. Enough to see whether a CLI routes its API calls through HTTP(S)_PROXY."""
+
+    def __init__(self, host: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+        self.seen: list[tuple[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                del format, args
+
+            def _refuse(self) -> None:
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_CONNECT(self) -> None:
+                outer.seen.append(("CONNECT", self.path))
+                self._refuse()
+
+            def do_POST(self) -> None:
+                outer.seen.append((self.command, self.path))
+                target = urlsplit(self.path)
+                if target.hostname != host or target.port is None:
+                    self._refuse()
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                upstream = http.client.HTTPConnection("127.0.0.1", target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "proxy-connection")}
+                path = target.path + (f"?{target.query}" if target.query else "")
+                upstream.request(self.command, path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection",
+                                            "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def env(self) -> dict[str, str]:
+        return {name: self.url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                                            "https_proxy")}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.realcli
+@pytest.mark.parametrize("adapter", ["claude", "opencode"])
+def test_real_cli_sends_a_non_loopback_base_url_through_http_proxy(
+        adapter: str, tmp_path: Path, worktree: Path) -> None:
+    """How the executor can route a CLI: an http:// base URL with a name that resolves
+    nowhere, reached only through HTTP_PROXY (absolute-URI requests, no CONNECT)."""
+    host = "model.agentos.test"
+    proxy = _ForwardProxy(host)
+    try:
+        proc, claims, server = _run_real(adapter, tmp_path, worktree,
+                                         _edit_script(worktree, adapter), host=host,
+                                         extra_env=proxy.env())
+    finally:
+        proxy.close()
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert claims_failure(adapter, claims) is None
+    assert (worktree / "src" / "app.py").read_text() == "x = 2\n"
+    assert proxy.seen and len(proxy.seen) == len(server.requests)
+    assert all(method == "POST" and target.startswith(f"http://{host}:{server.port}/v1/")
+               for method, target in proxy.seen), proxy.seen
+
+
+@pytest.mark.realcli
+@pytest.mark.parametrize("adapter", ["claude", "opencode"])
+def test_real_cli_proxies_loopback_too_unless_no_proxy(adapter: str, tmp_path: Path,
+                                                       worktree: Path) -> None:
+    """Neither CLI exempts loopback from HTTP_PROXY by itself; NO_PROXY does."""
+    proxy = _ForwardProxy("model.agentos.test")  # refuses 127.0.0.1
+    try:
+        proc, claims, server = _run_real(adapter, tmp_path, worktree,
+                                         _edit_script(worktree, adapter),
+                                         extra_env=proxy.env())
+    finally:
+        proxy.close()
+    assert proxy.seen and proxy.seen[0][1].startswith("http://127.0.0.1:")
+    assert server.requests == [] and claims_failure(adapter, claims) is not None
+    # The proxy is closed now: only a direct connection can succeed.
+    proc, claims, server = _run_real(adapter, tmp_path / "again", worktree,
+                                     _edit_script(worktree, adapter),
+                                     extra_env={**proxy.env(), "NO_PROXY": "127.0.0.1",
+                                                "no_proxy": "127.0.0.1"})
+    assert proc.returncode == 0 and claims_failure(adapter, claims) is None
+    assert server.remaining == 0
