@@ -214,4 +214,6 @@ def test_real_agent_write_outside_its_paths_lands_nothing(tmp_path: Path, adapte
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert "README.md" not in _git(tmp_path / "repo", "ls-tree", "-r", "--name-only", "main")
     assert _git(tmp_path / "repo", "rev-list", "--count", "main") == "1"
+    pack = json.loads((run_dir / "tools" / "t1" / "tool_result_pack.json").read_text())
+    assert pack["failure"], pack  # refused by the CLI's own rules or by the executor
     _assert_no_canary(tmp_path)
