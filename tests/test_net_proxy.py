@@ -84,6 +84,13 @@ class Upstream:
                     length = int(value)
             while len(body) < length:
                 body += conn.recv(65536)
+            if b"transfer-encoding: chunked" in head.lower():
+                while not (body.startswith(b"0\r\n") or b"\r\n0\r\n" in body) or not body.endswith(b"\r\n\r\n"):
+                    data = conn.recv(65536)
+                    if not data:
+                        self._record(index, raw if not body else head + b"\r\n\r\n" + body)
+                        return
+                    body += data
             self._record(index, raw if not body else head + b"\r\n\r\n" + body)
             path = head.split(b" ")[1]
             reply = b"upstream saw " + path + b" body=" + body
@@ -544,3 +551,39 @@ def test_curl_through_the_proxy_plain_and_tunnelled(net: Any, tcp_bridge: str) -
         ("connect", "deny", "net.address"),
     ]
     assert net.evil.connections == 0
+
+
+def test_a_chunked_body_is_relayed_exactly_and_bad_chunk_sizes_refused(net: Any) -> None:
+    before, seen = len(net.proxy.entries()), net.http.connections
+    port = net.http.port
+    head = f"POST http://allowed.test:{port}/c HTTP/1.1\r\nHost: allowed.test:{port}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    body = b"5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n"
+    with net.proxy.connect() as client:
+        client.sendall(head.encode() + body)
+        assert read_response(client).endswith(b"upstream saw /c body=" + body)
+    [entry] = net.proxy.wait_entries(before)
+    assert net.http.received[seen].endswith(b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body)
+    assert entry["bytes_up"] == len(net.http.received[seen])
+    for size in (b"0x5", b"+5", b"5_0", b" 5"):
+        before = len(net.proxy.entries())
+        with net.proxy.connect() as client:
+            client.sendall(head.encode() + size + b"\r\nhello\r\n0\r\n\r\n")
+            assert read_response(client) == b""  # the upstream never got a whole request
+        [entry] = net.proxy.wait_entries(before)
+        assert entry["decision"] == "allow"  # the head was allowed; its body was not
+        assert "request body refused: bad chunk size" in entry["reason"]
+        assert entry["bytes_up"] < len(head) + 20
+
+
+def test_an_oversized_or_unterminated_head_is_refused(net: Any) -> None:
+    port = net.http.port
+    big = f"GET http://allowed.test:{port}/ HTTP/1.1\r\nHost: allowed.test:{port}\r\nX-Pad: {'a' * 70000}\r\n\r\n"
+    entry = refused(net, big.encode(), "net.syntax")
+    assert "longer than" in entry["reason"]
+    before = len(net.proxy.entries())
+    with net.proxy.connect() as client:
+        client.sendall(f"CONNECT echo.test:{net.echo.port} HTTP/1.1\r\n".encode())
+        client.shutdown(socket.SHUT_WR)
+        assert read_response(client).startswith(b"HTTP/1.1 403")
+    [entry] = net.proxy.wait_entries(before)
+    assert (entry["kind"], entry["rule"]) == ("connect", "net.syntax") and "incomplete" in entry["reason"]

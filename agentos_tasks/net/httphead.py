@@ -76,6 +76,8 @@ def authority(host: str, port: int) -> str:
 def parse_head(raw: bytes) -> RequestHead:
     """Parse a complete head (up to and including the blank line); RequestError says why
     it is refused."""
+    if len(raw) > MAX_HEAD_BYTES:
+        raise RequestError(f"request head longer than {MAX_HEAD_BYTES} bytes", _raw_target(raw))
     if b"\x00" in raw:
         raise RequestError("NUL byte in the request head", _raw_target(raw))
     try:
