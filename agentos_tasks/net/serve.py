@@ -39,6 +39,7 @@ CONFIG_KEYS = {"step", "allow", "resolve", "unrestricted", "rule_id", "idle_time
 REQUIRED_KEYS = {"step", "allow", "rule_id"}
 MAX_UNIX_PATH = 107
 JOIN_TIMEOUT_S = 5.0
+MAX_CLIENTS = 512  # concurrent client connections (each holds a thread or three)
 EXIT_USAGE = 2
 EXIT_LISTEN = 3
 
@@ -134,10 +135,15 @@ class Server:
             client, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        self.threads = [t for t in self.threads if t.is_alive()]
+        if len(self.threads) >= MAX_CLIENTS:  # a flood of connections must not exhaust us
+            sys.stderr.write(f"agentos proxy: {MAX_CLIENTS} connections open, one refused\n")
+            client.close()
+            return
         client.setblocking(True)
         thread = threading.Thread(target=self.handler.serve_client, args=(client,), daemon=True)
         thread.start()
-        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        self.threads.append(thread)
 
     def shutdown(self) -> None:
         self.listener.close()
