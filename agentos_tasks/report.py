@@ -231,12 +231,33 @@ def _ledger_rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     return rows, None
 
 
+def _grant_lines(run_dir: Path) -> list[str]:
+    """Each networked step's grant as its manifest recorded it; unrestricted flagged."""
+    lines: list[str] = []
+    for manifest_path in sorted((run_dir / "steps").glob("*.json")):
+        manifest = _Json(run_dir, manifest_path.relative_to(run_dir).as_posix())
+        sandbox = _field(manifest.data, "sandbox")
+        grant = sandbox.get("network") if isinstance(sandbox, dict) else None
+        if not isinstance(grant, dict):
+            continue
+        raw_allow = grant.get("allow")
+        allow: list[Any] = raw_allow if isinstance(raw_allow, list) else []
+        what = ("**UNRESTRICTED** (any public host; loopback, private and metadata "
+                "addresses still refused)" if grant.get("unrestricted") is True
+                else ", ".join(_cell(a) for a in allow) or "nothing (every attempt refused)")
+        lines.append(f"- {_cell(manifest_path.stem)}: rule {_cell(grant.get('rule_id'))}: "
+                     f"{what}")
+    return [*lines, ""] if lines else []
+
+
 def _section_network(run_dir: Path) -> list[str]:
     """Every connection a networked step tried, as its proxy recorded it (network/)."""
     ledgers = sorted((run_dir / "network").glob("*.jsonl"))
     if not ledgers:
         return ["## Network", "", "No step had network: no ledger.", ""]
-    lines = ["## Network", "", "Every connection attempt, decided by the allowlist proxy "
+    lines = ["## Network", "", "Grants (what each networked step could reach):", "",
+             *_grant_lines(run_dir),
+             "Every connection attempt, decided by the allowlist proxy "
              "outside the sandbox (gate NET re-decides each under the recorded policy).", "",
              "| step | # | host:port | address | decision | rule | bytes up/down | ms |",
              "|---|---|---|---|---|---|---|---|"]
