@@ -587,3 +587,30 @@ def test_an_oversized_or_unterminated_head_is_refused(net: Any) -> None:
         assert read_response(client).startswith(b"HTTP/1.1 403")
     [entry] = net.proxy.wait_entries(before)
     assert (entry["kind"], entry["rule"]) == ("connect", "net.syntax") and "incomplete" in entry["reason"]
+
+
+def test_concurrent_connections_each_get_one_whole_ledger_line(net: Any) -> None:
+    before = len(net.proxy.entries())
+    results: list[bytes] = []
+
+    def one(index: int) -> None:
+        payload = b"%03d" % index * 100
+        echoed = b""
+        with net.proxy.connect() as client:
+            client.sendall(f"CONNECT echo.test:{net.echo.port} HTTP/1.1\r\n\r\n".encode() + payload)
+            while len(echoed) < len(b"HTTP/1.1 200 Connection established\r\n\r\n") + len(payload):
+                data = client.recv(65536)
+                if not data:
+                    break
+                echoed += data
+        results.append(echoed.split(b"\r\n\r\n", 1)[1])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert sorted(results) == sorted(b"%03d" % i * 100 for i in range(40))
+    entries = net.proxy.wait_entries(before, 40)  # read_ledger: whole lines, seq in order
+    assert len(entries) == 40
+    assert all((e["decision"], e["bytes_up"], e["bytes_down"]) == ("allow", 300, 300) for e in entries)
