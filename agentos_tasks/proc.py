@@ -328,8 +328,8 @@ def _proxy_failure(message: str, proxy: _Proxy) -> AgentosError:
         tail = proxy.log.read_bytes()[-2000:].decode("utf-8", "replace").strip()
     return AgentosError(f"the network proxy for this step {message}"
                         + (f": {tail}" if tail else ""), where=str(proxy.log), code=EXIT_STEP,
-                        hint="see the proxy's log; is agentos_tasks.net.serve installed "
-                             "with its dependency proxy.py?")
+                        hint="see the proxy's log (it is agentos_tasks.net.serve, started "
+                             "with this Python)")
 
 
 def _start_proxy(grant: NetworkGrant) -> _Proxy:
@@ -353,8 +353,7 @@ def _start_proxy(grant: NetworkGrant) -> _Proxy:
             process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
                 cwd="/", env=env, start_new_session=True,
-                preexec_fn=preexec.child_setup(  # noqa: PLW1509 - prctl/keyctl only
-                    None, [], preexec.libc_handle(), os.getpid()))
+                )
     except OSError as exc:
         shutil.rmtree(private_dir, ignore_errors=True)
         raise AgentosError(f"cannot start the network proxy {argv[0]}: {exc}",
