@@ -342,6 +342,45 @@ def test_proxy_is_gone_after_a_timeout(
     assert all(not Path(f"/proc/{pid}").exists() for pid in seen[0])
 
 
+EXECUTOR = r'''
+import sys
+from pathlib import Path
+from agentos_tasks.proc import run_confined
+from agentos_tasks.sandbox.spec import ConfinedSpec, NetworkGrant
+base = Path(sys.argv[1])
+grant = NetworkGrant("proxy", ("model.test:9",), rule_id="tools[0]", step="s1",
+                     ledger=base / "run" / "network.jsonl")
+spec = ConfinedSpec(worktree=base / "wt", readonly_paths=(), env={"PATH": sys.argv[2]},
+                    network=grant, isolation="required", timeout_s=120, output_limit=4096,
+                    max_file_bytes=None)
+run_confined(["sleep", "120"], spec, base / "out.log")
+'''
+
+
+def test_proxy_dies_with_a_killed_executor(tmp_path: Path,
+                                           proxy_command: tuple[str, ...]) -> None:
+    (tmp_path / "wt").mkdir()
+    ledger = tmp_path / "run" / "network.jsonl"
+    executor = subprocess.Popen([PY, "-c", EXECUTOR, str(tmp_path), HOST_PATH],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        # the sandbox runs (its bwrap binds the worktree): the proxy was ready before it
+        while not host_processes_with(str(tmp_path / "wt")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy_pids(ledger), "the proxy is not running while the step runs"
+        executor.kill()  # SIGKILL: no finally of run_confined runs
+        executor.wait(10)
+        deadline = time.monotonic() + 10
+        while proxy_pids(ledger) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy_pids(ledger) == []
+    finally:
+        if executor.poll() is None:
+            executor.kill()
+            executor.wait()
+
+
 def test_proxy_that_never_gets_ready_fails_the_step_clearly(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     script = tmp_path / "broken_proxy.py"
@@ -499,10 +538,19 @@ def test_memory_is_bounded_by_the_cgroup_not_rlimit_as(tmp_path: Path) -> None:
         assert address_space == 1 << 30
 
 
-def test_memory_cgroup_limit_is_enforced(tmp_path: Path) -> None:
+def memory_cgroup_or_skip() -> cgroups.CgroupParent:
+    """The executor's cgroup parent with a memory controller; skip without (fail under
+    CI=true: CI's machine has one)."""
     parent = cgroups.find_parent()
     if parent is None or not (parent.memory or parent.memory_v1 is not None):
-        pytest.skip("no cgroup memory controller here (the fallback is tested above)")
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail("CI=true: this machine should give the executor a memory cgroup")
+        pytest.skip("no cgroup memory controller here (the RLIMIT_AS fallback is tested)")
+    return parent
+
+
+def test_memory_cgroup_limit_is_enforced(tmp_path: Path) -> None:
+    memory_cgroup_or_skip()
     grab = "b = bytearray(512 << 20); b[::4096] = b'x' * len(b[::4096]); print('SURVIVED')"
     result, out = run(tmp_path, py(grab), memory_bytes=128 << 20)
     assert "SURVIVED" not in out
@@ -520,9 +568,7 @@ def test_file_size_limit_only_when_asked(tmp_path: Path) -> None:
 def test_a_jit_style_address_space_reservation_works(tmp_path: Path) -> None:
     """V8 and Go reserve far more address space than they use: with the memory bounded
     by the cgroup, a 16 GiB untouched reservation must succeed."""
-    parent = cgroups.find_parent()
-    if parent is None or not (parent.memory or parent.memory_v1 is not None):
-        pytest.skip("no cgroup memory controller here: RLIMIT_AS is the noted fallback")
+    memory_cgroup_or_skip()
     code = ("import mmap; m = mmap.mmap(-1, 16 << 30, flags=mmap.MAP_PRIVATE | "
             "mmap.MAP_ANONYMOUS | getattr(mmap, 'MAP_NORESERVE', 0), prot=mmap.PROT_READ);"
             " print('RESERVED')")
