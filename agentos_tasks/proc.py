@@ -328,17 +328,22 @@ def _proxy_failure(message: str, proxy: _Proxy) -> AgentosError:
         tail = proxy.log.read_bytes()[-2000:].decode("utf-8", "replace").strip()
     return AgentosError(f"the network proxy for this step {message}"
                         + (f": {tail}" if tail else ""), where=str(proxy.log), code=EXIT_STEP,
-                        hint="see the proxy's log (it is agentos_tasks.net.serve, started "
-                             "with this Python)")
+                        hint="see the proxy's log; is agentos_tasks.net.serve installed "
+                             "with its dependency proxy.py?")
 
 
-def _start_proxy(grant: NetworkGrant) -> _Proxy:
+def _start_proxy(grant: NetworkGrant, worktree: Path) -> _Proxy:
     """Start the proxy for `grant` and wait (PROXY_READY_S at most) for its `ready`."""
     if grant.ledger is None:
         raise AgentosError("a step granted network (mode proxy) needs a ledger path",
                            code=EXIT_STEP, hint="NetworkGrant.ledger: the run's network "
                            "ledger file (JSON lines, written by the proxy)")
     ledger = Path(os.path.abspath(grant.ledger))
+    if ledger == worktree or worktree in ledger.parents or \
+            Path(os.path.realpath(worktree)) in Path(os.path.realpath(ledger)).parents:
+        raise AgentosError(f"the network ledger {ledger} is inside the worktree {worktree}: "
+                           "the sandboxed program could rewrite it", code=EXIT_STEP,
+                           hint="keep the ledger in the run directory, outside the worktree")
     ledger.parent.mkdir(parents=True, exist_ok=True)
     log = ledger.with_name(ledger.stem + ".proxy.log")
     private_dir = Path(tempfile.mkdtemp(prefix="agentos-net-"))  # 0700
@@ -353,7 +358,8 @@ def _start_proxy(grant: NetworkGrant) -> _Proxy:
             process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
                 cwd="/", env=env, start_new_session=True,
-                )
+                preexec_fn=preexec.child_setup(  # noqa: PLW1509 - prctl/keyctl only
+                    None, [], preexec.libc_handle(), os.getpid()))
     except OSError as exc:
         shutil.rmtree(private_dir, ignore_errors=True)
         raise AgentosError(f"cannot start the network proxy {argv[0]}: {exc}",
@@ -414,9 +420,7 @@ def _stop_proxy(proxy: _Proxy) -> int | None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proxy.process.pid, signal.SIGKILL)
             proxy.process.wait()
-        # what it started in its session goes with it
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proxy.process.pid, signal.SIGKILL)
+        # (it starts no process: once it is reaped its group id is free, never signal it)
         if proxy.drain is not None:
             proxy.drain.join(1.0)
     finally:
@@ -442,7 +446,7 @@ def _network(spec: ConfinedSpec, backend: str, notes: list[str]) -> Iterator[Pat
         notes.append("network: none")
         yield None
         return
-    proxy = _start_proxy(grant)
+    proxy = _start_proxy(grant, Path(os.path.abspath(spec.worktree)))
     notes.append(f"network: proxy (rule {grant.rule_id or '?'}, {len(grant.allow)} allow "
                  f"entries{', unrestricted' if grant.unrestricted else ''})")
     try:

@@ -394,9 +394,13 @@ def test_proxy_that_never_gets_ready_fails_the_step_clearly(
     assert proxy_pids(grant.ledger) == []  # type: ignore[arg-type]
 
 
-def test_proxy_mode_needs_a_ledger(tmp_path: Path, proxy_command: tuple[str, ...]) -> None:
+def test_proxy_mode_needs_a_ledger_outside_the_worktree(
+        tmp_path: Path, proxy_command: tuple[str, ...]) -> None:
     with pytest.raises(proc.AgentosError, match="needs a ledger"):
-        run(tmp_path, ["true"], network=NetworkGrant("proxy", ("a.test",)))
+        run(tmp_path, ["true"], network=NetworkGrant("proxy", ("a.test",), rule_id="r"))
+    inside = NetworkGrant("proxy", ("a.test",), rule_id="r", ledger=tmp_path / "wt" / "l.jsonl")
+    with pytest.raises(proc.AgentosError, match="inside the worktree"):
+        run(tmp_path, ["true"], network=inside)
 
 
 # --- secrets ---------------------------------------------------------------------------
