@@ -315,6 +315,31 @@ class _Proxy:
     drain: threading.Thread | None = None
 
 
+_PROXY_DIR_PREFIX = "agentos-net-"
+_swept: list[int] = []  # pids of the processes that swept already (fork-safe)
+
+
+def _sweep_proxy_dirs() -> None:
+    """Once per executor process: remove the private proxy dirs (socket, config) of
+    executors that died without cleaning up (SIGKILL). Only real 0700 directories of our
+    uid named agentos-net-<pid>-<starttime>-* whose owner is gone."""
+    if os.getpid() in _swept:
+        return
+    _swept.append(os.getpid())
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            parts = entry.name[len(_PROXY_DIR_PREFIX):].split("-")
+            if not entry.name.startswith(_PROXY_DIR_PREFIX) or len(parts) < 3 or \
+                    not parts[0].isdigit() or not parts[1].isdigit():
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.getuid() or \
+                    info.st_mode & 0o077 or cgroups.owner_alive(int(parts[0]), parts[1]):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def proxy_config(grant: NetworkGrant) -> dict[str, object]:
     """The proxy's --config: what it may let through, as the policy granted it."""
     return {"step": grant.step, "allow": list(grant.allow),
@@ -346,7 +371,9 @@ def _start_proxy(grant: NetworkGrant, worktree: Path) -> _Proxy:
                            hint="keep the ledger in the run directory, outside the worktree")
     ledger.parent.mkdir(parents=True, exist_ok=True)
     log = ledger.with_name(ledger.stem + ".proxy.log")
-    private_dir = Path(tempfile.mkdtemp(prefix="agentos-net-"))  # 0700
+    _sweep_proxy_dirs()
+    private_dir = Path(tempfile.mkdtemp(  # 0700, named after its owner for the sweep
+        prefix=f"{_PROXY_DIR_PREFIX}{os.getpid()}-{cgroups.owner_start()}-"))
     socket_path = private_dir / "proxy.sock"
     config = private_dir / "config.json"
     config.write_text(json.dumps(proxy_config(grant), sort_keys=True))

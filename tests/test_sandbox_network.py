@@ -15,6 +15,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -375,6 +376,12 @@ def test_proxy_dies_with_a_killed_executor(tmp_path: Path,
         while proxy_pids(ledger) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proxy_pids(ledger) == []
+        # the next executor's first proxy sweeps the dead one's private dir
+        left = [d for d in Path(tempfile.gettempdir()).glob(f"agentos-net-{executor.pid}-*")]
+        assert left, "the killed executor left no proxy dir (did it run a proxy at all?)"
+        proc._swept.clear()
+        run(tmp_path, ["true"], network=grant_for(tmp_path, 9))
+        assert [d for d in left if d.exists()] == []
     finally:
         if executor.poll() is None:
             executor.kill()
