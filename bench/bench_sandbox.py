@@ -22,7 +22,7 @@ from agentos_tasks.proc import run_confined
 from agentos_tasks.sandbox.bwrap import build_bwrap_argv
 from agentos_tasks.sandbox.hostfs import resolve_on_path
 from agentos_tasks.sandbox.program import plan_program
-from agentos_tasks.sandbox.spec import ConfinedSpec
+from agentos_tasks.sandbox.spec import NO_NETWORK, ConfinedSpec
 
 
 def timed_ms(action: object, n: int) -> list[float]:
@@ -42,7 +42,7 @@ def main() -> int:
         worktree = Path(tmp) / "wt"
         worktree.mkdir()
         log = Path(tmp) / "true.out"
-        spec = ConfinedSpec(worktree=worktree, readonly_paths=(), env=env, network=False,
+        spec = ConfinedSpec(worktree=worktree, readonly_paths=(), env=env, network=NO_NETWORK,
                             isolation="required", timeout_s=30, output_limit=1 << 20,
                             max_file_bytes=1 << 20)
         first = run_confined(["true"], spec, log)  # warm-up: probes bwrap and the cgroup once

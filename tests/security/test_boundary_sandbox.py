@@ -28,7 +28,7 @@ from agentos_tasks.sandbox.cgroups import find_parent
 from agentos_tasks.sandbox.hostfs import resolve_on_path
 from agentos_tasks.sandbox.install_layout import NEVER_BIND_WHOLE, may_bind_whole
 from agentos_tasks.sandbox.program import plan_program
-from agentos_tasks.sandbox.spec import ConfinedResult, ConfinedSpec
+from agentos_tasks.sandbox.spec import NO_NETWORK, ConfinedResult, ConfinedSpec
 
 from .conftest import requires_bwrap
 
@@ -42,7 +42,7 @@ BIND_OPTIONS = ("--bind", "--ro-bind", "--dev-bind", "--bind-try", "--ro-bind-tr
 def make_spec(worktree: Path, **overrides: object) -> ConfinedSpec:
     values: dict[str, object] = {
         "worktree": worktree, "readonly_paths": (),
-        "env": {"PATH": HOST_PATH, "LANG": "C.UTF-8"}, "network": False,
+        "env": {"PATH": HOST_PATH, "LANG": "C.UTF-8"}, "network": NO_NETWORK,
         "isolation": "required", "timeout_s": 30.0, "output_limit": 1 << 20,
         "max_file_bytes": 1 << 20, "memory_bytes": 1 << 30, "max_processes": 64,
     }
@@ -459,7 +459,7 @@ KEY_HOLDER = r"""
 import ctypes, json, sys
 from pathlib import Path
 from agentos_tasks.proc import run_confined
-from agentos_tasks.sandbox.spec import ConfinedSpec
+from agentos_tasks.sandbox.spec import NO_NETWORK, ConfinedSpec
 nr = json.loads(sys.argv[1]); wt = Path(sys.argv[2]); desc = sys.argv[3].encode()
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -469,7 +469,7 @@ assert libc.syscall(L(nr["keyctl"]), L(1), None) > 0   # KEYCTL_JOIN_SESSION_KEY
 payload = b"KEYRING-SECRET-payload"
 key = libc.syscall(L(nr["add_key"]), b"user", desc, payload, L(len(payload)), L(-3))
 assert key > 0, ctypes.get_errno()
-spec = ConfinedSpec(worktree=wt, readonly_paths=(), env={"PATH": sys.argv[4]}, network=False,
+spec = ConfinedSpec(worktree=wt, readonly_paths=(), env={"PATH": sys.argv[4]}, network=NO_NETWORK,
                     isolation="required", timeout_s=30, output_limit=1 << 20,
                     max_file_bytes=1 << 20)
 step = run_confined(["python3", "-c", sys.argv[5], sys.argv[1], str(key), sys.argv[3]],
@@ -530,10 +530,10 @@ EXECUTOR = r"""
 import os, sys
 from pathlib import Path
 from agentos_tasks.proc import run_confined
-from agentos_tasks.sandbox.spec import ConfinedSpec
+from agentos_tasks.sandbox.spec import NO_NETWORK, ConfinedSpec
 worktree, token = Path(sys.argv[1]), sys.argv[2]
 spec = ConfinedSpec(worktree=worktree, readonly_paths=(), env={"PATH": "/usr/bin:/bin"},
-                    network=False, isolation="required", timeout_s=60, output_limit=1 << 16,
+                    network=NO_NETWORK, isolation="required", timeout_s=60, output_limit=1 << 16,
                     max_file_bytes=1 << 24)
 os.write(1, b"ready\n")
 run_confined(["sh", "-c", f"while :; do echo {token} >> grow.txt; sleep 0.01; done"], spec,

@@ -91,7 +91,8 @@ def test_escape_attempts_as_run_steps(tmp_path: Path) -> None:
                 f"attempt('target', {write(str(gitdir / 'hooks' / 'pre-commit'))})"),
         py_step("environ_read",
                 "blob = open('/proc/1/environ', 'rb').read()\n"
-                "print('ENV-READ', len(blob) > 0)\n"
+                "blob += open('/proc/self/environ', 'rb').read()\n"
+                "print('ENV-READ', b'PATH=' in blob)\n"
                 f"print('CANARY', {canary!r}.encode() in blob)"),
         py_step("tcp_connect",
                 "import socket\n"
