@@ -584,7 +584,7 @@ def _unsandboxed_s7(run: Built) -> None:
     manifest = read_json(manifest_path(run, "s7"))
     argv = manifest["sandbox"]["wrapper_argv"]
     inner = argv[len(argv) - 3:]
-    manifest["sandbox"] = {"backend": "none", "network": False,
+    manifest["sandbox"] = {"backend": "none", "network": None,
                            "wrapper_argv": ["/usr/bin/python3", "-I", "-S", "-c", "reaper",
                                             "{}", "--", *inner]}
     write_json(manifest_path(run, "s7"), manifest)
@@ -612,10 +612,11 @@ def test_ex_c_fails_when_the_network_flag_contradicts_the_policy(good_run: Built
     manifest = read_json(manifest_path(good_run, "s7"))
     if manifest["sandbox"]["backend"] != "bwrap":
         pytest.skip("bwrap does not work here")
-    manifest["sandbox"]["network"] = True
+    manifest["sandbox"]["network"] = {"rule_id": "network", "allow": ["evil.test:443"],
+                                      "resolve": {}, "unrestricted": False}
     write_json(manifest_path(good_run, "s7"), manifest)
     reseal(good_run.run_dir)
-    assert_fail(good_run.run_dir, "EX-C", "s7", "network True", "grants False")
+    assert_fail(good_run.run_dir, "EX-C", "s7", "evil.test:443", "grants None")
 
 
 def test_ex_c_fails_when_a_bwrap_argv_keeps_the_network(good_run: Built) -> None:
@@ -626,7 +627,7 @@ def test_ex_c_fails_when_a_bwrap_argv_keeps_the_network(good_run: Built) -> None
     manifest["sandbox"]["wrapper_argv"] = [argv[0], "--unshare-all", "--share-net", *argv[2:]]
     write_json(manifest_path(good_run, "s7"), manifest)
     reseal(good_run.run_dir)
-    assert_fail(good_run.run_dir, "EX-C", "keeps the network")
+    assert_fail(good_run.run_dir, "EX-C", "keeps the host's network")
 
 
 def test_ex_c_fails_when_execution_result_names_other_backends(good_run: Built) -> None:

@@ -385,7 +385,8 @@ def test_a_tool_step_relabelled_in_both_request_records_still_fails(tool_run: Bu
 def test_a_tool_sandbox_claiming_network_fails_ex_c(tool_run: Built) -> None:
     path = tool_run.run_dir / "steps" / "t1.json"
     manifest = load(path)
-    manifest["sandbox"]["network"] = True
+    manifest["sandbox"]["network"] = {"rule_id": "tools[0].network", "allow": ["x.test:443"],
+                                      "resolve": {}, "unrestricted": True}
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     reseal(tool_run.run_dir)
-    assert_fail(tool_run.run_dir, "EX-C", "t1", "grants False")
+    assert_fail(tool_run.run_dir, "EX-C", "t1", "grants None")
