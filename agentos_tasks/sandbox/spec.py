@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # Sane defaults when the policy leaves a limit open (ConfinedSpec fields set to None).
-DEFAULT_MEMORY_BYTES = 8 * 1024**3  # address space; V8 and Go reserve a lot of virtual memory
+DEFAULT_MEMORY_BYTES = 8 * 1024**3  # the run cgroup's memory limit (RLIMIT_AS only as fallback)
 DEFAULT_MAX_PROCESSES = 256
 DEFAULT_MAX_OPEN_FILES = 1024
 DEFAULT_TMP_BYTES = 256 * 1024 * 1024  # private /tmp and /dev/shm are RAM: bound them
