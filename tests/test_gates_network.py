@@ -8,15 +8,14 @@ manifest's digest and count too) and sees NET FAIL, while the good run PASSes.
 from __future__ import annotations
 
 import json
-import socket
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import Built, _must, _new_run, assert_fail, assert_pass, doit, sha256
+from tests.runutil import echo_listener
 
 CLIENT = """\
 import os, socket, sys
@@ -37,31 +36,8 @@ open("net.txt", "w").write(" ".join(seen) + "\\n")
 @pytest.fixture(scope="module")
 def listener() -> Iterator[int]:
     """A loopback echo server (the allowed upstream)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    conn.sendall(conn.recv(16))
-                except OSError:
-                    pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(timeout=2)
-    server.close()
+    with echo_listener() as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

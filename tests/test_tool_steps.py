@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from runutil import PROJECT, doit, git, tape_events, write_policy, write_request
+from runutil import PROJECT, doit, echo_listener, git, tape_events, write_policy, write_request
 
 from agentos_tasks.tools import dispatch
 from agentos_tasks.tools.packs import load_result_pack, load_task_pack
@@ -268,26 +268,8 @@ def test_missing_cli_is_a_clear_step_failure(tmp_path: Path) -> None:
 @pytest.fixture
 def listener() -> Iterator[int]:
     """A TCP listener on the host's loopback that accepts connections."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-                conn.close()
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(timeout=2)
-    server.close()
+    with echo_listener() as port:
+        yield port
 
 
 CONNECT = """\
