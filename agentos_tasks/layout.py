@@ -36,6 +36,7 @@ SUBJECT_GLOBS: tuple[str, ...] = (
     "reports/gates.json",
     "reports/gates.xml",
     "reports/report.md",
+    "reports/report.html",
     "audit/request.yaml",
     "audit/request.json",
     "audit/inputs/*",

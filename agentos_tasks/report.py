@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import atomic_write, is_regular, read_regular, sha256_regular
+from agentos_tasks.html_report import Signing, write_html_report
 from agentos_tasks.layout import KEY_ARTIFACTS
 from agentos_tasks.model import Status
 from agentos_tasks.termsafe import escape
@@ -393,8 +394,12 @@ def render_report(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path) -> Path:
-    """Render the report and write `reports/report.md` atomically; returns its path."""
+def write_report(run_dir: Path, *, signing: Signing | None = None) -> Path:
+    """Render and write `reports/report.md` and the reviewer's page `reports/report.html`
+    (html_report) atomically; returns the markdown's path. Both are signed subjects and are
+    regenerated at the same moments (gates, sign). `signing` names the key sign_run is about
+    to sign with, so the page it signs already says who signed it."""
     report_path = run_dir / REPORT_RELPATH
     atomic_write(report_path, render_report(run_dir).encode("utf-8"))
+    write_html_report(run_dir, signing=signing)
     return report_path
