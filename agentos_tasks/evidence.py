@@ -45,8 +45,11 @@ def request_record(req: Request) -> dict[str, Any]:
 
 
 def step_record(step: Step) -> dict[str, Any]:
+    """What a step means, as audit/request.json records it. Never where it is written
+    (its line stays on the Step, for error messages): reformatting a request changes
+    nothing here."""
     record: dict[str, Any] = {"id": step.id, "index": step.index, "op": step.op,
-                              "message": step.message, "line": step.line}
+                              "message": step.message}
     if step.path is not None:
         record["path"] = step.path
     if step.content is not None:
@@ -67,10 +70,14 @@ def step_record(step: Step) -> dict[str, Any]:
 
 
 def step_spec(ctx: RunContext, step: Step) -> dict[str, Any]:
-    """Canonical spec: everything that, when changed, must re-execute the step."""
+    """Canonical spec: everything that, when changed, must re-execute the step, and
+    nothing else: operation, paths, content digests, argv, tool settings, message,
+    author, policy digest (the parent is the previous manifest, a file_dep of the step).
+    Not the step's line, the request's bytes or where its patch file lies."""
     req = ctx.need_request()
+    meaning = {k: v for k, v in step_record(step).items() if k != "patch_file"}
     return {
-        "schema_version": SCHEMA_VERSION, "run": ctx.run_id, "step": step_record(step),
+        "schema_version": SCHEMA_VERSION, "run": ctx.run_id, "step": meaning,
         "author": {"name": req.author.name, "email": req.author.email},
         "policy_sha256": ctx.policy.sha256,
     }

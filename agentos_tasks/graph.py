@@ -21,7 +21,7 @@ from agentos_tasks.runctx import RunContext, build_context
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 # AgentosErrors raised by actions in this process, so `agentos` can exit with their code.
 RAISED: list[AgentosError] = []
@@ -220,10 +220,43 @@ def sign_action(ctx: RunContext) -> None:
     print(f"signed: {escape(envelope)}")
 
 
-def context_from_vars(get_var: Callable[[str], str | None], cwd: Path) -> RunContext:
+# The doit variables dodo.py and `agentos` read (README "Variables").
+VARIABLES: tuple[str, ...] = ("request", "policy", "run", "outputs", "answers", "key")
+
+
+def check_variable_names(names: Iterable[str]) -> None:
+    """A misspelt `name=` is named with a did-you-mean, never silently ignored."""
+    import difflib
+
+    for name in names:
+        if name not in VARIABLES:
+            close = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.6)
+            suggestion = f" (did you mean {close[0]}=?)" if close else ""
+            raise AgentosError(f"unknown variable {name}={suggestion}",
+                               hint="variables: " + ", ".join(f"{v}=" for v in VARIABLES))
+
+
+def _doit_variable_names() -> list[str]:
+    """The `name=value` arguments doit parsed (DoitMain.process_args' rule over argv)."""
+    from doit import doit_cmd
+
+    parsed = getattr(doit_cmd, "_CMDLINE_VARS", None)
+    if isinstance(parsed, dict):
+        return [str(name) for name in parsed]
+    return [a.split("=", 1)[0] for a in sys.argv[1:] if a[:1] != "-" and "=" in a]
+
+
+def context_from_vars(get_var: Callable[[str], str | None], cwd: Path,
+                      given: Iterable[str] = ()) -> RunContext:
+    """The run's context from doit variables; `given` names every variable on the
+    command line (each must be one of VARIABLES)."""
+    from agentos_tasks.start import adopt_recorded_request
+
+    check_variable_names(given)
     ctx = build_context(request=get_var("request"), policy=get_var("policy"),
                         run=get_var("run"), outputs=get_var("outputs"),
                         answers=get_var("answers"), key=get_var("key"), cwd=cwd)
+    adopt_recorded_request(ctx)
     ctx.lock()
     return ctx
 
@@ -235,7 +268,7 @@ def load_for_doit() -> tuple[dict[str, Any], Callable[[], Iterator[dict[str, Any
 
     cwd = Path(doit.get_initial_workdir() or Path.cwd())
     try:
-        ctx = context_from_vars(get_var, cwd)
+        ctx = context_from_vars(get_var, cwd, _doit_variable_names())
         config = doit_config(ctx)
         task_list = list(tasks(ctx))
     except AgentosError as err:

@@ -74,6 +74,18 @@ def _cell(value: object) -> str:
     return escape(text.replace("\\", "\\\\").translate(_MARKDOWN))
 
 
+_HEX = frozenset("0123456789abcdef")
+SHORT = 12
+
+
+def _short(value: object) -> str:
+    """A commit sha or sha256 cut to 12 characters (the full values are in the digest
+    table at the end); anything else as a cell."""
+    if isinstance(value, str) and len(value) in (40, 64) and set(value) <= _HEX:
+        return value[:SHORT]
+    return _cell(value)
+
+
 def _digest_or(path: Path, absent: str) -> str:
     """sha256 of the regular file `path`; `absent` when it is missing, UNREADABLE (with
     why) when it is a FIFO, a symlink or otherwise unreadable."""
@@ -106,7 +118,7 @@ def _copy_digest_note(run_dir: Path, relpath: str, recorded: object) -> str:
     if recorded is None:
         return f"{relpath}: {actual}"
     verdict = "matches" if actual == recorded else "DIFFERS from the recorded digest"
-    return f"{relpath}: {actual} ({verdict})"
+    return f"{relpath}: {_short(actual)} ({verdict})"
 
 
 def _files_cell(files: object) -> str:
@@ -141,7 +153,7 @@ def _section_request(run_dir: Path, result: _Json) -> list[str]:
         ("isolation", _field(data, "policy", "isolation")),
         ("sandbox backend", _field(data, "sandbox", "backend")),
     ]
-    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    lines += [f"| {name} | {_short(value)} |" for name, value in rows]
     return [*lines, ""]
 
 
@@ -153,7 +165,18 @@ def _head_value(data: dict[str, Any], key: str) -> object:
     return data[key] if data[key] is not None else "none"
 
 
-def _section_repo(result: _Json) -> list[str]:
+def _as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _step_message(run_dir: Path, step_id: object) -> object:
+    """The commit message a step's manifest recorded (its id when there is none)."""
+    if not isinstance(step_id, str) or not step_id or "/" in step_id or step_id[0] == ".":
+        return step_id
+    return _field(_Json(run_dir, f"steps/{step_id}.json").data, "message") or step_id
+
+
+def _section_repo(run_dir: Path, result: _Json) -> list[str]:
     data = result.data
     lines = ["## Repository", "", "| field | value |", "|---|---|"]
     commits = _field(data, "commits_applied")
@@ -165,11 +188,17 @@ def _section_repo(result: _Json) -> list[str]:
         ("post-apply head", _head_value(data, "post_apply_head")),
         ("commits applied", len(commits) if isinstance(commits, list) else None),
     ]
-    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    lines += [f"| {name} | {_short(value)} |" for name, value in rows]
     lines.append("")
     if isinstance(commits, list) and commits:
+        # each changed step's commit lands in order: name it by the step's message
+        messages = [_step_message(run_dir, _field(step, "id"))
+                    for step in _as_list(_field(data, "steps"))
+                    if isinstance(step, dict) and _field(step, "status") == "changed"]
         lines += ["Commits applied, in order:", ""]
-        lines += [f"{index}. {_cell(sha)}" for index, sha in enumerate(commits, start=1)]
+        lines += [f"{index}. {_short(sha)}"
+                  + (f" {_cell(messages[index - 1])}" if index <= len(messages) else "")
+                  for index, sha in enumerate(commits, start=1)]
         lines.append("")
     return lines
 
@@ -201,7 +230,7 @@ def _section_steps(result: _Json) -> list[str]:
         lines.append(
             f"| {_cell(_field(step_data, 'id'))} | {_cell(_field(step_data, 'op'))} "
             f"| {_cell(status)} | {_files_cell(_field(step_data, 'files'))} "
-            f"| {_cell(commit)} | {_cell(landed_as)} | {_cell(patch_sha)} "
+            f"| {_short(commit)} | {_short(landed_as)} | {_short(patch_sha)} "
             f"| {'-' if exit_code is None else _cell(exit_code)} |"
         )
     if not steps:
@@ -338,8 +367,24 @@ def _section_gates(gates: _Json) -> list[str]:
     return lines
 
 
-def _section_digests(run_dir: Path) -> list[str]:
-    lines = ["## Artifact digests", "", "| artifact | sha256 |", "|---|---|"]
+def _section_digests(run_dir: Path, result: _Json) -> list[str]:
+    lines = ["## Full digests (for verification)", "",
+             f"Everything above shows commits and digests by their first {SHORT} characters; "
+             "these are the full values.", "",
+             "| recorded value | full |", "|---|---|"]
+    data = result.data
+    commits = _field(data, "commits_applied")
+    values: list[tuple[str, object]] = [
+        ("request sha256", _field(data, "request", "sha256")),
+        ("policy sha256", _field(data, "policy", "sha256")),
+        ("base", _field(data, "base")),
+        ("pre-apply head", _head_value(data, "pre_apply_head")),
+        ("post-apply head", _head_value(data, "post_apply_head")),
+        *((f"commit {index}", sha) for index, sha in
+          enumerate(commits if isinstance(commits, list) else [], start=1)),
+    ]
+    lines += [f"| {name} (full) | {_cell(value)} |" for name, value in values]
+    lines += ["", "| artifact | sha256 |", "|---|---|"]
     for relpath in KEY_ARTIFACTS:
         path = run_dir / relpath
         lines.append(f"| {relpath} | {_digest_or(path, MISSING)} |")
@@ -359,6 +404,22 @@ def _section_digests(run_dir: Path) -> list[str]:
     return [*lines, ""] if patches else lines
 
 
+def _status_line(gates: _Json, result: _Json) -> str:
+    """Status from the gates (FAIL on any FAIL, PASS when one passed and none failed),
+    with the executor's own status next to it."""
+    executed = f"execution result: **{_cell(_field(result.data, 'status'))}**"
+    gate_list = _field(gates.data, "gates")
+    if gates.problem or not isinstance(gate_list, list) or not gate_list:
+        return f"Status: **{MISSING}** (gates: {gates.problem or 'no gates listed'}) · {executed}"
+    statuses = [_field(g, "status") if isinstance(g, dict) else None for g in gate_list]
+    failing = [_cell(_field(g, "id")) for g, st in zip(gate_list, statuses, strict=True)
+               if st == Status.FAIL]
+    counts = ", ".join(f"{statuses.count(s.value)} {s.value}" for s in Status)
+    verdict = "FAIL" if failing else ("PASS" if Status.PASS in statuses else MISSING)
+    failed = f"; failing: {', '.join(failing)}" if failing else ""
+    return f"Status: **{verdict}** (gates: {counts}{failed}) · {executed}"
+
+
 def render_report(run_dir: Path) -> str:
     """Markdown report of a run, built only from the files in `run_dir`.
 
@@ -371,7 +432,9 @@ def render_report(run_dir: Path) -> str:
     lines = [f"# agentos run report: {_cell(run_name)}", ""]
     if result.problem:
         lines += [f"Execution result: {result.problem}", ""]
-    lines += [f"Status: **{_cell(_field(result.data, 'status'))}**", ""]
+    lines += [_status_line(gates, result), "",
+              "The page to look at (diffs, logs, per-path policy decisions, tool claims): "
+              "reports/report.html.", ""]
     counts = _field(result.data, "counts")
     if isinstance(counts, dict):
         lines += [
@@ -380,12 +443,12 @@ def render_report(run_dir: Path) -> str:
             "",
         ]
     lines += _section_request(run_dir, result)
-    lines += _section_repo(result)
+    lines += _section_repo(run_dir, result)
     lines += _section_steps(result)
     lines += _section_tools(run_dir)
     lines += _section_network(run_dir)
     lines += _section_gates(gates)
-    lines += _section_digests(run_dir)
+    lines += _section_digests(run_dir, result)
     lines += [
         "This report is generated from the run's artifacts only; the signed statement in",
         "signature/ binds it and every artifact above by sha256 (`agentos verify`).",
