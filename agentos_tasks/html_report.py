@@ -96,7 +96,11 @@ class _Evidence:
         self.run_dir = run_dir
 
     def text(self, relpath: str, limit: int = _MAX_DIFF_BYTES) -> tuple[str | None, str]:
-        """(text, "") or (None, MISSING / UNREADABLE (why))."""
+        """(text, "") or (None, MISSING / UNREADABLE (why)). A path built from a recorded
+        step id that would leave the run directory is never opened."""
+        parts = relpath.split("/")
+        if relpath.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            return None, f"UNREADABLE ({relpath}: not a path inside the run directory)"
         try:
             data = read_regular(self.run_dir / relpath, limit=limit)
         except FileNotFoundError:
