@@ -30,6 +30,7 @@ from agentos_tasks.landing import (
     refuse_links_in_target,
 )
 from agentos_tasks.layout import evidence_files
+from agentos_tasks.tape import read_events
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ def apply_task(ctx: RunContext) -> None:
     failed execution_result, run_end. See landing.py for how the branch moves.
     """
     if ctx.sealed:
+        # killed after the applied record was written, before the tape said so: say it now
+        record_applied_if_missing(ctx)
         return
     try:
         refuse_leaked_secrets(ctx)
@@ -181,10 +184,28 @@ def _apply(ctx: RunContext) -> None:
         "tree": expected_tree, "request_sha256": req.sha256, "policy_sha256": ctx.policy.sha256,
         "inputs": input_digests(req),
     })
-    started_record.unlink(missing_ok=True)
-    ctx.tape.append("patches_applied", branch=branch, pre_apply_head=pre,
-                    post_apply_head=post, commits=commits, count=len(commits),
-                    tree=expected_tree)
+    faults.point("apply.recorded")
+    record_applied_if_missing(ctx)
+
+
+def record_applied_if_missing(ctx: RunContext) -> None:
+    """Append patches_applied for the applied record unless the tape's last apply event
+    (patches_applied or rollback) already is that very apply. Idempotent: a sealed run
+    re-entered after a crash between the record and the tape gets the event exactly once."""
+    applied: dict[str, Any] = dict(ctx.applied() or {})
+    (ctx.paths.state / "apply_started.json").unlink(missing_ok=True)
+    last = None
+    for event in read_events(ctx.paths.root):
+        if event.get("event") in ("patches_applied", "rollback"):
+            last = event
+    if last is not None and last.get("event") == "patches_applied" \
+            and last.get("post_apply_head") == applied.get("post_apply_head"):
+        return
+    commits = list(applied.get("commits", []))
+    ctx.tape.append("patches_applied", branch=applied.get("branch"),
+                    pre_apply_head=applied.get("pre_apply_head"),
+                    post_apply_head=applied.get("post_apply_head"), commits=commits,
+                    count=len(commits), tree=applied.get("tree"))
 
 
 def reset_branch(ctx: RunContext, git: Git, branch: str, target: str,

@@ -23,6 +23,8 @@ from agentos_tasks.fsutil import (
 from agentos_tasks.layout import artifact_files
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agentos_tasks.git import Git
     from agentos_tasks.model import Request, Step
     from agentos_tasks.records import ExecutionResult, Manifest, StepSummary
@@ -133,6 +135,10 @@ def checksums_task(ctx: RunContext) -> None:
     applied = ctx.applied()
     if applied is None:
         raise AgentosError("checksums: nothing applied yet")
+    closed = _closing_event(ctx)
+    if closed is not None and closed.get("checksums_sha256") == _digest_or_none(
+            ctx.paths.checksums) and ctx.paths.sha256sums.is_file():
+        return  # a closed run's checksums stay as its run_end recorded them
     req = ctx.need_request()
     final_paths: set[str] = set()
     for step in req.steps:
@@ -149,19 +155,43 @@ def checksums_task(ctx: RunContext) -> None:
                  durable=True)
 
 
-def run_closed_as_applied(ctx: RunContext) -> bool:
-    """The tape's last event is run_end(applied): the result task has nothing to add."""
+def _closing_event(ctx: RunContext) -> dict[str, Any] | None:
+    """The tape's last event when it is run_end(applied), else None."""
     try:
         with open(ctx.paths.tape, "rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - 65536))
             last = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
         event = json.loads(last)
     except (OSError, ValueError):
-        return False
-    return bool(event.get("event") == "run_end" and event.get("status") == "applied")
+        return None
+    if isinstance(event, dict) and event.get("event") == "run_end" \
+            and event.get("status") == "applied":
+        return event
+    return None
+
+
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def run_closed_as_applied(ctx: RunContext) -> bool:
+    """The tape's last event is run_end(applied): the result task has nothing to add."""
+    return _closing_event(ctx) is not None
 
 
 def result_task(ctx: RunContext) -> None:
+    """Write execution_result.json and close the tape with run_end(applied), once: an
+    invocation that finds the run already closed on these very files adds nothing (doit
+    forgets what a killed invocation did, so this task may run again after a crash)."""
+    closed = _closing_event(ctx)
+    if closed is not None \
+            and closed.get("execution_result_sha256") == _digest_or_none(
+                ctx.paths.execution_result) \
+            and closed.get("checksums_sha256") == _digest_or_none(ctx.paths.checksums):
+        return
     write_result(ctx, "applied")
     ctx.tape.append("run_end", status="applied",
                      execution_result_sha256=sha256_file(ctx.paths.execution_result),

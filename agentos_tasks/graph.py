@@ -7,7 +7,10 @@ run task: `doit gates` re-checks evidence, it does not regenerate it.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,68 @@ if TYPE_CHECKING:
 # AgentosErrors raised by actions in this process, so `agentos` can exit with their code.
 RAISED: list[AgentosError] = []
 
+RESUME_HINT = "re-run the same command to resume"
+# the signals that stop an invocation cleanly: the step's processes are killed, the
+# tape keeps the open step_start (closed as step_interrupted when the run resumes)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal reached the executor (SIGINT, SIGTERM, SIGHUP)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class InterruptedFailure(TaskFailed):  # type: ignore[misc]
+    """The failure doit records for the task a stop signal interrupted."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(f"interrupted by {signame}")
+        self.signame = signame
+
+
+def interrupted_line(signame: str, where: str | None = None) -> str:
+    """The one line an interrupted invocation prints."""
+    during = f" during {where}" if where else ""
+    return f"interrupted by {signame}{during}: {RESUME_HINT}\n"
+
+
+_stopping: list[int] = []
+
+
+def _on_stop_signal(signum: int, _frame: Any) -> None:
+    """First stop signal: unwind (the step's processes are killed on the way out). A
+    second one while unwinding: die by it at once (the tape recovers either way)."""
+    if _stopping:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _stopping.append(signum)
+    raise Interrupted(signum)
+
+
+def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """An interruption outside any task (between tasks, in doit itself): one line."""
+    if issubclass(kind, KeyboardInterrupt):
+        name = signal.Signals(value.signum).name if isinstance(value, Interrupted) \
+            else "SIGINT"
+        sys.stderr.write(interrupted_line(name))
+        sys.stderr.flush()
+        return
+    sys.__excepthook__(kind, value, tb)
+
+
+def install_interrupt_handlers() -> None:
+    """Where an invocation starts (doit_config): SIGINT, SIGTERM and SIGHUP unwind the
+    executor as one Interrupted exception, never a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_stop_signal)
+    sys.excepthook = _excepthook
+
 
 def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     """Wrap an action: a user-facing error becomes a clean doit failure, not a traceback."""
@@ -33,6 +98,12 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     def action() -> Any:
         try:
             fn(*args)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: stop, never a traceback
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            name = signal.Signals(signum).name
+            RAISED.append(AgentosError(f"interrupted by {name}", hint=RESUME_HINT,
+                                       code=128 + signum))
+            return InterruptedFailure(name)
         except AgentosError as err:
             RAISED.append(err)
             return TaskFailed(err.render())
@@ -68,6 +139,10 @@ class AgentosReporter(ConsoleReporter):  # type: ignore[misc]
     def complete_run(self) -> None:
         for result in self.failures:
             exc = result["exception"]
+            if isinstance(exc, InterruptedFailure):
+                sys.stderr.write(escape(interrupted_line(exc.signame, result["task"].name),
+                                        multiline=True))
+                continue
             msg = exc.get_msg() if hasattr(exc, "get_msg") else str(exc)
             sys.stderr.write(escape(f"{result['task'].name} failed:\n{msg.rstrip()}\n",
                                     multiline=True))
@@ -77,6 +152,7 @@ class AgentosReporter(ConsoleReporter):  # type: ignore[misc]
 
 
 def doit_config(ctx: RunContext) -> dict[str, Any]:
+    install_interrupt_handlers()
     ctx.paths.state.mkdir(parents=True, exist_ok=True)
     # doit opens its dep file without asking: a FIFO there (a received run directory)
     # would block `doit gates` forever, a symlink would be followed
@@ -236,16 +312,6 @@ def check_variable_names(names: Iterable[str]) -> None:
                                hint="variables: " + ", ".join(f"{v}=" for v in VARIABLES))
 
 
-def _doit_variable_names() -> list[str]:
-    """The `name=value` arguments doit parsed (DoitMain.process_args' rule over argv)."""
-    from doit import doit_cmd
-
-    parsed = getattr(doit_cmd, "_CMDLINE_VARS", None)
-    if isinstance(parsed, dict):
-        return [str(name) for name in parsed]
-    return [a.split("=", 1)[0] for a in sys.argv[1:] if a[:1] != "-" and "=" in a]
-
-
 def context_from_vars(get_var: Callable[[str], str | None], cwd: Path,
                       given: Iterable[str] = ()) -> RunContext:
     """The run's context from doit variables; `given` names every variable on the
@@ -259,6 +325,16 @@ def context_from_vars(get_var: Callable[[str], str | None], cwd: Path,
     adopt_recorded_request(ctx)
     ctx.lock()
     return ctx
+
+
+def _doit_variable_names() -> list[str]:
+    """The `name=value` arguments doit parsed (DoitMain.process_args' rule over argv)."""
+    from doit import doit_cmd
+
+    parsed = getattr(doit_cmd, "_CMDLINE_VARS", None)
+    if isinstance(parsed, dict):
+        return [str(name) for name in parsed]
+    return [a.split("=", 1)[0] for a in sys.argv[1:] if a[:1] != "-" and "=" in a]
 
 
 def load_for_doit() -> tuple[dict[str, Any], Callable[[], Iterator[dict[str, Any]]]]:

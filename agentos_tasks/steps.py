@@ -57,17 +57,18 @@ def prepare_worktree(ctx: RunContext, git: Git, parent: str) -> None:
 
 def run_step(ctx: RunContext, step: Step) -> None:
     """Execute one step in the worktree, judge its real diff, commit, export, record."""
-    if ctx.sealed:
-        raise sealed_error(ctx, f"step {step.id} cannot run again")
     policy = ctx.policy
     git = ctx.worktree_git
     parent = parent_commit(ctx, step)
     spec_sha = sha256_bytes(canonical_json(step_spec(ctx, step)))
     if reusable_manifest(ctx, git, step, parent, spec_sha):
         # doit's DB is written at the end of an invocation; after a crash it forgets steps
-        # that did complete. Their manifests (written last, atomically) are the truth.
+        # that did complete. Their manifests (written last, atomically) are the truth; a
+        # sealed run killed before run_end gets here too, and goes on to close its tape.
         print(escape(f"{step.id}: reusing its manifest from an interrupted invocation"))
         return
+    if ctx.sealed:
+        raise sealed_error(ctx, f"step {step.id} cannot run again")
     if ctx.paths.manifest(step.id).exists():
         # re-executing: whatever came after this step is no longer valid
         for later in ctx.steps[step.index:]:

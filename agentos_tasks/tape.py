@@ -3,9 +3,14 @@
 Each line is one event: ``{"seq", "ts", "event", "step", ..., "prev"}`` where ``prev`` is
 the sha256 of the previous line's bytes (without its newline; 64 zeros for the first).
 ``audit/tape_head.json`` ({count, head}) is replaced atomically after every append, so a
-truncated, reordered or edited tape no longer matches its head. A tape whose last line
-was torn by a crash is repaired on the next open (the torn bytes are cut and a
-``run_resumed`` event records how many), keeping ``seq`` contiguous.
+truncated, reordered or edited tape no longer matches its head.
+
+Recovery, on the first append of an invocation (keeping ``seq`` contiguous):
+- a last line torn by a crash is cut; ``run_resumed`` records how many bytes;
+- a tape that ends in a ``step_start`` (the invocation running that step was killed or
+  interrupted) gets ``step_interrupted`` for that step, then ``run_resumed``. Gate EX-E
+  accepts an unclosed step in exactly that shape: step_start, step_interrupted of the same
+  step, run_resumed, on consecutive lines.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from agentos_tasks import faults
 from agentos_tasks.fsutil import RefusedFile, fsync_dir, read_regular, sha256_bytes, write_json
 
 if TYPE_CHECKING:
@@ -24,8 +30,8 @@ if TYPE_CHECKING:
 GENESIS = "0" * 64
 EVENTS = frozenset({
     "run_start", "policy_loaded", "policy_denied", "worktree_created", "step_start",
-    "step_end", "step_failed", "questions_blocked", "resume_applied", "run_resumed",
-    "patches_applied", "apply_failed", "rollback", "run_end",
+    "step_end", "step_failed", "step_interrupted", "questions_blocked", "resume_applied",
+    "run_resumed", "patches_applied", "apply_failed", "rollback", "run_end",
 })
 
 
@@ -63,7 +69,8 @@ class Tape:
         return self._state
 
     def _recover(self) -> TapeState:
-        """Read the tape; cut a torn last line (crash mid-write) and note it."""
+        """Read the tape; cut a torn last line (crash mid-write) and close a step left
+        open by a killed invocation; note both (step_interrupted, run_resumed)."""
         if not self.path.exists():
             return TapeState(0, GENESIS, None)
         data = self.path.read_bytes()
@@ -76,13 +83,26 @@ class Tape:
                 os.fsync(handle.fileno())
         lines = data.splitlines()
         head = sha256_bytes(lines[-1]) if lines else GENESIS
-        last = json.loads(lines[-1]).get("event") if lines else None
-        state = TapeState(len(lines), head, last)
+        last = json.loads(lines[-1]) if lines else None
+        state = TapeState(len(lines), head, last.get("event") if last else None)
+        open_start = last if last is not None and last.get("event") == "step_start" else None
+        if not torn and open_start is None:
+            return state
+        self._state = state
+        reasons = []
+        if open_start is not None:
+            step = str(open_start.get("step"))
+            self._write("step_interrupted", step, {
+                "step": step, "started_seq": open_start.get("seq"),
+                "reason": "the invocation that started this step ended before closing it "
+                          "(killed or interrupted); the step runs again from its parent"})
+            reasons.append(f"step {step} interrupted")
+        fields: dict[str, Any] = {}
         if torn:
-            self._state = state
-            self.append("run_resumed", reason="torn last line removed", torn_bytes=len(torn))
-            return self._state
-        return state
+            reasons.append("torn last line removed")
+            fields["torn_bytes"] = len(torn)
+        self._write("run_resumed", None, {"reason": "; ".join(reasons), **fields})
+        return self._state
 
     def append(self, event: str, step: str | None = None, **fields: Any) -> dict[str, Any]:
         """Append one event durably and move the head. Returns the record written."""
@@ -110,10 +130,24 @@ class Tape:
             os.fsync(handle.fileno())
         if new_file:
             fsync_dir(self.path.parent)
+        faults.after_tape_event(state.count, head_written=False)
         head = sha256_bytes(line)
         self._state = TapeState(state.count + 1, head, event)
         write_json(self.head_path, {"count": state.count + 1, "head": head})
+        faults.after_tape_event(state.count, head_written=True)
         return dict(json.loads(line))
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The tape's events as written, unverified (the executor's own reading of what it
+    recorded; gates use verify_chain). A torn last line is left out; no tape, no events."""
+    try:
+        data = (run_dir / "audit" / "run_tape.jsonl").read_bytes()
+    except FileNotFoundError:
+        return []
+    if data and not data.endswith(b"\n"):
+        data = data[:data.rfind(b"\n") + 1]
+    return [dict(json.loads(line)) for line in data.splitlines()]
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from agentos_tasks.fsutil import sha256_bytes
-from agentos_tasks.tape import GENESIS, Tape, verify_chain
+from agentos_tasks.tape import GENESIS, Tape, read_events, verify_chain
 
 
 def filled(tmp_path: Path, n: int = 4) -> Tape:
@@ -75,8 +79,11 @@ def test_torn_last_line_is_cut_and_recorded(tmp_path: Path) -> None:
     report = verify_chain(tmp_path)
     assert report.ok, report.reason
     events = [e["event"] for e in report.events]
-    assert events[-2:] == ["run_resumed", "step_end"]
-    assert report.events[-2]["torn_bytes"] > 0
+    # the tape also ended in an open step_start (s2): closed first, one run_resumed for both
+    assert events[-4:] == ["step_start", "step_interrupted", "run_resumed", "step_end"]
+    assert report.events[-3]["step"] == "s2" and report.events[-3]["started_seq"] == 3
+    assert report.events[-2]["torn_bytes"] == len(b'{"seq":4,"ts":"x","event":"step_e')
+    assert report.events[-2]["reason"] == "step s2 interrupted; torn last line removed"
     assert [e["seq"] for e in report.events] == list(range(len(events)))
 
 
@@ -91,3 +98,75 @@ def test_new_invocation_after_run_end_is_marked_resumed(tmp_path: Path) -> None:
 def test_unknown_event_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Tape(tmp_path).append("made_up")
+
+
+def test_open_step_start_is_closed_on_the_next_invocation(tmp_path: Path) -> None:
+    """A killed invocation left step_start last: the next append is preceded by
+    step_interrupted of that step (naming its seq) and run_resumed, on consecutive lines."""
+    tape = Tape(tmp_path)
+    tape.append("run_start", run="r")
+    tape.append("step_start", "s1", op="run")
+    Tape(tmp_path).append("step_start", "s1", op="run")
+    report = verify_chain(tmp_path)
+    assert report.ok, report.reason
+    shape = [(e["event"], e.get("step")) for e in report.events]
+    assert shape == [("run_start", None), ("step_start", "s1"), ("step_interrupted", "s1"),
+                     ("run_resumed", None), ("step_start", "s1")]
+    assert report.events[2]["started_seq"] == 1
+    assert report.events[3]["reason"] == "step s1 interrupted"
+    assert "torn_bytes" not in report.events[3]
+
+
+def test_closed_or_not_last_step_start_adds_no_recovery_event(tmp_path: Path) -> None:
+    """Only a tape that ENDS in step_start is recovered: a closed step, or a step_start
+    followed by something else (a broken tape EX-E must fail), is left as it is."""
+    tape = Tape(tmp_path / "closed")
+    tape.append("step_start", "s1")
+    tape.append("step_end", "s1", status="changed")
+    Tape(tmp_path / "closed").append("run_end", status="applied")
+    assert [e["event"] for e in read_events(tmp_path / "closed")] == \
+        ["step_start", "step_end", "run_end"]
+    tape = Tape(tmp_path / "broken")
+    tape.append("step_start", "s1")
+    tape.append("policy_loaded")
+    Tape(tmp_path / "broken").append("run_end", status="failed")
+    assert [e["event"] for e in read_events(tmp_path / "broken")] == \
+        ["step_start", "policy_loaded", "run_end"]
+
+
+def test_read_events_leaves_out_a_torn_line(tmp_path: Path) -> None:
+    filled(tmp_path, 2)
+    with open(tmp_path / "audit/run_tape.jsonl", "ab") as handle:
+        handle.write(b'{"seq":2,"ev')
+    assert [e["seq"] for e in read_events(tmp_path)] == [0, 1]
+    assert read_events(tmp_path / "nowhere") == []
+
+
+APPEND_FIVE = """
+import sys
+from pathlib import Path
+from agentos_tasks.tape import Tape
+tape = Tape(Path(sys.argv[1]))
+for i in range(5):
+    tape.append("step_start" if i % 2 else "step_end", f"s{i}")
+"""
+
+
+@pytest.mark.parametrize("crash", ["2", "2:line"])
+def test_crash_after_event_kills_right_after_that_event(tmp_path: Path, crash: str) -> None:
+    """AGENTOS_CRASH_AFTER_EVENT=N: SIGKILL once event N is on disk (N:line: before the head
+    moved). The next Tape recovers to a valid chain either way."""
+    env = {**os.environ, "AGENTOS_CRASH_AFTER_EVENT": crash}
+    project = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-c", APPEND_FIVE, str(tmp_path)], env=env,
+                          cwd=project, capture_output=True, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert [e["seq"] for e in read_events(tmp_path)] == [0, 1, 2]
+    head = json.loads((tmp_path / "audit/tape_head.json").read_text())
+    assert head["count"] == (3 if crash == "2" else 2)
+    assert verify_chain(tmp_path).ok is (crash == "2")
+    Tape(tmp_path).append("run_end", status="failed")
+    report = verify_chain(tmp_path)
+    assert report.ok, report.reason
+    assert [e["event"] for e in report.events] == \
+        ["step_end", "step_start", "step_end", "run_end"]

@@ -1,6 +1,8 @@
 """EX-E: the tape's step events are well formed and vouch for the manifests: every
-step_start is closed by exactly one step_end or step_failed, `seq` is contiguous, each
-manifest and patch matches the digests on its step_end, a finished run ends with run_end.
+step_start is closed by exactly one step_end or step_failed (or, when its invocation was
+killed or interrupted, by step_interrupted and run_resumed on the very next two lines),
+`seq` is contiguous, each manifest and patch matches the digests on its step_end, a
+finished run ends with run_end.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ def ex_e_steps(ctx: GateContext) -> Verdict:
 
 def check_steps_closed(events: list[dict[str, Any]]) -> None:
     """Steps never overlap: each step_start is closed by its step_end or step_failed
-    before the next step starts or the run applies, blocks or ends."""
+    before the next step starts or the run applies, blocks or ends. A step whose
+    invocation died is closed in exactly one shape: its step_start, then step_interrupted
+    of the same step, then run_resumed, on consecutive lines (the tape's recovery)."""
     open_step: str | None = None
-    for event in events:
+    for index, event in enumerate(events):
         name = event.get("event")
         if name == "step_start":
             if open_step is not None:
@@ -67,10 +71,32 @@ def check_steps_closed(events: list[dict[str, Any]]) -> None:
                 raise Fail(f"{name} of {event.get('step')} without a matching step_start "
                            f"(open: {open_step})")
             open_step = None
+        elif name == "step_interrupted":
+            check_interrupted(events, index)
+            open_step = None
         elif name in ("patches_applied", "run_end", "questions_blocked") and open_step:
             raise Fail(f"{name} while step {open_step} has no step_end/step_failed")
     if open_step is not None:
         raise Fail(f"step {open_step} has a step_start but no step_end/step_failed")
+
+
+def check_interrupted(events: list[dict[str, Any]], index: int) -> None:
+    """events[index] is a step_interrupted: the line before is the step_start of the same
+    step (seq as recorded in started_seq), the line after is run_resumed."""
+    event = events[index]
+    step = event.get("step")
+    before = events[index - 1] if index > 0 else {}
+    if before.get("event") != "step_start" or before.get("step") != step:
+        raise Fail(f"line {index + 1}: step_interrupted of {step} does not follow its "
+                   f"step_start (the line before is {before.get('event')} of "
+                   f"{before.get('step')})")
+    if event.get("started_seq") != before.get("seq"):
+        raise Fail(f"line {index + 1}: step_interrupted of {step} names step_start seq "
+                   f"{event.get('started_seq')!r}, the line before is seq {before.get('seq')!r}")
+    after = events[index + 1] if index + 1 < len(events) else {}
+    if after.get("event") != "run_resumed":
+        raise Fail(f"line {index + 1}: step_interrupted of {step} is not followed by "
+                   f"run_resumed (next: {after.get('event')})")
 
 
 def check_manifests_vouched(ctx: GateContext, ends: dict[str, dict[str, Any]]) -> int:
