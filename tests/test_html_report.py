@@ -5,9 +5,10 @@ PASS) and a failed run whose artifacts are hostile (a step message with `<script
 bidi override, a file name with `</style>`, a long diff, a run step that prints 60 lines
 and exits 3). A fake-claude tool run checks the prompt, claims and network ledger. The
 browser test opens both pages once in headless Chromium (Debian's `chromium`): the key
-elements are in the rendered DOM, no console message, no script element, no external
-URL, and a 1280x800 screenshot is saved (tmp dir and outputs/report-screenshot*.png).
-"""
+elements are in the rendered DOM, no console message (CSP violations are logged there),
+no script element, no request in Chromium's net log but its own background ones (a control
+page shows both detectors fire), and a 1280x800 screenshot is saved (tmp dir and
+outputs/report-screenshot*.png)."""
 
 from __future__ import annotations
 
@@ -309,16 +310,44 @@ def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, timeout=120, check=False)
 
 
+# Chromium's own background requests (time sync, account probes) that it makes for any
+# page, even about:blank, whatever --disable-background-networking says.
+_BROWSER_HOSTS = re.compile(r"^https?://([a-z0-9-]+\.)*google\.com/")
+
+
+def _page_requests(netlog: Path) -> list[str]:
+    """http(s) URLs in a Chromium net log, minus the browser's own background requests."""
+    urls = set(re.findall(r'"url":"(https?://[^"]*)"', netlog.read_text(errors="replace")))
+    return sorted(u for u in urls if not _BROWSER_HOSTS.match(u))
+
+
+def _control_page(tmp_path: Path) -> None:
+    """The detectors detect: a page without our CSP that loads an image and runs a script
+    shows up in the net log and as CONSOLE lines."""
+    page = tmp_path / "control.html"
+    page.write_text('<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
+                    '<script>console.log("control")</script></body></html>')
+    netlog = tmp_path / "net-control.json"
+    probe = _chromium(f"--log-net-log={netlog}", "--dump-dom", page.as_uri(),
+                      profile=tmp_path / "profile-control")
+    assert "http://127.0.0.1:9/x.png" in _page_requests(netlog), probe.stderr[-2000:]
+    assert "CONSOLE" in probe.stderr and "control" in probe.stderr
+
+
 def test_pages_render_in_headless_chromium(demo: Run, failed: Run, tmp_path: Path) -> None:
     if not Path(CHROMIUM).is_file():
         if os.environ.get("CI") == "true":
             pytest.fail(f"chromium is missing ({CHROMIUM}); .ci/run installs it with apt-get")
         pytest.skip("chromium is not installed (apt-get install chromium)")
+    _control_page(tmp_path)
     outputs = PROJECT / "outputs"
     for name, run in (("demo", demo), ("failed", failed)):
         url = (run.run_dir / HTML_RELPATH).as_uri()
-        dom = _chromium("--dump-dom", url, profile=tmp_path / f"profile-{name}")
+        netlog = tmp_path / f"net-{name}.json"
+        dom = _chromium(f"--log-net-log={netlog}", "--dump-dom", url,
+                        profile=tmp_path / f"profile-{name}")
         assert dom.returncode == 0, dom.stderr[-2000:]
+        assert _page_requests(netlog) == [], (name, _page_requests(netlog))
         html = dom.stdout
         for element in ('id="verdict"', 'id="run-status"', 'id="gate-counts"',
                         'id="exec-status"', 'id="timeline"', 'id="steps"', 'id="gates"',
