@@ -48,7 +48,7 @@ def _doit(args: list[str], cwd: Path) -> int:
     from agentos_tasks.fsutil import refuse_special
 
     values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
-    ctx = graph.context_from_vars(values.get, cwd)
+    ctx = graph.context_from_vars(values.get, cwd, values)
     # doit opens its dep file itself: a FIFO there (a received run) would block for ever
     refuse_special(ctx.paths.state / "doit-deps.json")
 
@@ -69,7 +69,10 @@ def _doit(args: list[str], cwd: Path) -> int:
                                           task_opts=self.task_opts))
 
     graph.RAISED.clear()
-    code = int(DoitMain(AgentosLoader()).run(args))
+    try:
+        code = int(DoitMain(AgentosLoader()).run(args))
+    finally:
+        ctx.release()  # a run refused before it started leaves no directory
     if code and graph.RAISED:
         return graph.RAISED[0].code
     return code

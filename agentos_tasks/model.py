@@ -36,7 +36,9 @@ class Step:
     index: int  # 0-based position in the request
     op: Op
     message: str
-    line: int  # source line of the step in the request file
+    # source line of the step in the request file: for error messages only, never part
+    # of what the step means (evidence.step_spec / step_record leave it out)
+    line: int = field(compare=False)
     path: str | None = None  # write / delete target, as written in the request
     content: bytes | None = None  # write: the bytes to write (content or content_file)
     content_file: Path | None = None  # absolute, resolved relative to the request file
@@ -71,7 +73,7 @@ class Author:
 @dataclass(frozen=True)
 class Request:
     source: Path  # absolute path of the request file
-    sha256: str  # digest of the request file's bytes
+    sha256: str  # digest of the run's request: the file's bytes (see presented_sha256)
     version: int
     id: str
     repo: Path  # absolute
@@ -83,6 +85,11 @@ class Request:
     steps: tuple[Step, ...]
     questions: tuple[Question, ...] = ()
     lines: dict[str, int] = field(default_factory=dict, compare=False)  # top-level key -> line
+    # Set when the file given now differs from the run's recorded request only in form
+    # (comments, blank lines, indentation, key order, flow/block style): the digest of the
+    # file given now. `sha256` is then the recorded request's, the one the run's evidence
+    # names (start.adopt_recorded_request).
+    presented_sha256: str | None = field(default=None, compare=False)
 
 
 ChangeStatus = Literal["A", "M", "D", "R", "T"]

@@ -16,7 +16,7 @@ from typing import Any
 import voluptuous as vol
 
 from agentos_tasks.model import ADAPTERS, OPS, Author, Question, Request, Step, ToolSpec
-from agentos_tasks.yamlsrc import MarkedDoc, load_with_marks, validate
+from agentos_tasks.yamlsrc import MarkedDoc, check_unknown_keys, load_with_marks, validate
 
 # no leading dot: ids name files and directories (steps/<id>.json, tools/<id>/), so
 # `.`, `..` and hidden names are refused
@@ -92,6 +92,11 @@ def load_request(path: Path) -> Request:
     """Read, validate and resolve a request file. Raises AgentosError with file:line."""
     path = path.resolve()
     doc = load_with_marks(path, "request")
+    if not isinstance(doc.data, dict):
+        found = "a list" if isinstance(doc.data, list) else f"a {type(doc.data).__name__}"
+        raise doc.error(f"a request must be a mapping with version, id, repo and steps "
+                        f"(found {found})", hint="see requests/demo.yaml")
+    check_unknown_keys(doc, REQUEST_SCHEMA, "request")
     _precheck(doc)
     data = validate(doc, REQUEST_SCHEMA, "request")
     base_dir = path.parent
@@ -108,7 +113,7 @@ def load_request(path: Path) -> Request:
     policy = data.get("policy")
     return Request(
         source=path,
-        sha256=sha256_bytes(path.read_bytes()),
+        sha256=sha256_bytes(doc.raw),
         version=data["version"],
         id=data["id"],
         repo=(base_dir / data["repo"]).resolve(),
@@ -125,8 +130,6 @@ def load_request(path: Path) -> Request:
 
 def _precheck(doc: MarkedDoc) -> None:
     """Errors voluptuous would word badly: shell strings, several operations in one step."""
-    if not isinstance(doc.data, dict):
-        raise doc.error("a request must be a mapping with version, id, repo and steps")
     steps = doc.data.get("steps")
     if not isinstance(steps, list):
         return

@@ -1,6 +1,9 @@
 """One run: where its files live, which request/policy it executes, and its recorded state.
 
 The run directory `outputs/<run_id>/` is reused by every invocation of the same run.
+It exists once a run has started (its tape): an invocation that created it and ends
+before the first tape event (a refusal before anything ran, `doit list`) removes it
+again (`RunContext.release`), so a request refused up front leaves nothing behind.
 Its `.state/` holds doit's dep file, the run lock, canonical step specs and the
 base/applied records; everything in `audit/`, `steps/`, `patches/`, `logs/`, `tools/`
 and `reports/` is evidence.
@@ -8,6 +11,7 @@ and `reports/` is evidence.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 from dataclasses import dataclass, field
@@ -47,6 +51,10 @@ class RunContext:
     _lock: IO[bytes] | None = field(default=None, repr=False)
     # commit the worktree is known to be clean at (saves a reset between steps)
     clean_at: str | None = None
+    # start.preflight passed in this invocation (the target is checked once)
+    target_checked: bool = False
+    # directories lock() created (the run directory, then missing parents), deepest first
+    _created: list[Path] = field(default_factory=list, repr=False)
 
     @cached_property
     def policy(self) -> Policy:
@@ -104,6 +112,12 @@ class RunContext:
         """Hold `.state/lock` for this process: two invocations of one run never interleave."""
         if self._lock is not None:
             return
+        missing = self.paths.root
+        while not missing.exists() and missing != missing.parent:
+            self._created.append(missing)
+            missing = missing.parent
+        if self._created:
+            atexit.register(self.release)
         self.paths.state.mkdir(parents=True, exist_ok=True)
         # the worktree inside holds whatever steps wrote: no other local user may enter
         os.chmod(self.paths.root, 0o700)
@@ -125,6 +139,24 @@ class RunContext:
         handle.write(str(os.getpid()).encode())
         handle.flush()
         self._lock = handle
+
+    def release(self) -> None:
+        """Drop the lock; remove the run directory when this invocation created it and
+        the run never started (no tape): nothing ran, so nothing is left behind."""
+        created, self._created = self._created, []
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        if not created or os.path.lexists(self.paths.tape):
+            return
+        from agentos_tasks.leftovers import remove_tree
+
+        remove_tree(self.paths.root)
+        for parent in created[1:]:  # outputs/ (and above) only when we made it and it is empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 def build_context(

@@ -4,10 +4,17 @@ git dir and its worktree at the recorded base).
 
 Invariants: a denied request changes nothing and is recorded (policy_denied, a denied
 result, run_end); the target branch and working tree are untouched until apply.
+What can be checked before the first step is checked before it, before anything is
+recorded (`preflight`: the target is a git repository's top, the branch exists, its
+working tree is clean, the base names a commit). A request file that differs from the
+run's recorded one only in form (comments, whitespace, key order, YAML style) is the
+same request: it never re-runs a step or seals a run (`adopt_recorded_request`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +22,16 @@ from agentos_tasks import __version__
 from agentos_tasks.errors import AgentosError, PolicyViolation
 from agentos_tasks.evidence import input_digests, request_record, sealed_error, write_result
 from agentos_tasks.fsutil import (
+    RefusedFile,
     atomic_write,
+    read_json,
+    read_regular,
     sha256_bytes,
+    sha256_file,
     write_json,
 )
 from agentos_tasks.git import Git, init_private_repo
-from agentos_tasks.landing import refuse_links_in_target
+from agentos_tasks.landing import checked_out, refuse_links_in_target
 from agentos_tasks.leftovers import remove_tree
 from agentos_tasks.termsafe import escape
 
@@ -36,6 +47,7 @@ def policy_task(ctx: RunContext) -> None:
     req = ctx.need_request()
     policy = ctx.policy
     decision = check_request(policy, req)
+    preflight(ctx)
     if ctx.sealed:
         applied: dict[str, Any] = dict(ctx.applied() or {})
         if (applied.get("request_sha256") == req.sha256
@@ -49,17 +61,25 @@ def policy_task(ctx: RunContext) -> None:
                                   hint=f"run {ctx.run_id} is sealed, so this denial is not "
                                        "recorded there; add run=NEW to record it in a new run")
         raise sealed_error(ctx, "the request, its input files or the policy changed since")
+    if _decided_already(ctx, req):
+        return  # e.g. the request file was only reformatted: nothing new to decide
     t = ctx.tape
     if t.state().count == 0:
         t.append("run_start", run=ctx.run_id, agentos_version=__version__,
                  request=str(req.source), request_sha256=req.sha256)
     audit = ctx.paths.audit
-    atomic_write(audit / "request.yaml", req.source.read_bytes())
+    if req.presented_sha256 is None:
+        # the run's request is recorded once; a file equivalent to it keeps the record
+        request_bytes = req.source.read_bytes()
+        if sha256_bytes(request_bytes) != req.sha256:
+            raise AgentosError(f"request file {req.source} changed while loading; re-run")
+        atomic_write(audit / "request.yaml", request_bytes)
     policy_bytes = policy.source.read_bytes()
     if sha256_bytes(policy_bytes) != policy.sha256:
         raise AgentosError(f"policy file {policy.source} changed while loading; re-run")
     atomic_write(audit / "policy.yaml", policy_bytes)
-    write_json(audit / "request.json", request_record(req))
+    if req.presented_sha256 is None:
+        write_json(audit / "request.json", request_record(req))
     for step in req.steps:  # the bytes every content_file / patch step used, by sha256
         for path in step.input_files:
             data = path.read_bytes()
@@ -92,10 +112,74 @@ def policy_task(ctx: RunContext) -> None:
     })
 
 
+def _answers_digest(ctx: RunContext, req: Request) -> str | None:
+    """What check_answers records as answers_sha256 for this invocation."""
+    if not req.questions or ctx.answers_path is None or not ctx.answers_path.is_file():
+        return None
+    return sha256_file(ctx.answers_path)
+
+
+def _decided_already(ctx: RunContext, req: Request) -> bool:
+    """The policy record already decided exactly this: the same request (as recorded),
+    policy and answers. doit re-runs the policy task when the request file's bytes
+    change; a reformatted file changes nothing here, so nothing is recorded again."""
+    try:
+        record = read_json(ctx.paths.policy_record)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or not ctx.paths.tape.is_file():
+        return False
+    if req.questions and record.get("answers_sha256") is None:
+        return False
+    return bool(record.get("decision") == "allow"
+                and record.get("request_sha256") == req.sha256
+                and record.get("policy_sha256") == ctx.policy.sha256
+                and record.get("answers_sha256") == _answers_digest(ctx, req))
+
+
+_FORM_ONLY = ("sha256", "source")  # where the request file is and its bytes' digest
+_STEP_FORM_ONLY = ("line", "patch_file")  # where a step is written, where its patch lies
+
+
+def request_meaning(record: dict[str, Any]) -> dict[str, Any]:
+    """What a request record (audit/request.json) says, without where and how it was
+    written: two files with the same meaning are the same request."""
+    meaning = {k: v for k, v in record.items() if k not in _FORM_ONLY}
+    steps = record.get("steps")
+    if isinstance(steps, list):
+        meaning["steps"] = [{k: v for k, v in step.items() if k not in _STEP_FORM_ONLY}
+                            if isinstance(step, dict) else step for step in steps]
+    return meaning
+
+
+def adopt_recorded_request(ctx: RunContext) -> None:
+    """When the run already recorded a request (audit/request.yaml + request.json) that
+    means what the given file means, the run goes on with the recorded one: `sha256`
+    becomes the recorded digest (every later record names it), `presented_sha256` keeps
+    the given file's. A real change (content, argv, paths, ...) is left alone: it
+    re-runs what it changes, or is refused by a sealed run, as before."""
+    req = ctx.request
+    if req is None:
+        return
+    audit = ctx.paths.audit
+    try:
+        recorded = read_json(audit / "request.json")
+        recorded_yaml = read_regular(audit / "request.yaml")
+    except (OSError, ValueError, RefusedFile):
+        return  # nothing recorded yet (or unreadable: the gates will say so)
+    if not isinstance(recorded, dict) or recorded.get("sha256") != sha256_bytes(recorded_yaml):
+        return
+    if recorded["sha256"] == req.sha256:
+        return
+    if request_meaning(recorded) == request_meaning(request_record(req)):
+        ctx.request = dataclasses.replace(req, sha256=str(recorded["sha256"]),
+                                          presented_sha256=req.sha256)
+
+
 def _step_where(req: Request, decision: Any) -> str:
     for step in req.steps:
         if step.id == decision.step:
-            return f"{req.source}:{step.line}"
+            return f"{req.source}:{step.line}"  # the line map beside the spec
     return str(req.source)
 
 
@@ -109,9 +193,74 @@ def _target_head(ctx: RunContext) -> tuple[str | None, str | None]:
     return branch, git.try_rev_parse(f"refs/heads/{branch}") if branch else None
 
 
+def _repo_where(req: Request, key: str = "repo") -> str:
+    return f"{req.source}:{req.lines.get(key, req.lines.get('repo', 1))}"
+
+
+def _target_branch(ctx: RunContext, git: Git) -> str:
+    """The target is a repository's top and the branch exists; returns the branch."""
+    req = ctx.need_request()
+    if not req.repo.is_dir():
+        raise AgentosError(f"target repository {req.repo} does not exist",
+                           where=_repo_where(req),
+                           hint="create it, fix repo:, or set init_repo: true for a demo")
+    if not is_target_top(git, req.repo):
+        raise AgentosError(f"{req.repo} is not the top of a git repository",
+                           where=_repo_where(req),
+                           hint="repo: must name a repository's top-level directory "
+                                "(or a bare repository's own directory)")
+    record = ctx.base()
+    branch = record["branch"] if record is not None else req.branch or git.current_branch()
+    if branch is None:
+        raise AgentosError(f"{req.repo} has a detached HEAD; name the target branch",
+                           where=_repo_where(req), hint="add branch: <name>")
+    if git.try_rev_parse(f"refs/heads/{branch}") is None:
+        raise AgentosError(f"branch {branch!r} does not exist in {req.repo}",
+                           where=_repo_where(req, "branch"),
+                           hint="create it (git branch NAME) or fix branch:")
+    return branch
+
+
+def preflight(ctx: RunContext) -> None:
+    """Everything about the target that can be checked before the first step: it exists
+    and is a git repository's top, the branch exists, the base names a commit, and the
+    working tree that has the branch checked out is clean (apply checks that again).
+    Nothing is written: a refusal here leaves no run directory behind (see
+    RunContext.lock). Once per invocation; a sealed run has nothing left to run."""
+    if ctx.sealed or ctx.target_checked:
+        return
+    req = ctx.need_request()
+    if req.init_repo and not (req.repo / ".git").exists():
+        ctx.target_checked = True  # the worktree task creates the demo repository
+        return
+    git = ctx.target_git
+    branch = _target_branch(ctx, git)
+    if ctx.base() is None and req.base and \
+            git.try_rev_parse(f"{req.base}^{{commit}}") is None:
+        raise AgentosError(f"base {req.base!r} does not name a commit in {req.repo}",
+                           where=_repo_where(req, "base"),
+                           hint="base: takes a commit, tag or branch of the target")
+    if (ctx.paths.state / "apply_started.json").exists():
+        # an apply of ours was interrupted: the checkout may already show its commits;
+        # apply finishes or undoes that first, then checks the tree itself
+        ctx.target_checked = True
+        return
+    head = git.rev_parse(f"refs/heads/{branch}")
+    with tempfile.TemporaryDirectory(prefix="agentos-preflight-") as view:
+        checkout = checked_out(git, branch, head=head, view_dir=Path(view) / "view.git",
+                               extra_objects=())
+        if checkout is not None:
+            checkout.require_clean()
+    ctx.target_checked = True
+
+
 def worktree_uptodate(ctx: RunContext) -> bool:
     if ctx.sealed:
         return True
+    try:
+        preflight(ctx)
+    except Exception:  # the worktree task runs it again and reports it
+        return False
     return (ctx.paths.worktree / ".git").is_file() and ctx.paths.base_record.exists()
 
 
@@ -119,28 +268,14 @@ def worktree_task(ctx: RunContext) -> None:
     """Create (or re-create) the run's worktree at the recorded base commit."""
     if ctx.sealed:
         return
+    preflight(ctx)
     req = ctx.need_request()
     if req.init_repo and not (req.repo / ".git").exists():
         init_demo_repo(req)
-    if not req.repo.is_dir():
-        raise AgentosError(f"target repository {req.repo} does not exist",
-                           where=f"{req.source}:{req.lines.get('repo', 1)}",
-                           hint="create it, fix repo:, or set init_repo: true for a demo")
     git = ctx.target_git
-    if not is_target_top(git, req.repo):
-        raise AgentosError(f"{req.repo} is not the top of a git repository",
-                           where=f"{req.source}:{req.lines.get('repo', 1)}",
-                           hint="repo: must name a repository's top-level directory "
-                                "(or a bare repository's own directory)")
+    branch = _target_branch(ctx, git)
     record = ctx.base()
     if record is None:
-        branch = req.branch or git.current_branch()
-        if branch is None:
-            raise AgentosError(f"{req.repo} has a detached HEAD; name the target branch",
-                               where=f"{req.source}:1", hint="add branch: <name>")
-        if git.try_rev_parse(f"refs/heads/{branch}") is None:
-            raise AgentosError(f"branch {branch!r} does not exist in {req.repo}",
-                               where=f"{req.source}:{req.lines.get('branch', 1)}")
         base = git.rev_parse(f"{req.base}^{{commit}}" if req.base else f"refs/heads/{branch}")
         record = {"repo": str(req.repo), "branch": branch, "base": base,
                   "git_common_dir": str(git.common_dir())}

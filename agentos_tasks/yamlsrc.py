@@ -3,10 +3,20 @@
 `load_with_marks` returns the plain data plus a map from the key path of each node
 (e.g. ``("steps", 3, "run")``) to its 1-based line, so validation errors from voluptuous
 (which report ``error.path``) can name the exact line a user must fix.
+
+Loading is bounded before anything is built: the file is read only when it is a regular
+file of at most MAX_BYTES, then one pass over the parser's events (iterative, no
+recursion) refuses aliases, more than MAX_NODES nodes and nesting deeper than MAX_DEPTH;
+only then are nodes composed. Every refusal is one AgentosError naming file:line.
+`check_unknown_keys` names a misspelt key at its own line with a did-you-mean drawn
+from the schema's known keys.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +31,12 @@ if TYPE_CHECKING:
 
 PathKey = tuple[Any, ...]
 
+MAX_BYTES = 4 << 20  # a request, policy or answers file is a few KiB
+MAX_NODES = 100_000  # ~0.3 s to compose with libyaml; a 500-step request is ~6,000
+MAX_DEPTH = 64  # requests and policies are 5 levels deep
+# libyaml when present (the event pass and composing are ~10x faster); marks are the same
+_BASE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 @dataclass
 class MarkedDoc:
@@ -29,6 +45,7 @@ class MarkedDoc:
     source: Path
     data: Any
     lines: dict[PathKey, int] = field(default_factory=dict)
+    raw: bytes = b""  # the bytes `data` was loaded from
 
     def where(self, path: Sequence[Any] = ()) -> str:
         """`file:line` for the deepest known node along `path`."""
@@ -42,18 +59,44 @@ class MarkedDoc:
         return AgentosError(message, where=self.where(path), hint=hint)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader: no Python object tags, ever, and no aliases: `*name` makes the loader
-    build the node it names again at every use, so ten nested anchors are a billion
-    nodes (an alias bomb). None of agentos' files needs them."""
+class _Loader(_BASE_LOADER):  # type: ignore[valid-type,misc]
+    """SafeLoader (no Python object tags, ever). Aliases never reach it: `_prescan`
+    refuses them, since `*name` makes the loader build the node it names again at every
+    use, so ten nested anchors are a billion nodes (an alias bomb). None of agentos'
+    files needs them."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(
-                None, None, f"YAML aliases (*{event.anchor}) are not allowed here; write the "
-                "value out", event.start_mark)
-        return super().compose_node(parent, index)
+
+def _prescan(text: str, path: Path, what: str) -> None:
+    """One pass over the parser's events: no alias, at most MAX_NODES nodes, at most
+    MAX_DEPTH levels. Iterative, so hostile input costs at most one linear scan."""
+    parser = _Loader(text)
+    depth = nodes = 0
+    try:
+        while True:
+            event = parser.get_event()
+            if event is None or isinstance(event, yaml.StreamEndEvent):
+                return
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent):
+                raise AgentosError(f"YAML aliases (*{event.anchor}) are not allowed here; "
+                                   "write the value out", where=f"{path}:{line}")
+            if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+                nodes += 1
+                if nodes > MAX_NODES:
+                    raise AgentosError(f"{what} file has more than {MAX_NODES} YAML nodes",
+                                       where=f"{path}:{line}",
+                                       hint=f"a {what} file is small; put large content in "
+                                            "a content_file")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise AgentosError(f"{what} file is nested too deeply ({MAX_DEPTH} "
+                                       "levels at most)", where=f"{path}:{line}",
+                                       hint=f"a {what} file is a few levels deep")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    finally:
+        parser.dispose()
 
 
 def _construct(node: yaml.Node, path: PathKey, doc: MarkedDoc, loader: _Loader) -> Any:
@@ -77,21 +120,68 @@ def _construct(node: yaml.Node, path: PathKey, doc: MarkedDoc, loader: _Loader) 
     return loader.construct_object(node, deep=True)
 
 
-def load_with_marks(path: Path, what: str) -> MarkedDoc:
-    """Read `path` (YAML or JSON) into a MarkedDoc; any syntax error names file:line."""
+def read_bounded(path: Path, what: str, limit: int = MAX_BYTES) -> bytes:
+    """The bytes of `path` (a regular file, symlinks followed), at most `limit`; a FIFO or
+    device is refused instead of blocking, a larger file before it is read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise AgentosError(f"{what} file not found: {path}", hint="check the path; paths on the "
                            "command line are relative to the current directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AgentosError(f"cannot read {what} file {path}: {exc}") from None
-    doc = MarkedDoc(source=path, data=None)
-    loader = _Loader(text)
+    except OSError as exc:
+        raise AgentosError(f"cannot read {what} file {path}: {exc.strerror}") from None
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise AgentosError(f"{what} file {path} is a {kind}" if kind == "directory"
+                               else f"{what} file {path} is {kind}",
+                               hint=f"name a {what} YAML file")
+        too_big = AgentosError(f"{what} file {path} is larger than {limit >> 20} MiB; "
+                               "refusing to read it", where=f"{path}:1",
+                               hint=f"a {what} file is small; put large content in a "
+                                    "content_file")
+        if info.st_size > limit:
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+        return b"".join(chunks)
+    except OSError as exc:
+        raise AgentosError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def decode_utf8(raw: bytes, path: Path, what: str) -> str:
+    """`raw` as text; a byte that is not UTF-8 is named by line and column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise AgentosError(f"{what} file is not UTF-8: byte 0x{raw[exc.start]:02x} at "
+                           f"column {column}", where=f"{path}:{line}",
+                           hint="save the file as UTF-8") from None
+
+
+def load_with_marks(path: Path, what: str) -> MarkedDoc:
+    """Read `path` (YAML or JSON) into a MarkedDoc; any syntax error names file:line."""
+    raw = read_bounded(path, what)
+    text = decode_utf8(raw, path, what)
+    doc = MarkedDoc(source=path, data=None, raw=raw)
+    loader: _Loader | None = None
+    try:
+        _prescan(text, path, what)
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
-            raise AgentosError(f"{what} file is empty", where=f"{path}:1")
+            raise AgentosError(f"{what} file is empty (no YAML document in it)",
+                               where=f"{path}:1", hint=f"see the {what} schema in README.md")
         doc.data = _construct(node, (), doc, loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -100,6 +190,12 @@ def load_with_marks(path: Path, what: str) -> MarkedDoc:
                    if exc.context and exc.context_mark else "")
         raise AgentosError(f"invalid YAML: {exc.problem or exc}{started}",
                            where=f"{path}:{line}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else 1
+        raise AgentosError(f"invalid YAML: {exc.reason} (character {exc.character!r})",
+                           where=f"{path}:{line}",
+                           hint="control characters must be escaped in a quoted string"
+                           ) from None
     except yaml.YAMLError as exc:
         raise AgentosError(f"invalid YAML: {exc}", where=f"{path}:1") from None
     except RecursionError:
@@ -107,12 +203,15 @@ def load_with_marks(path: Path, what: str) -> MarkedDoc:
                            hint="a request, policy or answers file is a few levels deep"
                            ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return doc
 
 
 def validate(doc: MarkedDoc, schema: vol.Schema, what: str) -> Any:
-    """Validate with voluptuous; the first error becomes one AgentosError at file:line."""
+    """Validate with voluptuous; the first error becomes one AgentosError at file:line.
+    An unknown key is named first, at its own line, with a did-you-mean."""
+    check_unknown_keys(doc, schema, what)
     try:
         return schema(doc.data)
     except vol.MultipleInvalid as exc:
@@ -132,3 +231,60 @@ def _invalid(doc: MarkedDoc, exc: vol.Invalid, what: str) -> AgentosError:
         msg = f"missing required key {path[-1]!r}" if path else msg
     return AgentosError(f"{what}: {key}: {msg}", where=doc.where(path),
                         hint=f"see the {what} schema in README.md")
+
+
+Shape = dict[str, Any] | list[Any] | None
+
+
+def schema_shape(schema: Any) -> Shape:
+    """The keys a voluptuous schema knows, as nested dicts (mappings) and one-item lists
+    (sequences); None where any value is accepted or the keys are not fixed."""
+    if isinstance(schema, vol.Schema):
+        return schema_shape(schema.schema)
+    if isinstance(schema, vol.All):
+        for validator in schema.validators:
+            shape = schema_shape(validator)
+            if shape is not None:
+                return shape
+        return None
+    if isinstance(schema, dict):
+        keys = [k.schema if isinstance(k, vol.Marker) else k for k in schema]
+        if not all(isinstance(k, str) for k in keys):
+            return None  # {str: ...}: any key
+        return {str(k.schema if isinstance(k, vol.Marker) else k): schema_shape(v)
+                for k, v in schema.items()}
+    if isinstance(schema, list) and len(schema) == 1:
+        inner = schema_shape(schema[0])
+        return [inner] if inner is not None else None
+    return None
+
+
+def _unknown_keys(data: Any, shape: Shape, path: PathKey) -> list[tuple[PathKey, list[str]]]:
+    if isinstance(shape, dict) and isinstance(data, dict):
+        found: list[tuple[PathKey, list[str]]] = []
+        for key, value in data.items():
+            if key not in shape:
+                found.append(((*path, key), sorted(shape)))
+            else:
+                found.extend(_unknown_keys(value, shape[key], (*path, key)))
+        return found
+    if isinstance(shape, list) and isinstance(data, list):
+        return [hit for i, item in enumerate(data)
+                for hit in _unknown_keys(item, shape[0], (*path, i))]
+    return []
+
+
+def check_unknown_keys(doc: MarkedDoc, schema: Any, what: str) -> None:
+    """The first key (in file order) the schema does not know: one error at that key's
+    own line, with the closest known key when one is close (`wrte` -> `write`)."""
+    hits = _unknown_keys(doc.data, schema_shape(schema), ())
+    if not hits:
+        return
+    path, known = min(hits, key=lambda hit: doc.lines.get(hit[0], 0))
+    key = str(path[-1])
+    dotted = ".".join(str(p) for p in path)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+    raise doc.error(f"{what}: {dotted}: unknown key {key!r}{suggestion}", path,
+                    hint=f"known keys here: {', '.join(known)}; see the {what} schema in "
+                         "README.md")

@@ -1,0 +1,402 @@
+"""Sloppy and hostile input (issue 13): reformatting a request never re-runs a step or
+seals a run, typos are named at their own line with a did-you-mean, hostile files get
+one clean error each, and what can be checked before the first step is checked before
+it, leaving no run directory behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from runutil import doit, git, tape_events, write_policy
+
+from agentos_tasks.errors import EXIT_STATE, EXIT_USAGE, AgentosError
+from agentos_tasks.request import load_request
+from agentos_tasks.yamlsrc import MAX_BYTES, MAX_DEPTH, MAX_NODES
+
+BASE = """\
+version: 1
+id: r1
+repo: ./repo
+init_repo: true
+branch: main
+policy: policy.yaml
+steps:
+  - id: a
+    message: "a: add notes"
+    write:
+      path: notes.md
+      content: "hello\\n"
+  - id: b
+    run: [sh, -c, "echo generated > gen.txt"]
+  - id: c
+    write: {path: docs/x.md, content: "x\\n"}
+"""
+
+# BASE with a comment on top, blank lines, other indentation, keys reordered at every
+# level, flow where BASE is block and block where it is flow, other quoting
+REFORMATTED = """\
+# the same request, written by someone else
+
+
+steps:
+    -   write: {content: "hello\\n", path: notes.md}
+        message: 'a: add notes'
+        id: a
+
+    -   id: b
+        run:
+            - sh
+            - '-c'
+            - echo generated > gen.txt
+
+    - {id: c, write: {path: docs/x.md, content: "x\\n"}}
+policy: policy.yaml
+branch: main
+init_repo: true
+repo: ./repo   # relative to this file
+id: r1
+version: 1
+"""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def starts(run_dir: Path) -> list[str]:
+    return [e["step"] for e in tape_events(run_dir) if e["event"] == "step_start"]
+
+
+def setup_run(tmp_path: Path, text: str = BASE) -> Path:
+    write_policy(tmp_path / "policy.yaml")
+    (tmp_path / "req.yaml").write_text(text)
+    return tmp_path / "out" / "r1"
+
+
+def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+
+
+# --- reformatting ------------------------------------------------------------------
+
+def test_both_forms_load_to_the_same_request() -> None:
+    """The premise of the tests below: REFORMATTED means exactly what BASE means."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp) / "a.yaml", Path(tmp) / "b.yaml"
+        a.write_text(BASE)
+        b.write_text(REFORMATTED)
+        ra, rb = load_request(a), load_request(b)
+    assert ra.steps == rb.steps and ra.repo == rb.repo and ra.author == rb.author
+    assert [s.line for s in ra.steps] != [s.line for s in rb.steps]  # lines differ
+    assert ra.sha256 != rb.sha256
+
+
+def test_reformatted_request_after_apply_changes_nothing_and_gates_pass(
+        tmp_path: Path) -> None:
+    run_dir = setup_run(tmp_path)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    repo = tmp_path / "repo"
+    head = git(repo, "rev-parse", "main")
+    assert git(repo, "rev-list", "--count", "main") == "4"
+    tape = (run_dir / "audit/run_tape.jsonl").read_bytes()
+    recorded = (run_dir / "audit/request.yaml").read_bytes()
+
+    (tmp_path / "req.yaml").write_text(REFORMATTED)  # edited in place
+    proc = doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert "sealed" not in proc.stderr
+    (tmp_path / "copy.yaml").write_text(REFORMATTED.replace("# the same", "# a copy"))
+    doit(tmp_path, "run", "request=copy.yaml", check=0)  # a copy beside it, same run id
+
+    assert (run_dir / "audit/run_tape.jsonl").read_bytes() == tape  # not one event more
+    assert (run_dir / "audit/request.yaml").read_bytes() == recorded == BASE.encode()
+    assert git(repo, "rev-parse", "main") == head
+    gates = doit(tmp_path, "gates", "request=copy.yaml")
+    assert gates.returncode == 0, gates.stdout + gates.stderr
+
+
+def test_reformatted_request_mid_run_resumes_without_reexecuting(tmp_path: Path) -> None:
+    run_dir = setup_run(tmp_path)
+    doit(tmp_path, "run", "request=req.yaml", "step:a", check=0)
+    assert starts(run_dir) == ["a"]
+    (tmp_path / "req.yaml").write_text(REFORMATTED)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert starts(run_dir) == ["a", "b", "c"]  # a ran once
+    events = [e["event"] for e in tape_events(run_dir)]
+    assert events.count("policy_loaded") == 1 and events.count("run_start") == 1
+    # the run names the request it recorded first, everywhere
+    result = json.loads((run_dir / "execution_result.json").read_text())
+    assert result["request"]["sha256"] == sha256(BASE.encode())
+    assert json.loads((run_dir / "audit/request.json").read_text())["sha256"] == \
+        sha256(BASE.encode())
+    assert git(tmp_path / "repo", "show", "main:gen.txt") == "generated"
+    gates = doit(tmp_path, "gates", "request=req.yaml")
+    assert gates.returncode == 0, gates.stdout + gates.stderr
+
+
+def test_a_real_change_still_reexecutes_before_apply_and_is_refused_after(
+        tmp_path: Path) -> None:
+    run_dir = setup_run(tmp_path)
+    doit(tmp_path, "run", "request=req.yaml", "step:b", check=0)
+    changed = REFORMATTED.replace('content: "hello\\n"', 'content: "hello again\\n"')
+    (tmp_path / "req.yaml").write_text(changed)
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert starts(run_dir) == ["a", "b", "a", "b", "c"]  # from the change on
+    assert git(tmp_path / "repo", "show", "main:notes.md") == "hello again"
+    assert json.loads((run_dir / "audit/request.json").read_text())["sha256"] == \
+        sha256(changed.encode())  # a real change is recorded as the run's request
+    gates = doit(tmp_path, "gates", "request=req.yaml")
+    assert gates.returncode == 0, gates.stdout + gates.stderr
+
+    tape = (run_dir / "audit/run_tape.jsonl").read_bytes()
+    (tmp_path / "req.yaml").write_text(BASE.replace("echo generated", "echo other"))
+    proc = agentos(tmp_path, "exec", "run", "--request", "req.yaml", "--outputs", "out")
+    assert proc.returncode == EXIT_STATE, proc.stderr
+    assert "is sealed" in proc.stderr and "run=NEW" in proc.stderr
+    assert (run_dir / "audit/run_tape.jsonl").read_bytes() == tape
+    no_traceback(proc)
+
+
+def test_step_spec_has_no_line(tmp_path: Path) -> None:
+    run_dir = setup_run(tmp_path)
+    doit(tmp_path, "run", "request=req.yaml", "step:a", check=0)
+    from agentos_tasks.layout import RunPaths
+
+    spec = json.loads(RunPaths(run_dir).spec("a").read_text())
+    assert "line" not in spec["step"] and spec["step"]["content_sha256"] == \
+        sha256(b"hello\n")
+    recorded = json.loads((run_dir / "audit/request.json").read_text())
+    assert all("line" not in s for s in recorded["steps"])
+
+
+# --- typos -------------------------------------------------------------------------
+
+HEAD = "version: 1\nid: r1\nrepo: ./repo\ninit_repo: true\npolicy: policy.yaml\nsteps:\n"
+
+
+@pytest.mark.parametrize(("text", "line", "needle"), [
+    (HEAD + "  - id: a\n    wrte: {path: x, content: y}\n", 8,
+     "unknown key 'wrte' (did you mean 'write'?)"),
+    ("version: 1\nid: r1\nrepo: ./repo\nstpes:\n  - id: a\n    delete: {path: x}\n", 4,
+     "unknown key 'stpes' (did you mean 'steps'?)"),
+    (HEAD + "  - id: a\n    write:\n      path: x\n      contnet: y\n", 10,
+     "unknown key 'contnet' (did you mean 'content'?)"),
+    (HEAD + "  - id: a\n    tool:\n      adaptr: command\n      prompt: p\n", 9,
+     "unknown key 'adaptr' (did you mean 'adapter'?)"),
+    (HEAD + "  - id: a\n    mesage: hi\n    delete: {path: x}\n", 8,
+     "unknown key 'mesage' (did you mean 'message'?)"),
+    ("version: 1\nid: r1\nrepo: ./repo\npolcy: p.yaml\nsteps:\n  - {id: a, delete: {path: x}}\n",
+     4, "unknown key 'polcy' (did you mean 'policy'?)"),
+    (HEAD + "  - id: a\n    delete: {path: x}\n    zzzzzz: 1\n", 9, "unknown key 'zzzzzz'"),
+])
+def test_unknown_key_is_named_at_its_line_with_a_did_you_mean(
+        tmp_path: Path, text: str, line: int, needle: str) -> None:
+    path = tmp_path / "req.yaml"
+    path.write_text(text)
+    with pytest.raises(AgentosError) as info:
+        load_request(path)
+    err = info.value
+    assert needle in err.message, err.render()
+    assert err.where == f"{path}:{line}", err.render()
+    assert err.code == EXIT_USAGE
+    assert err.hint is not None and "known keys here" in err.hint
+    if "zzzzzz" in needle:
+        assert "did you mean" not in err.message  # nothing close: no guess
+
+
+def test_misspelt_doit_variable_is_named(tmp_path: Path) -> None:
+    setup_run(tmp_path)
+    proc = doit(tmp_path, "run", "requst=req.yaml")
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "unknown variable requst= (did you mean request=?)" in proc.stderr
+    assert "variables: request=" in proc.stderr
+    no_traceback(proc)
+    assert not (tmp_path / "out").exists()
+    proc = doit(tmp_path, "run", "request=req.yaml", "polcy=policy.yaml")
+    assert proc.returncode == EXIT_USAGE and "did you mean policy=?" in proc.stderr
+
+
+# --- hostile files -----------------------------------------------------------------
+
+def _alias_bomb() -> bytes:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+HOSTILE: dict[str, tuple[bytes, str, int | None]] = {
+    # name: (file bytes, needle, line or None when there is no line to name)
+    "not-utf8": (b"version: 1\nid: caf\xe9\n", "is not UTF-8: byte 0xe9", 2),
+    "empty": (b"", "request file is empty", 1),
+    "only-comments": (b"# nothing here\n\n", "request file is empty", 1),
+    "top-level-list": (b"- version: 1\n- id: r1\n", "must be a mapping", 1),
+    "top-level-scalar": (b"hello\n", "must be a mapping", 1),
+    "too-large": (b"version: 1\nid: r1\nnote: " + b"x" * (MAX_BYTES + 1) + b"\n",
+                  "larger than 4 MiB", 1),
+    "alias-bomb": (_alias_bomb(), "YAML aliases (*a0) are not allowed", 2),
+    "deep-nesting": (b"a: " + b"[" * 20000 + b"]" * 20000 + b"\n",
+                     f"nested too deeply ({MAX_DEPTH} levels at most)", 1),
+    "unclosed-deep": (b"[" * 200000, "nested too deeply", 1),
+    "many-nodes": (b"a: [" + b",".join([b"1"] * (MAX_NODES + 10)) + b"]\n",
+                   f"more than {MAX_NODES} YAML nodes", 1),
+    "nul-byte": (b"version: 1\nid: \x00\n", "control characters are not allowed", 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_request_file_is_one_error_within_a_second(tmp_path: Path, name: str) -> None:
+    data, needle, line = HOSTILE[name]
+    path = tmp_path / "req.yaml"
+    path.write_bytes(data)
+    began = time.monotonic()
+    with pytest.raises(AgentosError) as info:
+        load_request(path)
+    assert time.monotonic() - began < 1.0
+    err = info.value
+    assert needle in err.message, err.render()
+    assert err.where == f"{path.resolve()}:{line}"
+    assert err.code == EXIT_USAGE
+
+
+@pytest.mark.parametrize("name", ["not-utf8", "empty", "top-level-list", "too-large",
+                                  "alias-bomb", "deep-nesting"])
+def test_hostile_request_file_exits_2_without_traceback_or_run_dir(
+        tmp_path: Path, name: str) -> None:
+    data, needle, line = HOSTILE[name]
+    (tmp_path / "req.yaml").write_bytes(data)
+    began = time.monotonic()
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert time.monotonic() - began < 10  # the interpreter and doit start within this
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert f"req.yaml:{line}:" in errors[0] and needle in errors[0]
+    no_traceback(proc)
+    assert not (tmp_path / "out").exists()
+
+
+def test_request_that_is_a_fifo_is_refused_not_read(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "req.yaml")
+    with pytest.raises(AgentosError) as info:
+        load_request(tmp_path / "req.yaml")
+    assert "not a regular file" in info.value.message
+
+
+# --- checked before the first step ---------------------------------------------------
+
+def make_target(path: Path) -> Path:
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "README.md").write_text("target\n")
+    git(path, "add", "README.md")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    return path
+
+
+REQ = ("version: 1\nid: r1\nrepo: ./repo\npolicy: policy.yaml\n{extra}steps:\n"
+       "  - id: a\n    write: {{path: a.md, content: a}}\n"
+       "  - id: b\n    write: {{path: b.md, content: b}}\n")
+
+
+def agentos(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "agentos_tasks", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+
+
+def refused_before_start(tmp_path: Path, code: int, *needles: str) -> None:
+    """Refused by `doit run` (a failed task: non-zero) and by `agentos exec run` (the
+    documented code), each with one error naming the problem, and no run directory."""
+    for proc, expected in ((doit(tmp_path, "run", "request=req.yaml"), None),
+                           (agentos(tmp_path, "exec", "run", "--request", "req.yaml",
+                                    "--outputs", "out"), code)):
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+        if expected is not None:
+            assert proc.returncode == expected, proc.stdout + proc.stderr
+        for needle in needles:
+            assert needle in proc.stderr, proc.stderr
+        assert len([ln for ln in proc.stderr.splitlines() if "error:" in ln]) == 1, proc.stderr
+        no_traceback(proc)
+        assert not (tmp_path / "out").exists(), sorted(str(p) for p in
+                                                       (tmp_path / "out").rglob("*"))
+
+
+def test_missing_repo_is_refused_before_anything_and_leaves_no_run_dir(tmp_path: Path) -> None:
+    write_policy(tmp_path / "policy.yaml")
+    (tmp_path / "req.yaml").write_text(REQ.format(extra=""))
+    refused_before_start(tmp_path, EXIT_USAGE, "target repository", "does not exist",
+                         "req.yaml:3:")
+    (tmp_path / "repo").mkdir()
+    refused_before_start(tmp_path, EXIT_USAGE, "is not the top of a git repository")
+
+
+def test_missing_branch_and_bad_base_are_refused_before_anything(tmp_path: Path) -> None:
+    write_policy(tmp_path / "policy.yaml")
+    make_target(tmp_path / "repo")
+    (tmp_path / "req.yaml").write_text(REQ.format(extra="branch: nope\n"))
+    refused_before_start(tmp_path, EXIT_USAGE, "branch 'nope' does not exist", "req.yaml:5:")
+    (tmp_path / "req.yaml").write_text(REQ.format(extra="base: v9\n"))
+    refused_before_start(tmp_path, EXIT_USAGE, "base 'v9' does not name a commit",
+                         "req.yaml:5:")
+
+
+def test_dirty_target_is_refused_before_the_first_step(tmp_path: Path) -> None:
+    write_policy(tmp_path / "policy.yaml")
+    repo = make_target(tmp_path / "repo")
+    (tmp_path / "req.yaml").write_text(REQ.format(extra=""))
+    (repo / "README.md").write_text("local edit\n")
+    refused_before_start(tmp_path, EXIT_STATE, "uncommitted changes", "README.md")
+    (repo / "README.md").write_text("target\n")
+    (repo / "new.txt").write_text("untracked\n")
+    refused_before_start(tmp_path, EXIT_STATE, "uncommitted changes", "new.txt")
+    (repo / "new.txt").unlink()
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert git(repo, "rev-list", "--count", "main") == "3"
+
+
+def test_dirty_target_mid_run_stops_before_the_next_step(tmp_path: Path) -> None:
+    write_policy(tmp_path / "policy.yaml")
+    repo = make_target(tmp_path / "repo")
+    (tmp_path / "req.yaml").write_text(REQ.format(extra=""))
+    run_dir = tmp_path / "out" / "r1"
+    doit(tmp_path, "run", "request=req.yaml", "step:a", check=0)
+    (repo / "README.md").write_text("local edit\n")
+    proc = agentos(tmp_path, "exec", "run", "--request", "req.yaml", "--outputs", "out")
+    assert proc.returncode == EXIT_STATE and "uncommitted changes" in proc.stderr
+    no_traceback(proc)
+    assert starts(run_dir) == ["a"]  # b never started
+    assert "apply_failed" not in [e["event"] for e in tape_events(run_dir)]
+    git(repo, "checkout", "--", "README.md")
+    doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert starts(run_dir) == ["a", "b"]
+    assert git(repo, "rev-list", "--count", "main") == "3"
+
+
+def test_run_dir_inside_the_target_is_refused_and_not_created(tmp_path: Path) -> None:
+    write_policy(tmp_path / "policy.yaml")
+    repo = make_target(tmp_path / "repo")
+    (tmp_path / "req.yaml").write_text(REQ.format(extra=""))
+    proc = doit(tmp_path, "run", "request=req.yaml", "outputs=repo/out")
+    assert proc.returncode == EXIT_USAGE and "inside the target repository" in proc.stderr
+    no_traceback(proc)
+    assert not (repo / "out").exists()
+
+
+def test_listing_a_new_run_leaves_no_run_dir(tmp_path: Path) -> None:
+    write_policy(tmp_path / "policy.yaml")
+    make_target(tmp_path / "repo")
+    (tmp_path / "req.yaml").write_text(REQ.format(extra=""))
+    proc = doit(tmp_path, "list", "request=req.yaml", check=0)
+    assert "step:a" in proc.stdout
+    assert not (tmp_path / "out").exists()
