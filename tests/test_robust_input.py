@@ -222,6 +222,22 @@ def test_misspelt_doit_variable_is_named(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_USAGE and "did you mean policy=?" in proc.stderr
 
 
+def test_policy_typo_is_named_too(tmp_path: Path) -> None:
+    """The policy loads through the same loader: its typos get the same treatment."""
+    from agentos_tasks.policy import load_policy
+
+    text = (tmp_path / "p.yaml")
+    write_policy(text)
+    lines = text.read_text().splitlines()
+    index = next(i for i, ln in enumerate(lines) if ln.startswith("operations:"))
+    lines[index] = lines[index].replace("operations:", "operatons:")
+    text.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AgentosError) as info:
+        load_policy(text)
+    assert "unknown key 'operatons' (did you mean 'operations'?)" in info.value.message
+    assert info.value.where == f"{text}:{index + 1}"
+
+
 # --- hostile files -----------------------------------------------------------------
 
 def _alias_bomb() -> bytes:

@@ -180,7 +180,7 @@ def request_from_record(record: dict[str, Any]) -> Request:
         tool = raw.get("tool")
         steps.append(Step(
             id=raw["id"], index=raw["index"], op=raw["op"], message=raw["message"],
-            line=raw.get("line", 0), path=raw.get("path"),
+            line=0, path=raw.get("path"),  # the record says what a step means, not where
             patch_paths=tuple(raw.get("patch_paths", ())), argv=tuple(raw.get("argv", ())),
             expect_exit=raw.get("expect_exit", 0),
             tool=ToolSpec(tool["adapter"], tool["prompt"], tuple(tool["paths"]),
