@@ -354,7 +354,8 @@ def _section_timeline(steps: list[_Step], manifests: dict[str, dict[str, Any]]) 
                if seconds is not None else "")
         rows.append([str(step.index + 1), f'<a href="#step-{step.index}">{_text(step.id)}</a>',
                      _text(step.op), _status(_step_status(step)),
-                     _seconds(seconds), bar, _text(step.message)])
+                     "not run" if seconds is None and _step_status(step) == "pending"
+                     else _seconds(seconds), bar, _text(step.message)])
     if not rows:
         rows.append(["", "(no steps recorded)", "", "", "", "", ""])
     return "\n".join(['<section id="timeline"><h2>Timeline</h2>',

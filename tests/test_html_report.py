@@ -20,6 +20,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PERMISSIVE_POLICY, PROJECT, doit
@@ -248,6 +249,19 @@ def test_tool_step_prompt_claims_and_usage(tool: Run) -> None:
     assert "<td>src/app.py</td><td>A</td><td><span class=\"s-allow\">allow</span></td>" in section
     assert "Network: none granted (no ledger)." in section
     assert "log: logs/t1.out" in section
+
+
+def test_denied_run_names_the_rule_that_denied_the_path(denied_run: Any) -> None:
+    """conftest's denied run: docs/** denied by rule no-docs before anything ran."""
+    page = render_html(denied_run.run_dir)
+    assert '<b id="exec-status">denied</b>' in page
+    assert ("<tr><td>failure</td><td>step d2: docs/no.md matches deny glob &#x27;docs/**&#x27; "
+            "(rule no-docs)</td></tr>") in page
+    section = page.split('<section class="step" id="step-1">')[1].split("</section>")[0]
+    assert ('<tr><td>docs/no.md</td><td></td><td><span class="s-deny">deny</span></td>'
+            "<td>no-docs</td><td>step_failed</td></tr>") in section
+    timeline = page.split('<section id="timeline">')[1].split("</section>")[0]
+    assert '<span class="s-pending">pending</span></td><td>not run</td>' in timeline
 
 
 def test_missing_evidence_is_shown_as_missing(failed: Run, tmp_path: Path) -> None:
