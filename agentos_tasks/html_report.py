@@ -30,7 +30,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer
 
 from agentos_tasks.errors import AgentosError
-from agentos_tasks.fsutil import atomic_write, read_regular, sha256_regular
+from agentos_tasks.fsutil import atomic_write, read_regular, sha256_bytes, sha256_regular
 from agentos_tasks.layout import KEY_ARTIFACTS
 from agentos_tasks.termsafe import escape
 
@@ -226,11 +226,18 @@ def _verdict(gates_doc: dict[str, Any], problem: str) -> str:
     return "PASS" if counts.get("PASS", 0) else MISSING
 
 
-def _signature_rows(ev: _Evidence, signing: Signing | None) -> list[tuple[str, str]]:
+UNSIGNED = ("none when this page was rendered; once signed, signature/envelope.dsse.json "
+            "binds this page and every artifact (agentos verify)")
+
+
+def _signature_rows(ev: _Evidence, signing: Signing | None,
+                    read_signature: bool) -> list[tuple[str, str]]:
+    if signing is None and not read_signature:
+        return [("signature", UNSIGNED)]
     envelope, env_problem = ev.json("signature/envelope.dsse.json")
     statement, _ = ev.json("signature/statement.json")
     if signing is None and env_problem.startswith(MISSING):
-        return [("signature", "not signed (no signature/envelope.dsse.json)")]
+        return [("signature", UNSIGNED)]
     keyid: object = signing.keyid if signing else None
     if keyid is None:
         keyids = [_get(sig, "keyid") for sig in _list(envelope.get("signatures"))]
@@ -247,7 +254,7 @@ def _signature_rows(ev: _Evidence, signing: Signing | None) -> list[tuple[str, s
 
 def _section_summary(ev: _Evidence, result: dict[str, Any], result_problem: str,
                      gates_doc: dict[str, Any], gates_problem: str, *,
-                     signing: Signing | None) -> str:
+                     signing: Signing | None, read_signature: bool) -> str:
     verdict = _verdict(gates_doc, gates_problem)
     counts = _gate_counts(gates_doc)
     count_text = (" · ".join(f"{counts.get(s, 0)} {s}" for s in ("PASS", "FAIL",
@@ -267,7 +274,7 @@ def _section_summary(ev: _Evidence, result: dict[str, Any], result_problem: str,
         ("policy", f"{_text(_get(result, 'policy', 'id'))} "
                    f"(isolation {_text(_get(result, 'policy', 'isolation'))})"),
         ("sandbox backend", _text(_get(result, "sandbox", "backend"))),
-        *_signature_rows(ev, signing),
+        *_signature_rows(ev, signing, read_signature),
     ]
     failure = _dict(result.get("failure"))
     if failure:
@@ -566,8 +573,36 @@ def _section_digests(ev: _Evidence) -> str:
 # ------------------------------------------------------------------ the page
 
 
+def _signed_page_digest(ev: _Evidence) -> str | None:
+    """The sha256 signature/statement.json records for this page, if any."""
+    statement, _ = ev.json("signature/statement.json")
+    for subject in _list(statement.get("subject")):
+        if _get(subject, "name") == HTML_RELPATH:
+            digest = _get(subject, "digest", "sha256")
+            return digest if isinstance(digest, str) else None
+    return None
+
+
 def render_html(run_dir: Path, *, signing: Signing | None = None) -> str:
-    """The page for a run, from the files in `run_dir` alone (deterministic)."""
+    """The page for a run, from the files in `run_dir` alone (deterministic).
+
+    `signing` is what sign_run is about to sign with: the page it signs then names the
+    signer, and once signature/ exists the evidence renders the very same bytes. Without
+    it the signer is read from signature/; when the statement shows that the signed page
+    was rendered without a signer (an older sign_run), that rendering is kept, so
+    re-rendering a signed run never invalidates its signature.
+    """
+    if signing is not None:
+        return _render(run_dir, signing=signing, read_signature=False)
+    page = _render(run_dir, signing=None, read_signature=True)
+    signed = _signed_page_digest(_Evidence(run_dir))
+    if signed is None or sha256_bytes(page.encode("utf-8")) == signed:
+        return page
+    unsigned_view = _render(run_dir, signing=None, read_signature=False)
+    return unsigned_view if sha256_bytes(unsigned_view.encode("utf-8")) == signed else page
+
+
+def _render(run_dir: Path, *, signing: Signing | None, read_signature: bool) -> str:
     ev = _Evidence(run_dir)
     result, result_problem = ev.json("execution_result.json")
     gates_doc, gates_problem = ev.json("reports/gates.json")
@@ -582,7 +617,7 @@ def render_html(run_dir: Path, *, signing: Signing | None = None) -> str:
         _problem(result_problem) if result_problem else "",
         _problem(f"tape: {tape_problem}") if tape_problem else "",
         _section_summary(ev, result, result_problem, gates_doc, gates_problem,
-                         signing=signing),
+                         signing=signing, read_signature=read_signature),
         _section_timeline(steps, manifests),
         '<section id="steps"><h2>Steps</h2>',
         *(_section_step(ev, step, failure) for step in steps),
