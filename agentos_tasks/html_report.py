@@ -67,7 +67,7 @@ white-space:pre-wrap;word-break:break-all}
 .s-NOT_APPLICABLE,.s-unchanged,.s-pending{color:#6e7781}
 .missing{color:#9a6700;font-weight:700}
 .step{background:#fff;border:1px solid #d9dce3;border-radius:6px;margin:12px 0;padding:10px 14px}
-.bar{background:#4c78a8;height:10px;min-width:2px}.barcell{width:220px}
+.bar{background:#4c78a8;height:10px;min-width:2px}.barcell{width:100%;min-width:160px}
 .badge{font-size:20px;font-weight:700;padding:10px 18px;border-radius:6px;color:#fff}
 .r-applied{background:#1a7f37}.r-other{background:#bf3989}
 details>summary{cursor:pointer;font-weight:600;margin:4px 0}
