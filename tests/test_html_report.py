@@ -309,17 +309,12 @@ def test_a_step_id_that_leaves_the_run_dir_is_never_read(failed: Run, tmp_path: 
 
 
 def test_signed_page_names_its_signer_and_re_renders_identically(
-        demo: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With sign_run passing its signer to write_report (the interface proposed for
-    attest/statement.py: `write_report(run_dir, signing=Signing(signer.public_key.keyid))`,
-    emulated here), the signed page names its signer and re-renders to the same bytes."""
-    import agentos_tasks.attest.statement as statement_module
-
+        demo: Run, tmp_path: Path) -> None:
+    """sign_run tells write_report who signs, so the signed page names its signer and
+    re-renders to the same bytes."""
     run_dir = _copy(demo, tmp_path)
     private, public = keygen(tmp_path / "keys")
     keyid = load_signer(private).public_key.keyid
-    monkeypatch.setattr(statement_module, "write_report",
-                        lambda rd: write_report(rd, signing=Signing(keyid=keyid)))
     # what sign_run renders when told who signs, before the signature exists ...
     before = render_html(run_dir, signing=Signing(keyid=keyid))
     assert f"<td>signer key id</td><td>{keyid}</td>" in before

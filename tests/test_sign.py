@@ -244,7 +244,7 @@ def test_envelope_is_dsse_over_an_in_toto_statement(signed_run: Path,
         "patches/step_01.patch", "patches/step_02.patch", "audit/run_tape.jsonl",
         "audit/tape_head.json", "audit/checksums.json", "audit/SHA256SUMS",
         "execution_result.json", "reports/gates.json", "reports/report.md",
-        "audit/request.yaml", "audit/policy.yaml", "steps/step_01.json",
+        "reports/report.html", "audit/request.yaml", "audit/policy.yaml", "steps/step_01.json",
         "steps/step_02.json", "steps/step_03.json", "tools/step_02/tool_task_pack.json",
         "tools/step_02/tool_result_pack.json"}
     for name, digest in names.items():

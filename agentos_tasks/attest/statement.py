@@ -21,6 +21,7 @@ from agentos_tasks.fsutil import (
     read_regular,
     sha256_regular,
 )
+from agentos_tasks.html_report import Signing
 from agentos_tasks.layout import SUBJECT_GLOBS
 from agentos_tasks.model import Status
 from agentos_tasks.report import write_report
@@ -226,7 +227,8 @@ def sign_run(run_dir: Path, key_path: Path) -> Path:
             where=str(gates_path), hint="re-run `doit gates`", code=EXIT_GATES)
     signer = load_signer(key_path)
 
-    write_report(run_dir)
+    # the page names its signer (it cannot hold its own signature)
+    write_report(run_dir, signing=Signing(keyid=signer.public_key.keyid))
     statement = build_statement(run_dir)
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode("utf-8")
     envelope = Envelope(payload=payload, payload_type=PAYLOAD_TYPE, signatures={})
