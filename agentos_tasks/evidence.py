@@ -186,6 +186,7 @@ def result_task(ctx: RunContext) -> None:
     """Write execution_result.json and close the tape with run_end(applied), once: an
     invocation that finds the run already closed on these very files adds nothing (doit
     forgets what a killed invocation did, so this task may run again after a crash)."""
+    ctx.tape.recover()  # e.g. a head left one line behind by a kill right after run_end
     closed = _closing_event(ctx)
     if closed is not None \
             and closed.get("execution_result_sha256") == _digest_or_none(

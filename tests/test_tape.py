@@ -165,8 +165,22 @@ def test_crash_after_event_kills_right_after_that_event(tmp_path: Path, crash: s
     head = json.loads((tmp_path / "audit/tape_head.json").read_text())
     assert head["count"] == (3 if crash == "2" else 2)
     assert verify_chain(tmp_path).ok is (crash == "2")
+    assert Tape(tmp_path).recover().count == 3  # a head one line behind is moved, no event
+    assert verify_chain(tmp_path).ok
     Tape(tmp_path).append("run_end", status="failed")
     report = verify_chain(tmp_path)
     assert report.ok, report.reason
     assert [e["event"] for e in report.events] == \
         ["step_end", "step_start", "step_end", "run_end"]
+
+
+def test_recover_repairs_only_a_head_one_line_behind(tmp_path: Path) -> None:
+    """A head two lines behind (or otherwise wrong) is evidence of tampering, not of a
+    crash between a line and its head: recover leaves it for verify_chain to report."""
+    filled(tmp_path, 3).append("step_end", "s1", status="changed")
+    lines = (tmp_path / "audit/run_tape.jsonl").read_bytes().splitlines()
+    stale = {"count": 2, "head": sha256_bytes(lines[1])}
+    (tmp_path / "audit/tape_head.json").write_text(json.dumps(stale))
+    Tape(tmp_path).recover()
+    assert json.loads((tmp_path / "audit/tape_head.json").read_text()) == stale
+    assert "tape_head.json says 2 events" in verify_chain(tmp_path).reason
