@@ -396,6 +396,20 @@ def test_smuggling_shapes_are_refused(net: Any) -> None:
     refused(net, (start + "X-A: 1\r\n folded\r\n\r\n").encode(), "net.syntax")
 
 
+def test_a_bare_lf_or_whitespace_in_the_target_cannot_inject_headers(net: Any) -> None:
+    """Review finding: `GET http://allowed/x<LF>Host:<TAB>internal HTTP/1.1` used to reach
+    the upstream with a header of the client's choosing; the target is one token."""
+    port = net.http.port
+    tail = f"HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: close\r\n\r\n"
+    for target in (f"http://allowed.test:{port}/x\nHost:\tinternal.corp",
+                   f"http://allowed.test:{port}/x\rX-Injected:\tyes",
+                   f"http://allowed.test:{port}/a\x00b", f"http://allowed.test:{port}/a\x7fb"):
+        before = len(net.http.received)
+        refused(net, f"GET {target} {tail}".encode(), "net.syntax")
+        assert len(net.http.received) == before
+    refused(net, f"CONNECT allowed.test:{port}\nX: y HTTP/1.1\r\n\r\n".encode(), "net.syntax")
+
+
 def test_an_unreachable_upstream_is_a_502_and_recorded(net: Any) -> None:
     before = len(net.proxy.entries())
     with net.proxy.connect() as client:

@@ -209,8 +209,10 @@ def normalize_host(raw: str) -> str:
 
 def parse_port(text: str) -> int:
     """A TCP port 1..65535 written in plain decimal digits."""
-    if not text.isascii() or not text.isdigit() or len(text) > 5:
+    if not text.isascii() or not text.isdigit():
         raise ValueError(f"port {text!r} is not a decimal number")
+    if len(text) > 5:
+        raise ValueError(f"port {text} out of range 1..65535")
     port = int(text)
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} out of range 1..65535")

@@ -147,7 +147,15 @@ def _parse_headers(lines: list[str], target: str) -> tuple[tuple[str, str], ...]
     return tuple(headers)
 
 
+def _refuse_raw_bytes(target: str) -> None:
+    """A request target is one token: no whitespace, no control character (a bare LF or
+    CR in it would reach the upstream as a header of the client's choosing)."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):
+        raise RequestError("whitespace or a control character in the request target", target)
+
+
 def _connect_target(target: str) -> tuple[str, int]:
+    _refuse_raw_bytes(target)
     try:
         host, port = split_host_port(target)
     except ValueError as exc:
@@ -158,6 +166,7 @@ def _connect_target(target: str) -> tuple[str, int]:
 
 
 def _absolute_target(target: str) -> tuple[str, int, str]:
+    _refuse_raw_bytes(target)
     if target.startswith("/") or target == "*":
         raise RequestError(
             f"origin-form request {target[:100]!r}: this is a forward proxy; "
