@@ -7,6 +7,7 @@ run task: `doit gates` re-checks evidence, it does not regenerate it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -151,12 +152,28 @@ class AgentosReporter(ConsoleReporter):  # type: ignore[misc]
                                     + "\n", multiline=True))
 
 
+def drop_torn_dep_file(dep_file: Path) -> None:
+    """doit writes its dep file in place at the end of an invocation; one killed while
+    writing leaves JSON doit refuses to read ever after. It is only a cache (manifests,
+    written last and atomically, are the truth), so a torn one is removed: every task is
+    then checked again and completed steps are reused from their manifests."""
+    try:
+        json.loads(dep_file.read_bytes())
+    except FileNotFoundError:
+        return
+    except ValueError:  # also UnicodeDecodeError
+        dep_file.unlink()
+        sys.stderr.write(escape(f"note: {dep_file} was torn by an interruption; removed "
+                                "(completed steps are reused from their manifests)") + "\n")
+
+
 def doit_config(ctx: RunContext) -> dict[str, Any]:
     install_interrupt_handlers()
     ctx.paths.state.mkdir(parents=True, exist_ok=True)
     # doit opens its dep file without asking: a FIFO there (a received run directory)
     # would block `doit gates` forever, a symlink would be followed
     refuse_special(ctx.paths.state / "doit-deps.json")
+    drop_torn_dep_file(ctx.paths.state / "doit-deps.json")
     return {
         "dep_file": str(ctx.paths.state / "doit-deps.json"),
         "backend": "json",

@@ -164,7 +164,8 @@ def reusable_manifest(ctx: RunContext, git: Git, step: Step, parent: str, spec_s
     last_end = None
     for line in reversed(ctx.paths.tape.read_bytes().splitlines()) if ctx.paths.tape.exists() \
             else []:
-        if b'"step_start"' in line or b'"step_end"' in line or b'"step_failed"' in line:
+        if any(name in line for name in (b'"step_start"', b'"step_end"', b'"step_failed"',
+                                         b'"step_interrupted"')):
             event = json.loads(line)
             if event.get("step") == step.id:
                 last_end = event if event.get("event") == "step_end" else None

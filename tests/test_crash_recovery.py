@@ -271,6 +271,26 @@ def test_crash_between_applied_record_and_tape_records_the_apply_once(
     assert signable(root) is None
 
 
+def test_torn_doit_dep_file_is_dropped_and_the_closed_run_stays_as_it_is(
+        reference: Reference, tmp_path: Path) -> None:
+    """doit writes its dep file in place; a kill mid-write leaves JSON it would refuse
+    forever. It is dropped with one note; the closed run is re-entered without a change."""
+    root = fresh(reference, tmp_path / "root")
+    assert doit(root, "run").returncode == 0
+    rd = run_dir(root)
+    deps = rd / ".state" / "doit-deps.json"
+    data = deps.read_bytes()
+    deps.write_bytes(data[:len(data) // 2])
+    tape = (rd / "audit" / "run_tape.jsonl").read_bytes()
+    again = doit(root, "run")
+    assert again.returncode == 0, f"{again.stdout}\n{again.stderr}"
+    assert "was torn by an interruption; removed" in again.stderr
+    assert "Traceback" not in again.stderr and "corrupted" not in again.stderr
+    assert (rd / "audit" / "run_tape.jsonl").read_bytes() == tape
+    json.loads(deps.read_bytes())  # doit wrote a whole one again
+    assert signable(root) is None
+
+
 # ------------------------------------------------------------------ signals mid-step
 
 
@@ -297,7 +317,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"])
 def test_signal_while_run_step_process_runs(sig: str, tmp_path: Path) -> None:
     marker = f"crash-signal-{uuid.uuid4().hex}"
     root = make_root(tmp_path / "root", marker)
