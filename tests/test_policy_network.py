@@ -25,7 +25,8 @@ def _step(op: str, **kw: object) -> Step:
 
 def test_network_forms_and_rule_ids(tmp_path: Path) -> None:
     pol = load_policy(_policy(tmp_path, """\
-network: {allow: ["pypi.org:443", "*.pythonhosted.org:443"], resolve: {mirror.test: 10.0.0.5}}
+network: {allow: ["pypi.org:443", "*.pythonhosted.org:443", "mirror.test:443"],
+          resolve: {mirror.test: 10.0.0.5}}
 commands:
   - {id: pip, argv: [pip, install], network: {allow: ["pypi.org:443"]}}
   - {id: tests, argv: [pytest], network: false}
@@ -67,6 +68,18 @@ tools:
      "\"https://gw.test\", api_key_env: B}\n", 7, "api_key_env B is not one of"),
     ("tools:\n  - {adapter: claude, provider: {base_url: \"ftp://x\"}}\n", 5,
      "http:// or https://"),
+    # review findings: refused when the policy loads, not inside the step
+    ("network: {allow: [\"*\"]}\n", 4, "'*' allows every host"),
+    ("network: {allow: [\"a.test:443\"], resolve: {a..test: 127.0.0.1}}\n", 4, "resolve"),
+    ("network: {allow: [\"a.test:443\"], resolve: {b.test: 127.0.0.1}}\n", 4,
+     "pins b.test, which no allow entry names"),
+    ("tools:\n  - adapter: claude\n    network: {allow: [\"gw.test:443\"]}\n"
+     "    provider: {base_url: \"https://other.test\"}\n", 7,
+     "other.test:443 is not in the tool's network allow list"),
+    ("tools:\n  - adapter: claude\n    network: {allow: [\"gw.test:443\"]}\n"
+     "    provider: {base_url: \"http://gw.test:8080\"}\n", 7, "gw.test:8080"),
+    ("tools:\n  - adapter: claude\n    provider: {base_url: \"https://gw.test\"}\n", 6,
+     "the tool has no network"),
 ])
 def test_bad_network_secret_and_provider_entries(tmp_path: Path, body: str, line: int,
                                                  needle: str) -> None:

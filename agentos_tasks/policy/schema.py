@@ -339,6 +339,7 @@ def load_policy(path: Path) -> Policy:
         path_rules[kind] = tuple(compiled)
 
     network = network_rule(data["network"], "network")
+    _check_network(doc, ("network",), network)
     commands = tuple(_command_rule(doc, index, entry, network)
                      for index, entry in enumerate(data["commands"]))
 
@@ -383,6 +384,56 @@ def network_rule(value: Any, rule_id: str) -> NetworkRule | None:
                        tuple(sorted(value.get("resolve", {}).items())))
 
 
+def _check_network(doc: yamlsrc.MarkedDoc, where: tuple[Any, ...], rule: NetworkRule | None,
+                   provider: Provider | None = None) -> None:
+    """The grant compiles as the proxy will compile it; every pin names a host an entry
+    allows; a provider's host is reachable under the grant. Else an error at `where`."""
+    from urllib.parse import urlsplit
+
+    from agentos_tasks.net.allowlist import decide, make_allowlist, normalize_host
+
+    if rule is None:
+        if provider is not None:
+            raise doc.error(f"{WHAT}: {_dotted(where[:-1])}.provider.base_url: the tool has "
+                            "no network, so it could not reach its provider",
+                            (*where[:-1], "provider", "base_url"),
+                            hint="add network: {allow: [\"<host>:<port>\"]} naming the "
+                                 "provider's host")
+        return
+    try:
+        allowlist = make_allowlist(rule.allow, rule.resolve, rule.unrestricted, rule.rule_id)
+    except ValueError as exc:
+        raise doc.error(f"{WHAT}: {exc}", where, hint="allow entries are host, host:port, "
+                        "*.suffix[:port] or IP literals; `network: unrestricted` for any "
+                        "public host") from None
+    for name in allowlist.resolve:
+        if all(entry.matches(name, port) is None for entry in allowlist.entries
+               for port in (entry.ports or (443,))) and not rule.unrestricted:
+            raise doc.error(f"{WHAT}: {_dotted(where)}.resolve pins {name}, which no allow "
+                            "entry names", (*where, "resolve"),
+                            hint=f"add \"{name}:<port>\" to allow, or drop the pin")
+    if provider is None:
+        return
+    url = urlsplit(provider.base_url)
+    try:
+        host = normalize_host(url.hostname or "")
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError as exc:
+        raise doc.error(f"{WHAT}: provider.base_url: {exc}",
+                        (*where[:-1], "provider", "base_url")) from None
+    pinned = allowlist.resolve.get(host)
+    verdict = decide(allowlist, host, port, [pinned] if pinned else ["192.0.2.1"])
+    if not verdict.allowed and verdict.rule in ("net.host", "net.port"):
+        raise doc.error(f"{WHAT}: provider.base_url {provider.base_url}: {host}:{port} is "
+                        f"not in the tool's network allow list ({verdict.reason})",
+                        (*where[:-1], "provider", "base_url"),
+                        hint=f"add \"{host}:{port}\" to this tool's network.allow")
+
+
+def _dotted(where: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in where)
+
+
 def _command_rule(doc: yamlsrc.MarkedDoc, index: int, entry: dict[str, Any],
                   top: NetworkRule | None) -> CommandRule:
     """`commands[index]`; its own `network:` may only narrow the top-level one."""
@@ -390,6 +441,7 @@ def _command_rule(doc: yamlsrc.MarkedDoc, index: int, entry: dict[str, Any],
     if "network" not in entry:
         return CommandRule(rule_id, tuple(entry["argv"]))
     own = network_rule(entry["network"], f"{rule_id}.network")
+    _check_network(doc, ("commands", index, "network"), own)
     if own is not None:
         wider: list[str] = []
         if top is None:
@@ -428,10 +480,10 @@ def _tool_rule(doc: yamlsrc.MarkedDoc, index: int, entry: dict[str, Any],
                             hint=f"add secrets: [{key}] to this tools entry")
         provider = Provider(raw["base_url"].rstrip("/"), key, raw.get("model"),
                             raw.get("protocol"))
-    return ToolRule(rule_id, entry["adapter"], network_rule(entry["network"],
-                                                           f"{rule_id}.network"),
-                    entry["review"], tuple(entry["argv"]) if "argv" in entry else None,
-                    secrets, provider)
+    network = network_rule(entry["network"], f"{rule_id}.network")
+    _check_network(doc, (*where, "network"), network, provider)
+    return ToolRule(rule_id, entry["adapter"], network, entry["review"],
+                    tuple(entry["argv"]) if "argv" in entry else None, secrets, provider)
 
 
 def _check_rule_ids(doc: yamlsrc.MarkedDoc, data: dict[str, Any]) -> None:
