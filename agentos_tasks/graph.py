@@ -88,6 +88,7 @@ def install_interrupt_handlers() -> None:
     executor as one Interrupted exception, never a traceback."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _stopping.clear()  # a new invocation in this process (agentos exec, tests) starts afresh
     for signum in STOP_SIGNALS:
         signal.signal(signum, _on_stop_signal)
     sys.excepthook = _excepthook

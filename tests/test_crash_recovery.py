@@ -476,3 +476,26 @@ def test_ex_e_fails_a_step_start_left_open(interrupted_run: Path) -> None:
     del events[i:i + 2]
     rechain(interrupted_run, events)
     assert_fail(interrupted_run, "EX-E", "starts while r has no step_end")
+
+
+SECOND_SIGNAL = """
+import os, signal, sys, time
+from agentos_tasks import graph
+graph.install_interrupt_handlers()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+except graph.Interrupted as exc:
+    print(exc.signum, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)  # a second stop signal while unwinding: die by it
+time.sleep(5)
+print("survived", flush=True)
+"""
+
+
+def test_first_stop_signal_unwinds_a_second_one_kills() -> None:
+    done = subprocess.run([sys.executable, "-c", SECOND_SIGNAL], cwd=PROJECT,
+                          env=clean_env(PYTHONPATH=str(PROJECT)), capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.stdout.split() == [str(int(signal.SIGTERM))], done.stderr
+    assert done.returncode == -signal.SIGTERM
