@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentos_tasks import faults, secretenv
 from agentos_tasks.answers import check_approvals
-from agentos_tasks.errors import EXIT_STATE, AgentosError
+from agentos_tasks.errors import EXIT_POLICY, EXIT_STATE, AgentosError
 from agentos_tasks.evidence import SCHEMA_VERSION, input_digests, load_manifest, write_result
 from agentos_tasks.fsutil import (
     read_json,
@@ -69,7 +69,21 @@ def apply_task(ctx: RunContext) -> None:
 
 def refuse_leaked_secrets(ctx: RunContext) -> None:
     """No run whose evidence holds a secret's value is sealed (landed): every evidence
-    file is scanned for the values of the policy's secrets set in this environment."""
+    file is scanned for the values of the policy's secrets (and their encodings). A secret
+    a tool step of this run received must be set now, or nothing could tell: apply waits
+    for it rather than seal unchecked."""
+    used: dict[str, None] = {}
+    for step in ctx.need_request().steps:
+        manifest: dict[str, Any] = dict(load_manifest(ctx, step.id) or {})
+        sandbox: Any = manifest.get("sandbox") or {}
+        used.update(dict.fromkeys(str(n) for n in sandbox.get("secrets") or ()))
+    unset = [name for name in used if not os.environ.get(name)]
+    if unset:
+        raise AgentosError(
+            f"cannot apply: secret {', '.join(unset)} is not set, so the evidence cannot be "
+            "checked for it before the run is sealed", code=EXIT_POLICY,
+            hint=f"export {unset[0]} (the value the tool step used) and re-run the same "
+                 "command")
     values = secretenv.secret_values(secretenv.secret_names(ctx.policy), os.environ)
     if values:
         secretenv.refuse_leaks(secretenv.leaks(ctx.paths.root, evidence_files(ctx.paths.root),

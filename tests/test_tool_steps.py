@@ -420,3 +420,22 @@ def test_git_dir_restore_puts_back_and_never_writes_through_a_link(tmp_path: Pat
     assert not (common / "info" / "new").exists()
     assert (tmp_path / "HEAD").read_text() == "not a git file\n"  # outside the watched dirs
     assert dispatch.restore_git_dirs(ctx, before) == []  # all of it is as it was
+
+
+def test_a_symlinked_repository_tool_config_is_a_clear_refusal(tmp_path: Path) -> None:
+    """Review finding: `.opencode -> evil/` (a plugin dir behind a link) crashed the step
+    as an internal error; it is refused, naming the entry, and nothing runs."""
+    repo = tmp_path / "repo"
+    (repo / "evil" / "plugin").mkdir(parents=True)
+    (repo / "evil" / "plugin" / "x.js").write_text("require('fs').writeFileSync('ran','x')\n")
+    (repo / ".opencode").symlink_to("evil")
+    git(repo.parent, "init", "-q", "-b", "main", str(repo))
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q", "-m", "init")
+    proc = tool_run(tmp_path, {**agent("opencode", "edit:path=src/a.txt:content=x"),
+                               "model": "m"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "internal error" not in out and "Traceback" not in out, out
+    assert ".opencode" in out and "plain file or directory" in out, out
+    assert not (tmp_path / "out" / "r1" / "worktree" / "ran").exists()

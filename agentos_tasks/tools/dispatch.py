@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from agentos_tasks.policy.schema import ToolRule
     from agentos_tasks.records import FileEntry
     from agentos_tasks.runctx import RunContext
+    from agentos_tasks.sandbox.spec import ConfinedResult, ConfinedSpec
 
 TRANSCRIPT_NAME = "transcript.jsonl"
 VERSION_OUTPUT_NAME = "version.out"
@@ -408,20 +409,15 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         timeout_s=min(VERSION_TIMEOUT_S, float(base_spec.timeout_s)),
         output_limit=VERSION_OUTPUT_LIMIT)
     version_out = directory / VERSION_OUTPUT_NAME
-    version_result = proc.run_confined(adapters.version_argv(tool.adapter, executable),
-                                       version_spec, version_out)
+    version_result = _confined(ctx, step, adapters.version_argv(tool.adapter, executable),
+                               version_spec, version_out)
     version = adapters.parse_version(version_out.read_bytes()) \
         if version_result.exit_code == 0 and not version_result.timed_out else "unknown"
 
     transcript = directory / TRANSCRIPT_NAME
     raw = scratch / "output.raw"  # redacted into the transcript, then removed
     start_ledger(grant)
-    try:
-        result = proc.run_confined(list(invocation.argv), spec, raw)
-    except ValueError as exc:  # a masked entry that is a symlink or special file
-        raise AgentosError(f"step {step.id}: {exc}", code=EXIT_STEP, where=_where(ctx, step),
-                           hint="the repository's tool config entry must be a plain file or "
-                                "directory (it is hidden from the tool)") from None
+    result = _confined(ctx, step, list(invocation.argv), spec, raw)
     output = secretenv.redact(raw.read_bytes(), secrets)
     atomic_write(transcript, output)
     raw.unlink()
@@ -434,7 +430,9 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
         "log": f"logs/{step.id}.out", "log_sha256": transcript_sha,
         "output_bytes": result.output_bytes, "output_truncated": result.output_truncated,
         "sandbox": {**sandbox_facts(ctx, step.id, result, network),
-                    "tool_sandbox": adapters.tool_sandbox_note(tool.adapter)},
+                    "tool_sandbox": adapters.tool_sandbox_note(tool.adapter),
+                    # names only: the secrets this tool received (apply scans for them)
+                    "secrets": sorted(set(rule.secrets if rule else ()) & set(secrets))},
         "duration_s": round(result.duration_s, 6),
         "tool": {"name": tool.adapter if tool.adapter != "command"
                  else os.path.basename(executable),
@@ -444,11 +442,16 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
                  "transcript": f"tools/{step.id}/{TRANSCRIPT_NAME}"},
     }
     git_changed = restore_git_dirs(ctx, git_before)
-    leaked = secretenv.leaks(wt, _changed_paths(ctx), secrets)
+    changed = _changed_paths(ctx)
+    leaked = secretenv.leaks(wt, changed, secrets) + secretenv.leaks(
+        ctx.paths.root, [f"network/{step.id}{suffix}" for suffix in (".jsonl", ".proxy.log")],
+        secrets)
     failure: AgentosError | None = None
     if leaked:
+        shown = secretenv.redact(", ".join(f"{p} ({n})" for p, n in leaked[:3]).encode(
+            "utf-8", "surrogateescape"), secrets).decode("utf-8", "replace")
         failure = PolicyViolation("secrets.leak", f"step {step.id}: the tool wrote a secret's "
-                                  f"value into {', '.join(f'{p} ({n})' for p, n in leaked[:3])}")
+                                  f"value into {shown}")
     elif git_changed:
         failure = PolicyViolation("paths.git", f"step {step.id}: the tool changed the git dir "
                                   f"({', '.join(git_changed[:3])}); restored")
@@ -472,6 +475,9 @@ def run_tool_step(ctx: RunContext, step: Step) -> dict[str, Any]:
     if failure is not None:
         facts["failure"] = failure.message
         _write_failure_pack(ctx, step, facts, failure)
+        if leaked:  # a file name may be the secret: the pack names paths
+            secretenv.redact_file(directory / packs.RESULT_PACK_NAME, secrets)
+        _remove_leaked(wt, [rel for rel, _ in leaked if rel in changed])
         raise failure
     return facts
 
@@ -503,6 +509,28 @@ def _tool_secrets(ctx: RunContext, step: Step, rule: ToolRule | None,
     for inner, source in wanted.items():
         values[inner] = values[source]
     return values
+
+
+def _confined(ctx: RunContext, step: Step, argv: Sequence[str], spec: ConfinedSpec,
+              output: Path) -> ConfinedResult:
+    """proc.run_confined, a sandbox it refuses to build (a masked repository entry that is
+    a symlink or special file) turned into the step's clear error."""
+    try:
+        return proc.run_confined(argv, spec, output)
+    except ValueError as exc:
+        raise AgentosError(f"step {step.id}: {exc}", code=EXIT_STEP, where=_where(ctx, step),
+                           hint="the repository's tool config entry must be a plain file or "
+                                "directory (it is hidden from the tool)") from None
+
+
+def _remove_leaked(worktree: Path, paths: Sequence[str]) -> None:
+    """Take the files holding a secret out of the failed step's worktree (recorded by
+    digest in the result pack first); a re-run starts from the parent commit anyway."""
+    for rel in paths:
+        target = worktree / rel
+        with contextlib.suppress(OSError):
+            if target.is_symlink() or target.is_file():
+                target.unlink()
 
 
 def _changed_paths(ctx: RunContext) -> list[str]:
