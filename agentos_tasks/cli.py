@@ -189,9 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentosError as err:
         sys.stderr.write(err.render() + "\n")
         return err.code
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
+    except KeyboardInterrupt as exc:  # outside any task (graph.guarded handles those)
+        import signal
+
+        from agentos_tasks.graph import Interrupted, interrupted_line
+
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        sys.stderr.write(interrupted_line(signal.Signals(signum).name))
+        return 128 + signum
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the last resort: one block and a log, no traceback

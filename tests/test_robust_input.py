@@ -416,3 +416,25 @@ def test_listing_a_new_run_leaves_no_run_dir(tmp_path: Path) -> None:
     proc = doit(tmp_path, "list", "request=req.yaml", check=0)
     assert "step:a" in proc.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interruption_outside_any_task_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while the graph is still being built (no task is running): one line, 130."""
+    import signal
+
+    from agentos_tasks import cli, graph
+
+    def interrupted(_ns: object) -> int:
+        raise graph.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "cmd_gates", interrupted)
+    assert cli.main(["gates", "--run", "x"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "interrupted by SIGTERM: re-run the same command to resume\n"
+
+    def ctrl_c(_ns: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_gates", ctrl_c)
+    assert cli.main(["gates", "--run", "x"]) == 130
+    assert capsys.readouterr().err.startswith("interrupted by SIGINT: ")
