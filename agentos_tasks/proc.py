@@ -478,11 +478,13 @@ def _network(spec: ConfinedSpec, backend: str, notes: list[str]) -> Iterator[Pat
                  f"entries{', unrestricted' if grant.unrestricted else ''})")
     try:
         yield proxy.socket
-    finally:
-        code = _stop_proxy(proxy)
-        if code != 0:
-            notes.append(f"network: the proxy ended with {code if code is not None else 'a kill'}"
-                         f" (log {proxy.log})")
+    except BaseException:
+        _stop_proxy(proxy)
+        raise
+    code = _stop_proxy(proxy)
+    if code != 0:  # a proxy that did not end cleanly may not have written every entry
+        raise _proxy_failure(f"ended with {code if code is not None else 'a kill'}, so its "
+                             "ledger may be incomplete", proxy)
 
 
 # --- running ------------------------------------------------------------------------------

@@ -597,3 +597,24 @@ def test_guard_argv_names_the_memory_hierarchy_too() -> None:
     assert guard.poll() is None
     assert subprocess.run([PY, "-I", "-S", cgroups.__file__, "watch"],
                           capture_output=True).returncode == 2
+
+
+def test_a_proxy_that_must_be_killed_fails_the_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: a proxy that had to be SIGKILLed was only noted, though its ledger
+    may lack entries; the step fails instead."""
+    script = tmp_path / "stubborn_proxy.py"
+    script.write_text(
+        "import signal, socket, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "path = sys.argv[sys.argv.index('--socket') + 1]\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind(path); s.listen(1)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n")
+    monkeypatch.setattr(proc, "PROXY_COMMAND", (PY, "-I", str(script)))
+    monkeypatch.setattr(proc, "_PROXY_STOP_S", 0.5)
+    grant = grant_for(tmp_path, 9)
+    with pytest.raises(proc.AgentosError) as caught:
+        run(tmp_path, ["true"], network=grant)
+    assert "ledger may be incomplete" in caught.value.message
+    assert proxy_pids(grant.ledger) == []  # type: ignore[arg-type]
