@@ -4,8 +4,8 @@ on loopback through the allowlist proxy, with the key a secret that no artifact 
 
 Each CLI gets four runs: an allowed edit in a hostile repository (lands, every gate has no
 FAIL, the ledger and usage are recorded, the repository's config and instructions neither
-widen permissions nor run code), a provider host the policy does not list (refused, in the
-ledger, the step fails), a failed edit (the step fails) and a write outside the step's
+widen permissions nor run code), an endpoint whose name resolves to a forbidden address
+(refused, in the ledger, the step fails), a failed edit (the step fails) and a write outside the step's
 paths (nothing lands). Never skipped under CI=true.
 """
 
@@ -108,7 +108,7 @@ def _calls(adapter: str, wt: Path, kind: str) -> list[Turn]:
             Turn(text="Done.", usage={"input_tokens": 150, "output_tokens": 10})]
 
 
-def _run(tmp: Path, adapter: str, kind: str, *, provider_host: str = HOST,
+def _run(tmp: Path, adapter: str, kind: str, *, provider_host: str = HOST, pin: bool = True,
          ) -> tuple[subprocess.CompletedProcess[str], ModelServer, Path]:
     bin_dir = _cli_dir()
     repo = tmp / "repo"
@@ -121,7 +121,8 @@ def _run(tmp: Path, adapter: str, kind: str, *, provider_host: str = HOST,
             tmp / "policy.yaml",
             paths={"allow": ["src/**"], "deny": [".git/**"]},
             tools=[{"adapter": adapter,
-                    "network": {"allow": [f"{HOST}:{server.port}"], "resolve": {HOST: "127.0.0.1"}},
+                    "network": {"allow": [f"{provider_host}:{server.port}"],
+                                "resolve": {provider_host: "127.0.0.1"} if pin else {}},
                     "secrets": [SECRET_NAME],
                     "provider": {"base_url": f"http://{provider_host}:{server.port}{suffix}",
                                  "api_key_env": SECRET_NAME, "model": MODEL}}],
@@ -187,14 +188,19 @@ def test_real_agent_edit_lands_in_a_hostile_repo_and_every_gate_passes(
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
-def test_real_agent_reaching_an_unlisted_host_is_refused_and_recorded(
+def test_real_agent_reaching_a_forbidden_address_is_refused_and_recorded(
         tmp_path: Path, adapter: str) -> None:
-    proc, server, run_dir = _run(tmp_path, adapter, "edit", provider_host="api.unlisted.test")
+    """The policy allows `localhost:PORT` by name but pins nothing: the proxy resolves it
+    itself, finds loopback and refuses (DNS rebinding). A provider host the policy does
+    not list at all is refused when the policy loads (tests/test_policy_network.py)."""
+    proc, server, run_dir = _run(tmp_path, adapter, "edit", provider_host="localhost",
+                                 pin=False)
     assert proc.returncode != 0
     assert _git(tmp_path / "repo", "show", "main:src/app.py") == "x = 1"
     assert server.requests == []  # nothing reached the model server
-    denied = [e for e in _ledger(run_dir) if e["host"] == "api.unlisted.test"]
-    assert denied and all(e["decision"] == "deny" and e["bytes_down"] == 0 for e in denied)
+    ledger = _ledger(run_dir)
+    assert ledger and all(e["decision"] == "deny" and e["bytes_down"] == 0 for e in ledger)
+    assert {(e["host"], e["rule"]) for e in ledger} == {("localhost", "net.address")}
     _assert_no_canary(tmp_path)
 
 
