@@ -7,6 +7,8 @@ run task: `doit gates` re-checks evidence, it does not regenerate it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import signal
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
-from agentos_tasks.errors import AgentosError, internal_error
+from agentos_tasks.errors import EXIT_STATE, AgentosError, internal_error
 from agentos_tasks.fsutil import canonical_json, refuse_special, write_if_changed
 from agentos_tasks.runctx import RunContext, build_context
 from agentos_tasks.termsafe import escape
@@ -109,6 +111,14 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         except AgentosError as err:
             RAISED.append(err)
             return TaskFailed(err.render())
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                crash = internal_error(exc)
+                RAISED.append(crash)
+                return TaskFailed(crash.render())
+            full = disk_full(exc)
+            RAISED.append(full)
+            return TaskFailed(full.render())
         except Exception as exc:  # the last resort: one block and a log, no traceback
             crash = internal_error(exc)
             RAISED.append(crash)
@@ -153,6 +163,46 @@ class AgentosReporter(ConsoleReporter):  # type: ignore[misc]
                                     + "\n", multiline=True))
 
 
+def disk_full(exc: OSError) -> AgentosError:
+    """The one error for a full disk (or quota): nothing is half-applied, since apply is a
+    single ref update after every write; free space and run the same command again."""
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return AgentosError(f"no space left on the device{where} ({exc.strerror})",
+                        code=EXIT_STATE, hint="free space (df -h) and re-run the same "
+                        "command: completed steps are reused, nothing was applied half")
+
+
+class _DumpGuard:
+    """doit writes its dep file at the end of every invocation, outside any task: on a
+    full disk that write would end in doit's traceback. It is only a cache (manifests are
+    the truth), so a failed write is removed and noted; the task that hit the full disk
+    reports the error itself."""
+
+    installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls.installed:
+            return
+        from doit.dependency import JsonDB
+
+        original = JsonDB.dump
+
+        def dump(self: Any) -> None:
+            try:
+                original(self)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                with contextlib.suppress(OSError):
+                    os.unlink(self.name)  # next time every task is checked again
+                sys.stderr.write("note: doit's task cache was not saved: "
+                                 + disk_full(exc).render() + "\n")
+
+        JsonDB.dump = dump
+        cls.installed = True
+
+
 def drop_torn_dep_file(dep_file: Path) -> None:
     """doit writes its dep file in place at the end of an invocation; one killed while
     writing leaves JSON doit refuses to read ever after. It is only a cache (manifests,
@@ -170,6 +220,7 @@ def drop_torn_dep_file(dep_file: Path) -> None:
 
 def doit_config(ctx: RunContext) -> dict[str, Any]:
     install_interrupt_handlers()
+    _DumpGuard.install()
     ctx.paths.state.mkdir(parents=True, exist_ok=True)
     # doit opens its dep file without asking: a FIFO there (a received run directory)
     # would block `doit gates` forever, a symlink would be followed

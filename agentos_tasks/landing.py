@@ -17,7 +17,9 @@ Invariants:
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,10 +167,25 @@ def refuse_links_in_target(common: Path, git_dir: Path, branch: str) -> None:
 
 def pack_into(git: Git, objects_dir: Path, tips: list[str], exclude: str) -> None:
     """Copy the objects reachable from `tips` and not from `exclude` into `objects_dir`
-    as one pack (written by pack-objects from the private git dir)."""
+    as one pack. pack-objects writes it beside the private git dir (it renames its temp
+    file into place, which fails across file systems: outputs/ and the target need not
+    share one); the files are then copied into the target, each under a temporary name
+    and renamed, the index last, so git sees the pack only once it is whole."""
     revs = "".join(f"{tip}\n" for tip in dict.fromkeys(tips)) + f"^{exclude}\n"
-    git.run("pack-objects", "-q", "--revs", str(objects_dir / "pack" / "pack"),
-            input=revs.encode())
+    scratch_root = git.private_dir if git.private_dir is not None else git.cwd
+    pack_dir = objects_dir / "pack"
+    pack_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="agentos-pack-", dir=scratch_root) as scratch:
+        git.run("pack-objects", "-q", "--revs", str(Path(scratch) / "pack"),
+                input=revs.encode())
+        names = sorted(os.listdir(scratch), key=lambda n: (n.endswith(".idx"), n))
+        for name in names:  # .pack (and .rev) before .idx
+            temp = pack_dir / f".agentos-tmp-{name}"
+            shutil.copyfile(Path(scratch) / name, temp)
+            with open(temp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(temp, 0o444)
+            os.replace(temp, pack_dir / name)
 
 
 def move_branch(target: Git, branch: str, new: str, old: str, reason: str) -> bool:

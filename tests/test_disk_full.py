@@ -1,0 +1,57 @@
+"""A full disk under outputs/ (a small tmpfs mounted for the test): one clear error, no
+traceback, nothing applied; after space is freed the same command completes the run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.runutil import doit, git, write_policy, write_request
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the disk-full test mounts a tmpfs: it needs root")
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "out"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("where", ["policy", "step"])
+def test_a_full_disk_is_one_clear_error_and_the_rerun_completes(
+        tmp_path: Path, small_disk: Path, where: str) -> None:
+    write_policy(tmp_path / "policy.yaml")
+    (tmp_path / "big.txt").write_bytes(b"x" * 3_000_000)
+    steps = [{"id": "w1", "message": "w1: small", "write": {"path": "a.txt", "content": "a\n"}},
+             {"id": "w2", "message": "w2: big", "write": {"path": "big.txt",
+                                                         "content_file": "big.txt"}}]
+    write_request(tmp_path, steps)
+    # leave room for the run's own files but not for the big one (twice: input + worktree)
+    free = 2_000_000 if where == "policy" else 5_000_000
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (32 * 1024 * 1024 - free))
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "no space left on the device" in out and "re-run the same command" in out, out
+    assert "Traceback" not in out and "internal error" not in out, out
+    repo = tmp_path / "repo"
+    if repo.exists():  # nothing landed
+        assert "big.txt" not in git(repo, "ls-tree", "-r", "--name-only", "HEAD")
+    filler.unlink()
+    proc = doit(tmp_path, "run", "request=req.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (repo / "big.txt").stat().st_size == 3_000_000
+    gates = doit(tmp_path, "gates", "request=req.yaml")
+    assert gates.returncode == 0, gates.stdout[-3000:]
