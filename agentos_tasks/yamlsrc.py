@@ -186,6 +186,10 @@ def load_with_marks(path: Path, what: str) -> MarkedDoc:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
+        if "maximum nesting depth" in str(exc.problem):  # PyYAML >= 6.0.4 stops it itself
+            raise AgentosError(f"{what} file is nested too deeply ({MAX_DEPTH} levels at "
+                               "most)", where=f"{path}:{line}",
+                               hint=f"a {what} file is a few levels deep") from None
         started = (f" ({exc.context} at line {exc.context_mark.line + 1})"
                    if exc.context and exc.context_mark else "")
         raise AgentosError(f"invalid YAML: {exc.problem or exc}{started}",
