@@ -109,6 +109,7 @@ def policy_task(ctx: RunContext) -> None:
     write_json(ctx.paths.policy_record, {
         "decision": "allow", "rule_id": decision.rule_id, "request_sha256": req.sha256,
         "policy_sha256": policy.sha256, "answers_sha256": answers,
+        "input_sha256": input_digests(req),
     })
 
 
@@ -121,8 +122,9 @@ def _answers_digest(ctx: RunContext, req: Request) -> str | None:
 
 def _decided_already(ctx: RunContext, req: Request) -> bool:
     """The policy record already decided exactly this: the same request (as recorded),
-    policy and answers. doit re-runs the policy task when the request file's bytes
-    change; a reformatted file changes nothing here, so nothing is recorded again."""
+    input files (a content_file's bytes), policy and answers. doit re-runs the policy
+    task when the request file's bytes change; a reformatted file changes nothing here,
+    so nothing is recorded again."""
     try:
         record = read_json(ctx.paths.policy_record)
     except (OSError, ValueError):
@@ -133,6 +135,7 @@ def _decided_already(ctx: RunContext, req: Request) -> bool:
         return False
     return bool(record.get("decision") == "allow"
                 and record.get("request_sha256") == req.sha256
+                and record.get("input_sha256") == input_digests(req)
                 and record.get("policy_sha256") == ctx.policy.sha256
                 and record.get("answers_sha256") == _answers_digest(ctx, req))
 

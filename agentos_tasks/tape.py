@@ -86,11 +86,13 @@ class Tape:
         last = json.loads(lines[-1]) if lines else None
         state = TapeState(len(lines), head, last.get("event") if last else None)
         open_start = last if last is not None and last.get("event") == "step_start" else None
-        if not torn and open_start is None:
+        # killed again between step_interrupted and its run_resumed: finish that pair
+        half_closed = last is not None and last.get("event") == "step_interrupted"
+        if not torn and open_start is None and not half_closed:
             self._repair_lagging_head(lines, state)
             return state
         self._state = state
-        reasons = []
+        reasons = ["an earlier recovery was interrupted"] if half_closed else []
         if open_start is not None:
             step = str(open_start.get("step"))
             self._write("step_interrupted", step, {

@@ -222,6 +222,26 @@ def test_every_tape_event_crash_recovers_to_a_signable_run(reference: Reference,
     assert not bad, "\n".join(f"{label}: {why}" for label, why in bad)
 
 
+def test_a_crash_during_recovery_recovers_too(reference: Reference, tmp_path: Path) -> None:
+    """Review finding: killed after a step_start, then killed again after the
+    step_interrupted of the recovery (before its run_resumed): the next invocation
+    finishes the pair, and the run is signable."""
+    start = _index(reference.events, "step_start", "r")
+    root = fresh(reference, tmp_path / "double")
+    first = doit(root, "run", env=clean_env(AGENTOS_CRASH_AFTER_EVENT=str(start)))
+    assert first.returncode == -signal.SIGKILL
+    second = doit(root, "run", env=clean_env(AGENTOS_CRASH_AFTER_EVENT=str(start + 1)))
+    assert second.returncode == -signal.SIGKILL
+    assert read_events(run_dir(root))[-1]["event"] == "step_interrupted"
+    attempts, failure = resume(root)
+    assert failure is None, failure
+    assert landed(root) == reference.landed
+    assert signable(root) is None, signable(root)
+    names = [e["event"] for e in read_events(run_dir(root))]
+    closed = names.index("step_interrupted")
+    assert names[closed + 1] == "run_resumed", names
+
+
 def test_crash_after_patches_applied_is_finished_not_sealed(reference: Reference,
                                                             tmp_path: Path) -> None:
     """Killed after `git am` landed and patches_applied is on the tape, before run_end: the

@@ -438,3 +438,24 @@ def test_an_interruption_outside_any_task_is_one_line(
     monkeypatch.setattr(cli, "cmd_gates", ctrl_c)
     assert cli.main(["gates", "--run", "x"]) == 130
     assert capsys.readouterr().err.startswith("interrupted by SIGINT: ")
+
+
+def test_a_changed_content_file_after_a_partial_run_is_decided_again(tmp_path: Path) -> None:
+    """Review finding: only a content_file's bytes changed after `step:` ran part of the
+    request; the pre-run decision and audit/request.json were kept, and EX-A failed for
+    good. The new bytes are decided and recorded, and every gate passes."""
+    from tests.runutil import doit as run_doit
+    from tests.runutil import write_policy, write_request
+
+    write_policy(tmp_path / "policy.yaml")
+    (tmp_path / "b.txt").write_text("BEE1\n")
+    write_request(tmp_path, [
+        {"id": "s1", "message": "s1: a", "write": {"path": "a.txt", "content": "a\n"}},
+        {"id": "s2", "message": "s2: b", "write": {"path": "docs/b.md", "content_file": "b.txt"}},
+    ])
+    run_doit(tmp_path, "run", "request=req.yaml", "step:s2", check=0)
+    (tmp_path / "b.txt").write_text("BEE2\n")
+    run_doit(tmp_path, "run", "request=req.yaml", check=0)
+    assert (tmp_path / "repo" / "docs" / "b.md").read_text() == "BEE2\n"
+    gates = run_doit(tmp_path, "gates", "request=req.yaml")
+    assert gates.returncode == 0, gates.stdout[-3000:]
