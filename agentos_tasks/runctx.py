@@ -127,6 +127,8 @@ class RunContext:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            # another process holds the run: never remove what it is using
+            self._created = []
             handle.seek(0)
             holder = handle.read().decode(errors="replace").strip() or "?"
             handle.close()
@@ -144,14 +146,17 @@ class RunContext:
         """Drop the lock; remove the run directory when this invocation created it and
         the run never started (no tape): nothing ran, so nothing is left behind."""
         created, self._created = self._created, []
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-        if not created or os.path.lexists(self.paths.tape):
-            return
-        from agentos_tasks.leftovers import remove_tree
+        lock, self._lock = self._lock, None
+        try:
+            # only while holding the lock (another process may be about to use the dir)
+            if lock is None or not created or os.path.lexists(self.paths.tape):
+                return
+            from agentos_tasks.leftovers import remove_tree
 
-        remove_tree(self.paths.root)
+            remove_tree(self.paths.root)
+        finally:
+            if lock is not None:
+                lock.close()
         for parent in created[1:]:  # outputs/ (and above) only when we made it and it is empty
             try:
                 parent.rmdir()

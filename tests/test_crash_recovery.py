@@ -233,7 +233,7 @@ def test_a_crash_during_recovery_recovers_too(reference: Reference, tmp_path: Pa
     second = doit(root, "run", env=clean_env(AGENTOS_CRASH_AFTER_EVENT=str(start + 1)))
     assert second.returncode == -signal.SIGKILL
     assert read_events(run_dir(root))[-1]["event"] == "step_interrupted"
-    attempts, failure = resume(root)
+    _, failure = resume(root)
     assert failure is None, failure
     assert landed(root) == reference.landed
     assert signable(root) is None, signable(root)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runutil import doit, git, tape_events, write_policy
@@ -459,3 +461,49 @@ def test_a_changed_content_file_after_a_partial_run_is_decided_again(tmp_path: P
     assert (tmp_path / "repo" / "docs" / "b.md").read_text() == "BEE2\n"
     gates = run_doit(tmp_path, "gates", "request=req.yaml")
     assert gates.returncode == 0, gates.stdout[-3000:]
+
+
+def test_a_refused_invocation_never_removes_the_run_another_one_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: B created the run dir, lost the lock to A, and its release removed
+    the dir (and A's lock file) under A; a third invocation then got a lock of its own."""
+    import threading
+
+    from agentos_tasks.errors import AgentosError as Refused
+    from agentos_tasks.runctx import build_context
+    from tests.runutil import write_policy, write_request
+
+    write_policy(tmp_path / "policy.yaml")
+    write_request(tmp_path, [{"id": "s1", "message": "s1", "write": {"path": "a", "content": "a"}}])
+    kw: dict[str, Any] = {"request": "req.yaml", "run": "race", "cwd": tmp_path,
+                          "outputs": str(tmp_path / "out")}
+    first, second, third = (build_context(**kw) for _ in range(3))
+    real_chmod, go, paused = os.chmod, threading.Event(), threading.Event()
+
+    def chmod(path: Any, mode: int) -> None:  # B stops between its mkdir and its flock
+        if threading.current_thread().name == "B":
+            paused.set()
+            go.wait()
+        real_chmod(path, mode)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    refused: list[Exception] = []
+
+    def run_b() -> None:
+        try:
+            second.lock()
+        except Refused as exc:
+            refused.append(exc)
+            second.release()  # what atexit does
+
+    thread = threading.Thread(target=run_b, name="B")
+    thread.start()
+    paused.wait()
+    first.lock()
+    go.set()
+    thread.join()
+    assert refused and "in use by another agentos process" in refused[0].message
+    assert (first.paths.state / "lock").exists()
+    with pytest.raises(Refused, match="in use by another agentos process"):
+        third.lock()
+    first.release()
