@@ -336,6 +336,9 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
         "doc": "write reports/gates.json, gates.xml, report.md; fail on any FAIL",
         "actions": [guarded(write_reports, run_dir)],
         "task_dep": names,
+        # deleted reports are written again (up to date needs them to exist)
+        "targets": [str(run_dir / "reports" / name) for name in
+                    ("gates.json", "gates.xml", "report.md", "report.html")],
         "verbosity": 2,
         "uptodate": [InputsUnchanged(
             lambda: {g.id: gate_inputs_digest(g, run_dir) for g in REGISTRY})],

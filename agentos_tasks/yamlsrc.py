@@ -182,7 +182,11 @@ def load_with_marks(path: Path, what: str) -> MarkedDoc:
         if node is None:
             raise AgentosError(f"{what} file is empty (no YAML document in it)",
                                where=f"{path}:1", hint=f"see the {what} schema in README.md")
-        doc.data = _construct(node, (), doc, loader)
+        try:
+            doc.data = _construct(node, (), doc, loader)
+        except (ValueError, OverflowError) as exc:  # e.g. an int of 5,000 digits
+            raise AgentosError(f"invalid YAML value: {str(exc)[:200]}", where=f"{path}:1",
+                               hint=f"see the {what} schema in README.md") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1

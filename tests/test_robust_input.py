@@ -507,3 +507,34 @@ def test_a_refused_invocation_never_removes_the_run_another_one_holds(
     with pytest.raises(Refused, match="in use by another agentos process"):
         third.lock()
     first.release()
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("9" * 5000, "invalid YAML value"),  # past Python's int-string limit
+    ("9" * 400, "at most 604800"),  # would overflow a float timeout
+    (".inf", "at most 604800"),  # no timeout at all
+])
+def test_absurd_numbers_in_a_policy_are_one_clear_error(tmp_path: Path, value: str,
+                                                        needle: str) -> None:
+    """Review finding: these reached the internal-error path (or meant no timeout)."""
+    from agentos_tasks.policy.schema import load_policy
+
+    path = tmp_path / "p.yaml"
+    path.write_text(f"version: 1\nid: p\nlimits: {{step_seconds: {value}}}\n")
+    with pytest.raises(AgentosError) as caught:
+        load_policy(path)
+    assert needle in caught.value.message and "p.yaml" in str(caught.value.where)
+
+
+def test_doit_gates_writes_deleted_reports_again(good_run: Any) -> None:
+    """Review finding: after `rm -rf reports/` a cached `doit gates` printed only `--`
+    lines and wrote nothing."""
+    import shutil
+
+    first = good_run.gates()
+    assert first.returncode == 0, first.stdout[-2000:]
+    shutil.rmtree(good_run.run_dir / "reports")
+    again = good_run.gates()
+    assert again.returncode == 0, again.stdout[-2000:]
+    for name in ("gates.json", "gates.xml", "report.md", "report.html"):
+        assert (good_run.run_dir / "reports" / name).is_file(), name

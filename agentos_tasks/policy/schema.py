@@ -123,8 +123,9 @@ _PROVIDER = {
     vol.Optional("protocol"): vol.In(["anthropic", "openai-responses", "openai-chat"]),
 }
 
-_INT = vol.All(_strict_int, int, vol.Range(min=1))
-_SECONDS = vol.All(_strict_int, vol.Any(int, float), vol.Range(min=0, min_included=False))
+_INT = vol.All(_strict_int, int, vol.Range(min=1, max=2**62))
+_SECONDS = vol.All(_strict_int, vol.Any(int, float),
+                 vol.Range(min=0, min_included=False, max=7 * 86400))  # a week; no inf
 
 DEFAULT_LIMITS: dict[str, int | float] = {
     "step_seconds": 120, "max_file_bytes": 1_048_576, "max_changed_files": 200,
