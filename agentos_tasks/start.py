@@ -33,6 +33,7 @@ from agentos_tasks.fsutil import (
 from agentos_tasks.git import Git, init_private_repo
 from agentos_tasks.landing import checked_out, refuse_links_in_target
 from agentos_tasks.leftovers import remove_tree
+from agentos_tasks.tape import read_events
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def policy_task(ctx: RunContext) -> None:
     """Pre-run check over the whole request; records request and policy; answers questions."""
     from agentos_tasks.policy import check_request
 
+    recover_tape(ctx)
     req = ctx.need_request()
     policy = ctx.policy
     decision = check_request(policy, req)
@@ -257,14 +259,25 @@ def preflight(ctx: RunContext) -> None:
     ctx.target_checked = True
 
 
+def recover_tape(ctx: RunContext) -> None:
+    """Recover the run's tape before anything reads it (see tape.Tape._recover): a line
+    torn by a kill is cut or completed, an open step closed, before a step decides from
+    the tape whether its manifest may be reused. No tape yet: nothing is written."""
+    if ctx.paths.tape.is_file():
+        ctx.tape.recover()
+
+
 def worktree_uptodate(ctx: RunContext) -> bool:
+    recover_tape(ctx)  # doit asks this before any step task runs, also when policy is cached
     if ctx.sealed:
         return True
     try:
         preflight(ctx)
     except Exception:  # the worktree task runs it again and reports it
         return False
-    return (ctx.paths.worktree / ".git").is_file() and ctx.paths.base_record.exists()
+    return ((ctx.paths.worktree / ".git").is_file() and ctx.paths.base_record.exists()
+            # killed while writing worktree_created (cut on recovery): create it again
+            and any(e.get("event") == "worktree_created" for e in read_events(ctx.paths.root)))
 
 
 def worktree_task(ctx: RunContext) -> None:

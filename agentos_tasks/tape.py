@@ -5,8 +5,11 @@ the sha256 of the previous line's bytes (without its newline; 64 zeros for the f
 ``audit/tape_head.json`` ({count, head}) is replaced atomically after every append, so a
 truncated, reordered or edited tape no longer matches its head.
 
-Recovery, on the first append of an invocation (keeping ``seq`` contiguous):
-- a last line torn by a crash is cut; ``run_resumed`` records how many bytes;
+Recovery, at the start of an invocation (`start.recover_tape`) or its first append
+(keeping ``seq`` contiguous):
+- a last line that lacks only its newline (it parses, is the next ``seq``, chains) is
+  completed with it; any other torn last line is cut, ``run_resumed`` records how many
+  bytes (the event it was is then made again: a torn ``step_end`` re-runs its step);
 - a tape that ends in a ``step_start`` (the invocation running that step was killed or
   interrupted) gets ``step_interrupted`` for that step, then ``run_resumed``. Gate EX-E
   accepts an unclosed step in exactly that shape: step_start, step_interrupted of the same
@@ -77,10 +80,18 @@ class Tape:
         torn = b""
         if data and not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
-            torn, data = data[cut:], data[:cut]
-            with open(self.path, "r+b") as handle:
-                handle.truncate(cut)
-                os.fsync(handle.fileno())
+            if _complete_line(data[:cut].splitlines(), data[cut:]):
+                # killed after the whole line, before its newline: the event is there
+                with open(self.path, "ab") as handle:
+                    handle.write(b"\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                data += b"\n"
+            else:
+                torn, data = data[cut:], data[:cut]
+                with open(self.path, "r+b") as handle:
+                    handle.truncate(cut)
+                    os.fsync(handle.fileno())
         lines = data.splitlines()
         head = sha256_bytes(lines[-1]) if lines else GENESIS
         last = json.loads(lines[-1]) if lines else None
@@ -145,6 +156,7 @@ class Tape:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new_file = not self.path.exists()
         with open(self.path, "ab") as handle:
+            faults.torn_write(state.count, handle, line)
             handle.write(line + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -156,6 +168,19 @@ class Tape:
         write_json(self.head_path, {"count": state.count + 1, "head": head})
         faults.after_tape_event(state.count, head_written=True)
         return dict(json.loads(line))
+
+
+def _complete_line(lines: list[bytes], tail: bytes) -> bool:
+    """A last line without its newline is a whole event when it parses, is the next seq,
+    chains to the line before and names a known event: only its newline is missing.
+    Anything else is a torn write and is cut."""
+    try:
+        record = json.loads(tail)
+    except ValueError:
+        return False
+    prev = sha256_bytes(lines[-1]) if lines else GENESIS
+    return (isinstance(record, dict) and record.get("seq") == len(lines)
+            and record.get("prev") == prev and record.get("event") in EVENTS)
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:

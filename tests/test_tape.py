@@ -184,3 +184,66 @@ def test_recover_repairs_only_a_head_one_line_behind(tmp_path: Path) -> None:
     Tape(tmp_path).recover()
     assert json.loads((tmp_path / "audit/tape_head.json").read_text()) == stale
     assert "tape_head.json says 2 events" in verify_chain(tmp_path).reason
+
+
+def test_a_tape_that_lost_only_its_final_newline_is_completed(tmp_path: Path) -> None:
+    """Review finding: a closed (sealed) run whose tape lost only its final newline was
+    'torn' to the gates forever and a re-run had nothing to append. A last line that
+    parses, is the next seq and chains is whole: recovery adds the newline, no event."""
+    tape = filled(tmp_path, 3)
+    tape.append("run_end", status="applied")
+    path = tmp_path / "audit/run_tape.jsonl"
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1])
+    assert verify_chain(tmp_path).reason == "tape ends with a torn line"
+    assert Tape(tmp_path).recover().count == 4
+    assert path.read_bytes() == whole
+    assert verify_chain(tmp_path).ok
+
+
+@pytest.mark.parametrize("tamper", ["prev", "seq", "event"])
+def test_a_newline_less_last_line_that_does_not_chain_is_cut(tmp_path: Path,
+                                                             tamper: str) -> None:
+    """Only a line that provably follows its predecessor is completed; a forged or
+    misplaced one without its newline is cut like any torn write, and recorded."""
+    filled(tmp_path, 3)
+    path = tmp_path / "audit/run_tape.jsonl"
+    lines = path.read_bytes().splitlines()
+    record = json.loads(lines[-1])
+    record.update({"prev": sha256_bytes(lines[-1]), "seq": 3, "event": "run_end"})
+    record.update({"prev": "f" * 64} if tamper == "prev" else
+                  {"seq": 4} if tamper == "seq" else {"event": "made_up"})
+    tail = json.dumps(record, separators=(",", ":")).encode()
+    path.write_bytes(b"\n".join(lines) + b"\n" + tail)
+    Tape(tmp_path).append("step_end", "s1", status="changed")
+    report = verify_chain(tmp_path)
+    assert report.ok, report.reason
+    resumed = [e for e in report.events if e["event"] == "run_resumed"]
+    assert len(resumed) == 1 and resumed[0]["torn_bytes"] == len(tail)
+    assert "made_up" not in [e["event"] for e in report.events]
+    assert not any(e["event"] == "run_end" for e in report.events)
+
+
+@pytest.mark.parametrize("crash", ["2:torn", "2:nonl"])
+def test_crash_while_writing_an_event(tmp_path: Path, crash: str) -> None:
+    """AGENTOS_CRASH_AFTER_EVENT=N:torn kills with half of line N on disk, N:nonl with all
+    of it but its newline. The half line is cut (run_resumed says so); the whole one is
+    completed and kept."""
+    env = {**os.environ, "AGENTOS_CRASH_AFTER_EVENT": crash}
+    project = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-c", APPEND_FIVE, str(tmp_path)], env=env,
+                          cwd=project, capture_output=True, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    data = (tmp_path / "audit/run_tape.jsonl").read_bytes()
+    assert data.count(b"\n") == 2 and not data.endswith(b"\n")
+    assert verify_chain(tmp_path).reason == "tape ends with a torn line"
+    Tape(tmp_path).append("run_end", status="failed")
+    report = verify_chain(tmp_path)
+    assert report.ok, report.reason
+    names = [e["event"] for e in report.events]
+    if crash == "2:torn":  # event 2 (step_end s2) is gone; s1's start is closed
+        assert names == ["step_end", "step_start", "step_interrupted", "run_resumed",
+                         "run_end"]
+        assert "torn last line removed" in report.events[3]["reason"]
+    else:
+        assert names == ["step_end", "step_start", "step_end", "run_end"]
