@@ -779,3 +779,38 @@ def test_declared_paths_over_the_length_or_depth_limits_are_denied_up_front(
     deep_write = step("write", path="docs/a/b/c.md", content=b"x")
     assert check_request(tight, request(deep_write)).rule_id == "limits.path_depth"
     assert check_request(tight, request(step("write", path="docs/a/b.md", content=b"x"))).allowed
+
+
+@pytest.mark.parametrize("glob", ["*" * 5000 + "a", "a" + "*" * 400 + "b",
+                                  "/".join(["**"] * 200) + "/x", "a***b***c"])
+def test_redundant_stars_are_collapsed_and_decide_fast(tmp_path: Path, glob: str) -> None:
+    """Review finding (ReDoS): runs of '*' compiled to repeated [^/]* made matching
+    exponential. They are collapsed (same meaning) or the glob is refused at load; either
+    way a long hostile path is decided within a second."""
+    import time
+
+    from agentos_tasks.policy.paths import MAX_GLOB_CHARS
+
+    text = f"version: 1\nid: p\npaths:\n  allow:\n    - {json.dumps(glob)}\n"
+    started = time.monotonic()
+    if len(glob) > MAX_GLOB_CHARS:
+        with pytest.raises(AgentosError, match="characters long"):
+            load_policy(write_policy(tmp_path, text))
+    else:
+        rule = load_policy(write_policy(tmp_path, text)).allow[0]
+        assert rule.matches("/".join(["a" * 250] * 16) + "/ab") in (True, False)
+        assert rule.glob == glob  # messages show the glob as written
+        assert rule.regex.pattern.count("[^/]*") <= 3  # the compiled form is collapsed
+    assert time.monotonic() - started < 1.0
+
+
+def test_too_many_wildcards_are_refused_and_would_have_been_slow(tmp_path: Path) -> None:
+    """'*a*a*a*b' (4 wildcards) took seconds on a 4,000-character path: refused with a
+    clear error at its line; 3 wildcards load."""
+    text = "version: 1\nid: p\npaths:\n  allow:\n    - docs/**\n    - '*a*a*a*b'\n"
+    with pytest.raises(AgentosError) as info:
+        load_policy(write_policy(tmp_path, text))
+    assert "4 wildcards (at most 3" in info.value.message
+    assert ":6" in str(info.value.where)
+    ok = "version: 1\nid: p\npaths:\n  allow: ['src/**/test_*.py', '**/*.min.*']\n"
+    assert len(load_policy(write_policy(tmp_path, ok)).allow) == 2

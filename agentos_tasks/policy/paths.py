@@ -26,11 +26,75 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+MAX_GLOB_CHARS = 512
+# each '*' run or '**' segment is a backtracking point of the regex: a path of a few
+# thousand characters against k of them costs ~n**k steps (4 took seconds)
+MAX_GLOB_WILDCARDS = 3
+
+
+STAR = "*"
+
+
+def _tokens(segment: str) -> list[str]:
+    """A glob segment as tokens: an escape pair ('\\x') is one token, a char another."""
+    tokens: list[str] = []
+    index = 0
+    while index < len(segment):
+        size = 2 if segment[index] == "\\" and index + 1 < len(segment) else 1
+        tokens.append(segment[index:index + size])
+        index += size
+    return tokens
+
+
+def collapse_stars(glob: str) -> str:
+    """The same glob (as pathspec matches it) with no redundant wildcard: a run of '*'
+    inside a segment is one '*' (a segment of three or more stars, too: pathspec reads
+    it as one-segment stars); consecutive '**' segments are one. An escaped star
+    ('\\*') is a literal and stays."""
+    segments: list[str] = []
+    for raw in glob.split("/"):
+        segment = raw
+        if raw != "**":
+            out: list[str] = []
+            for piece in _tokens(raw):
+                if not (piece == STAR and out and out[-1] == STAR):
+                    out.append(piece)
+            segment = "".join(out)
+        if not (segment == "**" and segments and segments[-1] == "**"):
+            segments.append(segment)
+    return "/".join(segments)
+
+
+def _wildcards(glob: str) -> int:
+    """Backtracking points: unescaped '*' runs ('**' segments included); a trailing '/**'
+    (compiled to a plain '/') is none."""
+    body = glob[:-3] if glob.endswith("/**") else glob
+    count = 0
+    for segment in body.split("/"):
+        previous = ""
+        for piece in _tokens(segment):
+            count += piece == STAR and previous != STAR
+            previous = piece
+    return count
+
+
 @functools.lru_cache(maxsize=4096)
 def compile_glob(glob: str, *, ignore_case: bool = False) -> re.Pattern[str]:
-    """Compile one gitignore glob to a regex; ValueError says why a glob is unusable."""
+    """Compile one gitignore glob to a regex; ValueError says why a glob is unusable.
+
+    Bounded (a hostile policy must not make matching exponential): at most
+    MAX_GLOB_CHARS characters and MAX_GLOB_WILDCARDS wildcards once redundant stars
+    are collapsed (`collapse_stars`)."""
     if "\0" in glob or "\n" in glob or "\r" in glob:
         raise ValueError(f"glob {glob!r} contains a control character")
+    if len(glob) > MAX_GLOB_CHARS:
+        raise ValueError(f"glob {glob[:40]!r}... is {len(glob)} characters long (at most "
+                         f"{MAX_GLOB_CHARS})")
+    glob = collapse_stars(glob)
+    if _wildcards(glob) > MAX_GLOB_WILDCARDS:
+        raise ValueError(f"glob {glob[:80]!r} has {_wildcards(glob)} wildcards (at most "
+                         f"{MAX_GLOB_WILDCARDS}: each multiplies the cost of matching a "
+                         "long path); split it into several globs")
     if glob.startswith("!"):
         raise ValueError(f"negated glob {glob!r} is not supported (use a deny rule)")
     if glob.startswith("#"):
@@ -135,5 +199,5 @@ def safe_target(worktree: Path, relpath: str) -> Path:
     return worktree / normal
 
 
-__all__ = ["compile_glob", "is_git_component", "normalize_path", "refuse_symlinked_parents",
-           "safe_target"]
+__all__ = ["collapse_stars", "compile_glob", "is_git_component", "normalize_path",
+           "refuse_symlinked_parents", "safe_target"]
