@@ -205,6 +205,19 @@ def crash_case(reference: Reference, where: Path, crash: str) -> tuple[str, str 
     return f"{label}, resumed in {attempts}", why
 
 
+def _all_recover(reference: Reference, tmp_path: Path, cases: list[str], what: str) -> None:
+    """Run every crash case (a few at a time) and assert each recovers to a signable run."""
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+        outcomes = list(pool.map(
+            lambda c: crash_case(reference, tmp_path / c.replace(":", "-"), c), cases))
+    bad = [(label, why) for label, why in outcomes if why is not None]
+    print(f"\n{len(outcomes) - len(bad)} of {len(outcomes)} {what} recover to a "
+          "signable run")
+    for label, why in outcomes:
+        print(f"  {label}: {'ok' if why is None else why}")
+    assert not bad, "\n".join(f"{label}: {why}" for label, why in bad)
+
+
 def test_every_tape_event_crash_recovers_to_a_signable_run(reference: Reference,
                                                             tmp_path: Path) -> None:
     """SIGKILL right after each event of the reference tape (after its head moved), and
@@ -215,15 +228,7 @@ def test_every_tape_event_crash_recovers_to_a_signable_run(reference: Reference,
     events = reference.events
     cases += [f"{_index(events, 'step_start', 'r')}:line", f"{_index(events, 'step_end', 't')}:line",
               f"{_index(events, 'patches_applied')}:line", f"{_index(events, 'run_end')}:line"]
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        outcomes = list(pool.map(
-            lambda c: crash_case(reference, tmp_path / c.replace(":", "-"), c), cases))
-    bad = [(label, why) for label, why in outcomes if why is not None]
-    print(f"\n{len(outcomes) - len(bad)} of {len(outcomes)} interruptions recover to a "
-          "signable run")
-    for label, why in outcomes:
-        print(f"  {label}: {'ok' if why is None else why}")
-    assert not bad, "\n".join(f"{label}: {why}" for label, why in bad)
+    _all_recover(reference, tmp_path, cases, "interruptions")
 
 
 def test_a_torn_write_of_every_event_kind_recovers_to_a_signable_run(
@@ -240,15 +245,7 @@ def test_a_torn_write_of_every_event_kind_recovers_to_a_signable_run(
     cases = [f"{seq}:torn" for seq in sorted(firsts.values())]
     cases += [f"{_index(events, 'step_end', step)}:torn" for step in ("r", "t")]
     cases += [f"{_index(events, 'step_end', 'w')}:nonl", f"{_index(events, 'run_end')}:nonl"]
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        outcomes = list(pool.map(
-            lambda c: crash_case(reference, tmp_path / c.replace(":", "-"), c), cases))
-    bad = [(label, why) for label, why in outcomes if why is not None]
-    print(f"\n{len(outcomes) - len(bad)} of {len(outcomes)} torn writes recover to a "
-          "signable run")
-    for label, why in outcomes:
-        print(f"  {label}: {'ok' if why is None else why}")
-    assert not bad, "\n".join(f"{label}: {why}" for label, why in bad)
+    _all_recover(reference, tmp_path, cases, "torn writes")
 
 
 def test_a_crash_during_recovery_recovers_too(reference: Reference, tmp_path: Path) -> None:
