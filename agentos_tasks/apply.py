@@ -54,6 +54,7 @@ def apply_task(ctx: RunContext) -> None:
         # killed after the applied record was written, before the tape said so: say it now
         record_applied_if_missing(ctx)
         return
+    faults.point("apply.begin")
     try:
         refuse_leaked_secrets(ctx)
         _apply(ctx)

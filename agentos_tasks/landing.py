@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -107,14 +108,20 @@ def am_in_private(git: Git, pre: str, patches: list[Path], step_commits: list[st
                   step_ids: list[str]) -> str:
     """`git am` the patches onto `pre` in the run's own worktree; check every resulting
     commit against its step commit; return the new head. The target is not touched."""
+    git_dir = git.git_dir()
+    drop_am_state(git_dir)  # an am killed or starved of space earlier left its mailbox
     git.run("reset", "--hard", "-q", pre)
     git.run("clean", "-ffdxq")
     result = git.run("am", "-q", "-k", "--keep-cr", "--no-3way", "--whitespace=nowarn",
                      "--committer-date-is-author-date", "--", *map(str, patches), check=False)
     if result.returncode != 0:
         git.run("am", "--abort", check=False)
-        raise AgentosError("git am failed: " +
-                           result.stderr.decode("utf-8", "replace").strip()[:300],
+        drop_am_state(git_dir)
+        message = result.stderr.decode("utf-8", "replace").strip()
+        if out_of_space(message, git_dir):
+            # not a refusal: the run stays open and the same command retries the apply
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(git_dir))
+        raise AgentosError("git am failed: " + message[:300],
                            code=EXIT_STATE, hint="the branch was not touched")
     post = git.rev_parse("HEAD")
     landed = git.commits_between(pre, post)
@@ -133,6 +140,29 @@ def am_in_private(git: Git, pre: str, patches: list[Path], step_commits: list[st
                 code=EXIT_STATE, hint="a commit message may not contain diff or mail header "
                                       "lines; the branch was not touched")
     return post
+
+
+def drop_am_state(git_dir: Path) -> None:
+    """Remove what an interrupted `git am` leaves in the run's private git dir (its
+    mailbox and author script), which would make the next am fail or resume it."""
+    for name in ("rebase-apply", "rebase-merge"):
+        shutil.rmtree(git_dir / name, ignore_errors=True)
+
+
+LOW_SPACE = 4 << 20  # below this, a failed write in git is taken for a full disk
+
+
+def out_of_space(message: str, git_dir: Path) -> bool:
+    """Did git fail for lack of space? It says so in many ways (`No space left on
+    device`, `unable to write`, `short write`, a truncated file it then cannot parse),
+    so a failure while the file system is nearly full counts as one too."""
+    if "No space left on device" in message or "Disk quota exceeded" in message:
+        return True
+    try:
+        stat_ = os.statvfs(git_dir)
+    except OSError:
+        return False
+    return stat_.f_bavail * stat_.f_frsize < LOW_SPACE
 
 
 def refuse_links_in_target(common: Path, git_dir: Path, branch: str) -> None:

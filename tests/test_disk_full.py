@@ -55,3 +55,43 @@ def test_a_full_disk_is_one_clear_error_and_the_rerun_completes(
     assert (repo / "big.txt").stat().st_size == 3_000_000
     gates = doit(tmp_path, "gates", "request=req.yaml")
     assert gates.returncode == 0, gates.stdout[-3000:]
+
+
+@pytest.mark.parametrize("full", ["outputs", "target"])
+def test_a_full_disk_during_apply_lands_nothing_and_the_rerun_lands(
+        tmp_path: Path, small_disk: Path, full: str) -> None:
+    """Every step passed; the disk fills before `git am` (the run was killed just before
+    apply, then the disk filled). The apply is one clear error, the branch and the target
+    are untouched, no `git am` state is left behind, and the re-run after space is freed
+    lands the run with every gate passing. `full` is the file system that fills: the one
+    with the evidence (where `git am` runs) or the target repository's."""
+    write_policy(tmp_path / "policy.yaml")
+    outputs = "outputs=out" if full == "outputs" else f"outputs={tmp_path / 'evidence'}"
+    repo = tmp_path / "repo" if full == "outputs" else small_disk / "repo"
+    (tmp_path / "big.bin").write_bytes(os.urandom(3_000_000))  # incompressible
+    steps = [{"id": "w1", "message": "w1: small", "write": {"path": "a.txt", "content": "a\n"}},
+             {"id": "w2", "message": "w2: big", "write": {"path": "big.bin",
+                                                         "content_file": "big.bin"}}]
+    write_request(tmp_path, steps, repo=str(repo))
+    killed = doit(tmp_path, "run", "request=req.yaml", outputs,
+                  env={"AGENTOS_CRASH_AT": "apply.begin"})
+    assert killed.returncode != 0, killed.stdout + killed.stderr
+    before = git(repo, "rev-parse", "HEAD")
+    stat = os.statvfs(small_disk)
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 1_500_000))
+    proc = doit(tmp_path, "run", "request=req.yaml", outputs)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "no space left on the device" in out and "re-run the same command" in out, out
+    assert "Traceback" not in out and "internal error" not in out and "git am failed" not in out
+    assert git(repo, "rev-parse", "HEAD") == before
+    assert git(repo, "--no-optional-locks", "status", "--porcelain") == ""
+    assert not list(tmp_path.rglob("rebase-apply")), "git am state left behind"
+    filler.unlink()
+    proc = doit(tmp_path, "run", "request=req.yaml", outputs)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (repo / "big.bin").read_bytes() == (tmp_path / "big.bin").read_bytes()
+    assert len(git(repo, "rev-list", f"{before}..HEAD").split()) == 2
+    gates = doit(tmp_path, "gates", "request=req.yaml", outputs)
+    assert gates.returncode == 0, gates.stdout[-3000:]
