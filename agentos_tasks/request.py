@@ -90,8 +90,8 @@ def sha256_bytes(data: bytes) -> str:
 
 def load_request(path: Path) -> Request:
     """Read, validate and resolve a request file. Raises AgentosError with file:line."""
+    doc = load_with_marks(path, "request")  # errors name the path as given
     path = path.resolve()
-    doc = load_with_marks(path, "request")
     if not isinstance(doc.data, dict):
         found = "a list" if isinstance(doc.data, list) else f"a {type(doc.data).__name__}"
         raise doc.error(f"a request must be a mapping with version, id, repo and steps "

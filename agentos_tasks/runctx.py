@@ -38,6 +38,13 @@ def resolve_cli_path(raw: str, cwd: Path) -> Path:
     return (path if path.is_absolute() else cwd / path).resolve()
 
 
+def given_cli_path(raw: str, cwd: Path) -> Path:
+    """An input file's absolute path as the user named it, symlinks kept, so that errors
+    name the file the user typed (`policies/x.yaml`, not the package file it links to)."""
+    path = Path(raw).expanduser()
+    return Path(os.path.abspath(path if path.is_absolute() else cwd / path))
+
+
 @dataclass
 class RunContext:
     """Everything one invocation needs to build and run the graph for one run."""
@@ -180,7 +187,7 @@ def build_context(
     cwd = cwd or Path.cwd()
     # nothing is found relative to a checkout: an installed agentos writes where it runs
     outputs_dir = resolve_cli_path(outputs, cwd) if outputs else cwd / "outputs"
-    req = load_request(resolve_cli_path(request, cwd)) if request else None
+    req = load_request(given_cli_path(request, cwd)) if request else None
     if req is None and not run:
         raise AgentosError("request= (or run= for an existing run) is required",
                            hint="doit run request=requests/demo.yaml")
@@ -197,7 +204,7 @@ def build_context(
     policy_path: Path | None = None
     if req is not None:
         if policy:
-            policy_path = resolve_cli_path(policy, cwd)
+            policy_path = given_cli_path(policy, cwd)
         elif req.policy:
             policy_path = req.policy
         else:

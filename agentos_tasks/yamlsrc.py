@@ -71,6 +71,7 @@ def _prescan(text: str, path: Path, what: str) -> None:
     MAX_DEPTH levels. Iterative, so hostile input costs at most one linear scan."""
     parser = _Loader(text)
     depth = nodes = 0
+    merge_key = False
     try:
         while True:
             event = parser.get_event()
@@ -78,8 +79,14 @@ def _prescan(text: str, path: Path, what: str) -> None:
                 return
             line = event.start_mark.line + 1
             if isinstance(event, yaml.AliasEvent):
+                if merge_key:
+                    raise AgentosError(f"YAML merge keys (<<: *{event.anchor}) are not "
+                                       "supported", where=f"{path}:{line}",
+                                       hint="write the keys out in each mapping")
                 raise AgentosError(f"YAML aliases (*{event.anchor}) are not allowed here; "
                                    "write the value out", where=f"{path}:{line}")
+            merge_key = isinstance(event, yaml.ScalarEvent) and event.value == "<<" \
+                and event.implicit[0]  # plain, as YAML reads a merge key
             if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
                 nodes += 1
                 if nodes > MAX_NODES:
@@ -238,7 +245,30 @@ def _invalid(doc: MarkedDoc, exc: vol.Invalid, what: str) -> AgentosError:
     elif msg == "required key not provided":
         msg = f"missing required key {path[-1]!r}" if path else msg
     return AgentosError(f"{what}: {key}: {msg}", where=doc.where(path),
-                        hint=f"see the {what} schema in README.md")
+                        hint=_quote_hint(doc, path, msg) or f"see the {what} schema in README.md")
+
+
+def _quote_hint(doc: MarkedDoc, path: Sequence[Any], msg: str) -> str | None:
+    """YAML reads unquoted `yes`, `on`, `1.0`, `0123`, `null` as a boolean, number or
+    nothing: where text was expected, say so and show the quoted form."""
+    if not msg.startswith("expected str") or not path:
+        return None
+    value: Any = doc.data
+    try:
+        for part in path:
+            value = value[part]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if value is not None and not isinstance(value, (bool, int, float)):
+        return None
+    line = doc.lines.get(tuple(path), 0)
+    text = doc.raw.decode("utf-8", "replace").splitlines()
+    written = text[line - 1].split(":", 1)[-1].strip() if 0 < line <= len(text) else ""
+    written = written.split(" #", 1)[0].strip() or str(value)
+    kind = "nothing (null)" if value is None else \
+        f"the {type(value).__name__} {value!r}"
+    return (f"YAML reads the unquoted {written} as {kind}; quote it to keep it text: "
+            f"{path[-1]}: \"{written}\"")
 
 
 Shape = dict[str, Any] | list[Any] | None

@@ -538,3 +538,41 @@ def test_doit_gates_writes_deleted_reports_again(good_run: Any) -> None:
     assert again.returncode == 0, again.stdout[-2000:]
     for name in ("gates.json", "gates.xml", "report.md", "report.html"):
         assert (good_run.run_dir / "reports" / name).is_file(), name
+
+
+def test_a_yaml_merge_key_is_named_as_one(tmp_path: Path) -> None:
+    path = tmp_path / "req.yaml"
+    path.write_text("version: 1\nid: m\nrepo: ./repo\nbase: &b\n  message: x\nsteps:\n"
+                    "  - id: s1\n    <<: *b\n    write: {path: a.txt, content: a}\n")
+    with pytest.raises(AgentosError) as info:
+        load_request(path)
+    assert info.value.message == "YAML merge keys (<<: *b) are not supported"
+    assert info.value.where == f"{path}:8" and info.value.code == EXIT_USAGE
+
+
+@pytest.mark.parametrize(("line", "written", "kind"), [
+    ("id: yes", "yes", "the bool True"), ("id: 1.0", "1.0", "the float 1.0"),
+    ("id: on  # the run", "on", "the bool True"), ("id: 0123", "0123", "the int 83"),
+    ("id: null", "null", "nothing (null)")])
+def test_a_value_yaml_reads_as_not_text_gets_a_quote_hint(
+        tmp_path: Path, line: str, written: str, kind: str) -> None:
+    path = tmp_path / "req.yaml"
+    path.write_text(f"version: 1\n{line}\nrepo: ./repo\nsteps:\n"
+                    "  - id: s1\n    message: m\n    write: {path: a.txt, content: a}\n")
+    with pytest.raises(AgentosError) as info:
+        load_request(path)
+    assert info.value.where == f"{path}:2", info.value.render()
+    assert info.value.hint == (f"YAML reads the unquoted {written} as {kind}; quote it to "
+                               f"keep it text: id: \"{written}\""), info.value.render()
+
+
+def test_errors_name_the_file_as_given_not_where_its_symlink_points(tmp_path: Path) -> None:
+    real = tmp_path / "package" / "policies"
+    real.mkdir(parents=True)
+    (real / "p.yaml").write_text("version: 1\nfoo: 1\n")
+    (tmp_path / "policies").symlink_to(real)
+    setup_run(tmp_path)
+    proc = doit(tmp_path, "run", "request=req.yaml", "policy=policies/p.yaml")
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert f"error: {tmp_path}/policies/p.yaml:2: policy: foo: unknown key" in proc.stderr
+    no_traceback(proc)
