@@ -45,42 +45,79 @@ def _arg(value: object) -> str:
 
 _argv = vol.All([_arg], vol.Length(min=1))
 
+
+def _strict_int(value: object) -> object:
+    """YAML `true` is an int to Python; a version or exit code must be a real number."""
+    if isinstance(value, bool):
+        raise vol.Invalid("expected an integer, got a boolean")
+    return value
+
+
 WRITE_SCHEMA = vol.Schema(vol.All(
-    {vol.Required("path"): _nonempty,
-     vol.Exclusive("content", "content"): str,
-     vol.Exclusive("content_file", "content"): _nonempty},
+    {vol.Required("path", description="File to create or replace, relative to the "
+                  "repository root."): _nonempty,
+     vol.Exclusive("content", "content",
+                   description="The file's full new content (UTF-8 text)."): str,
+     vol.Exclusive("content_file", "content", description="A file whose bytes become the "
+                   "content, relative to the request file; never read through a symlink."):
+        _nonempty},
     vol.Any(vol.Schema({vol.Required("content"): object}, extra=vol.ALLOW_EXTRA),
             vol.Schema({vol.Required("content_file"): object}, extra=vol.ALLOW_EXTRA),
             msg="write needs `content` or `content_file`"),
 ))
 TOOL_SCHEMA = vol.Schema({
-    vol.Required("adapter"): vol.In(ADAPTERS, msg=f"adapter must be one of {', '.join(ADAPTERS)}"),
-    vol.Required("prompt"): str,
-    vol.Optional("paths"): [_nonempty],
-    vol.Optional("argv"): _argv,
-    vol.Optional("model"): _nonempty,
+    vol.Required("adapter", description="The coding-agent adapter that does the step; the "
+                 "policy must list it under tools."):
+        vol.In(ADAPTERS, msg=f"adapter must be one of {', '.join(ADAPTERS)}"),
+    vol.Required("prompt", description="The task given to the agent."): str,
+    vol.Optional("paths", description="Globs (.gitignore syntax) the agent may change; the "
+                 "policy still judges every changed path."): [_nonempty],
+    vol.Optional("argv", description="The command to run (required for the `command` "
+                 "adapter; must start with the policy rule's argv)."): _argv,
+    vol.Optional("model", description="Model name passed to the agent CLI."): _nonempty,
 })
 STEP_SCHEMA = vol.Schema({
-    vol.Required("id"): _ident,
-    vol.Optional("message"): _nonempty,
-    vol.Optional("write"): WRITE_SCHEMA,
-    vol.Optional("delete"): vol.Schema({vol.Required("path"): _nonempty}),
-    vol.Optional("patch"): _nonempty,
-    vol.Optional("run"): _argv,
-    vol.Optional("expect_exit"): vol.All(int, vol.Range(min=0, max=255)),
-    vol.Optional("tool"): TOOL_SCHEMA,
+    vol.Required("id", description="Step id, unique in the request; names its artifacts "
+                 "(steps/<id>.json)."): _ident,
+    vol.Optional("message", description="Commit message of the step's patch (default: the "
+                 "id)."): _nonempty,
+    vol.Optional("write", description="Operation: write one file."): WRITE_SCHEMA,
+    vol.Optional("delete", description="Operation: delete one file."): vol.Schema(
+        {vol.Required("path", description="File to delete, relative to the repository "
+                      "root."): _nonempty}),
+    vol.Optional("patch", description="Operation: apply a unified diff or `git "
+                 "format-patch --binary` file, relative to the request file."): _nonempty,
+    vol.Optional("run", description="Operation: run a command in the sandbox, as an argv "
+                 "list (never a shell string); the policy must allow its prefix."): _argv,
+    vol.Optional("expect_exit", description="Exit code a run or tool step must return "
+                 "(default 0)."): vol.All(_strict_int, int, vol.Range(min=0, max=255)),
+    vol.Optional("tool", description="Operation: hand the step to a coding agent."):
+        TOOL_SCHEMA,
 })
 REQUEST_SCHEMA = vol.Schema({
-    vol.Required("version"): vol.All(int, vol.In([1], msg="only version 1 is supported")),
-    vol.Required("id"): _ident,
-    vol.Required("repo"): _nonempty,
-    vol.Optional("init_repo"): bool,
-    vol.Optional("base"): _nonempty,
-    vol.Optional("branch"): _nonempty,
-    vol.Optional("policy"): _nonempty,
-    vol.Optional("author"): {vol.Required("name"): _identity, vol.Required("email"): _identity},
-    vol.Required("steps"): vol.All([STEP_SCHEMA], vol.Length(min=1, msg="at least one step")),
-    vol.Optional("questions"): [{vol.Required("id"): _ident, vol.Required("text"): _nonempty}],
+    vol.Required("version", description="Format version; only 1."):
+        vol.All(_strict_int, int, vol.In([1], msg="only version 1 is supported")),
+    vol.Required("id", description="Run id; names the run directory."): _ident,
+    vol.Required("repo", description="Target git repository (its top level), relative to "
+                 "the request file."): _nonempty,
+    vol.Optional("init_repo", description="Demo only: create the repository with one "
+                 "commit if it is absent."): bool,
+    vol.Optional("base", description="Commit the worktree starts from (default: the "
+                 "branch head)."): _nonempty,
+    vol.Optional("branch", description="Branch the patches land on (default: the "
+                 "repository's current branch)."): _nonempty,
+    vol.Optional("policy", description="Policy file, relative to the request file "
+                 "(default: the shipped sandbox policy; policy= overrides)."): _nonempty,
+    vol.Optional("author", description="Commit identity of the landed commits."): {
+        vol.Required("name", description="Author name."): _identity,
+        vol.Required("email", description="Author email."): _identity},
+    vol.Required("steps", description="The steps, run in order; each has exactly one "
+                 "operation: write, delete, patch, run or tool."):
+        vol.All([STEP_SCHEMA], vol.Length(min=1, msg="at least one step")),
+    vol.Optional("questions", description="Questions a human must answer (answers=FILE) "
+                 "before any step runs."): [
+        {vol.Required("id", description="Question id; the key of its answer."): _ident,
+         vol.Required("text", description="The question."): _nonempty}],
 })
 
 

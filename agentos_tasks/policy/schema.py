@@ -50,7 +50,11 @@ def _strict_int(value: Any) -> Any:
 _RULE_ID = vol.All(str, vol.Match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                                   msg="rule id must match [A-Za-z0-9][A-Za-z0-9_.-]*"))
 _GLOB = vol.All(str, vol.Length(min=1, msg="a glob must not be empty"))
-_PATH_RULE = vol.Any(_GLOB, {vol.Optional("id"): _RULE_ID, vol.Required("glob"): _GLOB})
+_PATH_RULE = vol.Any(_GLOB, {
+    vol.Optional("id", description="Rule id named by every decision this rule makes "
+                 "(default: a generated one such as paths.deny[0])."): _RULE_ID,
+    vol.Required("glob", description="A .gitignore-style glob (e.g. 'src/**', "
+                 "'/*.md', '**/.env')."): _GLOB})
 _ARGV = vol.All([str], vol.Length(min=1, msg="argv must list at least one token"))
 
 
@@ -98,8 +102,11 @@ def _address(value: Any) -> Any:
 _ENV_NAME = vol.All(str, vol.Match(r"^[A-Za-z_][A-Za-z0-9_]*$",
                                    msg="not an environment variable name"))
 _NETWORK_MAP = vol.Schema({
-    vol.Required("allow"): [vol.All(str, _allow_entry)],
-    vol.Optional("resolve", default=dict): {vol.All(str, vol.Length(min=1)): _address},
+    vol.Required("allow", description="Hosts that may be reached: host, host:port, "
+                 "*.suffix[:port], an IP literal, or '*'."): [vol.All(str, _allow_entry)],
+    vol.Optional("resolve", default=dict, description="Pinned addresses, name -> IP (like "
+                 "curl --resolve); each name must be one an allow entry names."):
+        {vol.All(str, vol.Length(min=1)): vol.All(str, _address)},
 })
 
 
@@ -116,11 +123,17 @@ def _network(value: Any) -> Any:
 
 _NETWORK = _network
 _PROVIDER = {
-    vol.Required("base_url"): vol.All(str, vol.Match(r"^https?://[^\s/?#]+", msg="base_url "
-                                                     "must be an http:// or https:// URL")),
-    vol.Optional("api_key_env"): _ENV_NAME,
-    vol.Optional("model"): vol.All(str, vol.Length(min=1)),
-    vol.Optional("protocol"): vol.In(["anthropic", "openai-responses", "openai-chat"]),
+    vol.Required("base_url", description="The gateway's http(s) URL; its host must be in "
+                 "the tool's network.allow."):
+        vol.All(str, vol.Match(r"^https?://[^\s/?#]+",
+                               msg="base_url must be an http:// or https:// URL")),
+    vol.Optional("api_key_env", description="The secret (one of the tool's secrets) "
+                 "holding the API key; its value never reaches an argv or a file."): _ENV_NAME,
+    vol.Optional("model", description="Model name sent to the provider."):
+        vol.All(str, vol.Length(min=1)),
+    vol.Optional("protocol", description="Wire protocol (default: the adapter's own: "
+                 "claude anthropic, codex openai-responses, opencode openai-chat)."):
+        vol.In(["anthropic", "openai-responses", "openai-chat"]),
 }
 
 _INT = vol.All(_strict_int, int, vol.Range(min=1, max=2**62))
@@ -137,43 +150,94 @@ DEFAULT_LIMITS: dict[str, int | float] = {
     "path_length": 4096, "path_depth": 256, "files": 100_000, "bytes": 1_073_741_824,
 }
 
+LIMIT_DESCRIPTIONS: dict[str, str] = {
+    "step_seconds": "Wall-clock seconds a run or tool step may take before it is killed.",
+    "max_file_bytes": "Largest file a step may leave, in bytes.",
+    "max_changed_files": "Most paths one step may change.",
+    "max_steps": "Most steps a request may have.",
+    "output_bytes": "Bytes of a step's stdout and stderr kept in its log.",
+    "memory_bytes": "Memory a step's processes may use, in bytes.",
+    "max_processes": "Processes a step may have at once.",
+    "max_open_files": "Open files per process of a step.",
+    "path_length": "Longest path, in bytes, a run or tool step may leave in its worktree "
+                   "(ignored files included).",
+    "path_depth": "Deepest path, in levels, a run or tool step may leave in its worktree.",
+    "files": "Entries (files, directories, links) a run or tool step may add beyond the "
+             "parent commit's tree.",
+    "bytes": "Bytes a run or tool step may add beyond the parent commit's tree.",
+}
+
 _LIMITS = {
-    vol.Optional(name, default=default): (_SECONDS if name == "step_seconds" else _INT)
+    vol.Optional(name, default=default, description=LIMIT_DESCRIPTIONS[name]):
+        (_SECONDS if name == "step_seconds" else _INT)
     for name, default in DEFAULT_LIMITS.items()
 }
 
+_NETWORK_HELP = ("false (none), unrestricted (any public host, flagged in the evidence) or "
+                 "{allow: [...], resolve: {...}} through the allowlist proxy")
+_PATHS_HELP = "Paths matching these globs (.gitignore syntax) "
+
 POLICY_SCHEMA = vol.Schema(
     {
-        vol.Required("version"): vol.All(_strict_int, int, vol.In([1], msg="only version 1 "
-                                                                      "is supported")),
-        vol.Required("id"): _RULE_ID,
-        vol.Optional("operations", default=list): [vol.In(list(OPS))],
-        vol.Optional("paths", default=dict): {
-            vol.Optional("allow", default=list): [_PATH_RULE],
-            vol.Optional("deny", default=list): [_PATH_RULE],
-            vol.Optional("ask", default=list): [_PATH_RULE],
-            vol.Optional("executable", default=list): [_PATH_RULE],
+        vol.Required("version", description="Format version; only 1."):
+            vol.All(_strict_int, int, vol.In([1], msg="only version 1 is supported")),
+        vol.Required("id", description="Policy id, recorded in the evidence."): _RULE_ID,
+        vol.Optional("operations", default=list, description="Step kinds that may run at "
+                     "all (default: none)."): [vol.In(list(OPS))],
+        vol.Optional("paths", default=dict, description="Which paths steps may change; deny "
+                     "beats ask beats allow, no allow match is denied."): {
+            vol.Optional("allow", default=list,
+                         description=_PATHS_HELP + "may be changed."): [_PATH_RULE],
+            vol.Optional("deny", default=list,
+                         description=_PATHS_HELP + "are refused (case-insensitive)."):
+                [_PATH_RULE],
+            vol.Optional("ask", default=list,
+                         description=_PATHS_HELP + "need a human's approval; a headless run "
+                         "denies them (case-insensitive)."): [_PATH_RULE],
+            vol.Optional("executable", default=list,
+                         description=_PATHS_HELP + "may land executable (100755); default "
+                         "nowhere."): [_PATH_RULE],
         },
-        vol.Optional("commands", default=list): [
-            {vol.Optional("id"): _RULE_ID, vol.Required("argv"): _ARGV,
-             vol.Optional("network"): _NETWORK}
+        vol.Optional("commands", default=list, description="Argv prefixes run steps may "
+                     "start with, compared token by token (no shell)."): [
+            {vol.Optional("id", description="Rule id named by decisions (default: "
+                          "commands[i])."): _RULE_ID,
+             vol.Required("argv", description="The argv prefix."): _ARGV,
+             vol.Optional("network", description="Network of these commands, only narrower "
+                          "than the top-level one: " + _NETWORK_HELP + "."): _NETWORK}
         ],
-        vol.Optional("tools", default=list): [
+        vol.Optional("tools", default=list, description="Coding-agent adapters tool steps "
+                     "may use, one rule per adapter."): [
             {
-                vol.Optional("id"): _RULE_ID,
-                vol.Required("adapter"): vol.In(list(ADAPTERS)),
-                vol.Optional("network", default=False): _NETWORK,
-                vol.Optional("review", default=False): bool,
-                vol.Optional("argv"): _ARGV,
-                vol.Optional("secrets", default=list): [_ENV_NAME],
-                vol.Optional("provider"): _PROVIDER,
+                vol.Optional("id", description="Rule id named by decisions (default: "
+                             "tools[i])."): _RULE_ID,
+                vol.Required("adapter", description="The adapter this rule is for."):
+                    vol.In(list(ADAPTERS)),
+                vol.Optional("network", default=False, description="What the tool may "
+                             "reach: " + _NETWORK_HELP + "."): _NETWORK,
+                vol.Optional("review", default=False, description="The tool's patches need a "
+                             "recorded reviewer approval (answers=FILE) before apply."):
+                    bool,
+                vol.Optional("argv", description="`command` adapter only: the argv prefix "
+                             "its steps must start with."): _ARGV,
+                vol.Optional("secrets", default=list, description="Host environment "
+                             "variables only this tool gets; never recorded, never in env."):
+                    [_ENV_NAME],
+                vol.Optional("provider", description="The model endpoint (gateway) the "
+                             "agent CLI talks to."): _PROVIDER,
             }
         ],
-        vol.Optional("network", default=False): _NETWORK,
-        vol.Optional("isolation", default="required"): vol.In(list(ISOLATION_LEVELS)),
-        vol.Optional("limits", default=dict): _LIMITS,
-        vol.Optional("env", default=lambda: list(DEFAULT_ENV)): [_ENV_NAME],
-        vol.Optional("require_approval", default=list): [vol.In(list(OPS))],
+        vol.Optional("network", default=False, description="Network of run steps: "
+                     + _NETWORK_HELP + "."): _NETWORK,
+        vol.Optional("isolation", default="required", description="required: no working "
+                     "OS sandbox fails closed; best-effort: run without one, recorded and "
+                     "flagged."): vol.In(list(ISOLATION_LEVELS)),
+        vol.Optional("limits", default=dict, description="Resource limits the executor and "
+                     "sandbox enforce."): _LIMITS,
+        vol.Optional("env", default=lambda: list(DEFAULT_ENV), description="Host environment "
+                     "variables passed to steps; everything else is cleared."): [_ENV_NAME],
+        vol.Optional("require_approval", default=list, description="Step kinds whose patch "
+                     "needs a recorded reviewer approval (answers=FILE)."): [vol.In(list(OPS))],
     },
     extra=vol.PREVENT_EXTRA,
 )
