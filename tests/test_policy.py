@@ -360,8 +360,9 @@ def test_network_env_and_approval(policy: Policy) -> None:
     assert step_network(policy, step("run", argv=("ruff", "check"))) is None
     assert step_network(policy, step("write", path="docs/a.md")) is None
     host = {"PATH": "/usr/bin", "HOME": "/root", "AWS_SECRET_ACCESS_KEY": "s", "LANG": "C"}
-    assert step_env(policy, host) == {"PATH": "/usr/bin", "LANG": "C"}
-    assert step_env(policy, {}) == {}
+    no_pyc = {"PYTHONDONTWRITEBYTECODE": "1"}  # __pycache__/ never lands with a step
+    assert step_env(policy, host) == {**no_pyc, "PATH": "/usr/bin", "LANG": "C"}
+    assert step_env(policy, {}) == no_pyc
     assert needs_approval(policy, step("patch", patch_paths=("src/a.py",)))
     assert needs_approval(policy, step("tool", tool=codex))  # review: true
     assert not needs_approval(policy, step("write", path="docs/a.md"))

@@ -213,12 +213,15 @@ def needs_approval(policy: Policy, step: Step) -> bool:
 
 
 def step_env(policy: Policy, host_env: Mapping[str, str]) -> dict[str, str]:
-    """The whole environment a step gets: the allowlisted names present on the host.
+    """The whole environment a step gets: the allowlisted names present on the host, and
+    PYTHONDONTWRITEBYTECODE=1 so that Python's bytecode caches (`__pycache__/`), which
+    every `python -m pytest` check would leave, never become part of a step's change.
 
     PATH loses empty and relative entries: inside the sandbox they resolve against the
     worktree, where a repository file named `python3` would win over the real one.
     """
-    env = {name: host_env[name] for name in policy.env if name in host_env}
+    env = {"PYTHONDONTWRITEBYTECODE": "1"}
+    env.update({name: host_env[name] for name in policy.env if name in host_env})
     if "PATH" in env:
         entries = [e for e in env["PATH"].split(os.pathsep) if e and os.path.isabs(e)]
         env["PATH"] = os.pathsep.join(dict.fromkeys(entries))
