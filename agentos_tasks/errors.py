@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from agentos_tasks.termsafe import escape
 
-# Documented exit codes (README "Exit codes").
+# Documented exit codes (docs/runs.md "Exit codes").
 EXIT_USAGE = 2  # bad input: request, policy, answers file, command line
 EXIT_POLICY = 3  # policy violation (pre-run or post-step)
 EXIT_STEP = 4  # a step failed (command exit, patch does not apply, timeout)
@@ -92,4 +92,4 @@ def internal_error(exc: BaseException) -> AgentosError:
     return AgentosError(f"internal error: {type(exc).__name__}: {exc}", code=EXIT_INTERNAL,
                         hint=f"this is a bug in agentos, not in your request; the full "
                              f"traceback is in {log_path}; please report it with that file "
-                             "(README: Reporting a bug)")
+                             "(docs/runs.md: Reporting a bug)")

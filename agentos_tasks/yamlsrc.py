@@ -188,12 +188,12 @@ def load_with_marks(path: Path, what: str) -> MarkedDoc:
         node = loader.get_single_node()
         if node is None:
             raise AgentosError(f"{what} file is empty (no YAML document in it)",
-                               where=f"{path}:1", hint=f"see the {what} schema in README.md")
+                               where=f"{path}:1", hint=f"see {reference(what)}")
         try:
             doc.data = _construct(node, (), doc, loader)
         except (ValueError, OverflowError) as exc:  # e.g. an int of 5,000 digits
             raise AgentosError(f"invalid YAML value: {str(exc)[:200]}", where=f"{path}:1",
-                               hint=f"see the {what} schema in README.md") from None
+                               hint=f"see {reference(what)}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -245,7 +245,12 @@ def _invalid(doc: MarkedDoc, exc: vol.Invalid, what: str) -> AgentosError:
     elif msg == "required key not provided":
         msg = f"missing required key {path[-1]!r}" if path else msg
     return AgentosError(f"{what}: {key}: {msg}", where=doc.where(path),
-                        hint=_quote_hint(doc, path, msg) or f"see the {what} schema in README.md")
+                        hint=_quote_hint(doc, path, msg) or f"see {reference(what)}")
+
+
+def reference(what: str) -> str:
+    """Where the keys of a request, policy or answers file are documented."""
+    return {"policy": "docs/policy.md"}.get(what, "docs/requests.md")
 
 
 def _quote_hint(doc: MarkedDoc, path: Sequence[Any], msg: str) -> str | None:
@@ -324,5 +329,4 @@ def check_unknown_keys(doc: MarkedDoc, schema: Any, what: str) -> None:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     suggestion = f" (did you mean {close[0]!r}?)" if close else ""
     raise doc.error(f"{what}: {dotted}: unknown key {key!r}{suggestion}", path,
-                    hint=f"known keys here: {', '.join(known)}; see the {what} schema in "
-                         "README.md")
+                    hint=f"known keys here: {', '.join(known)}; see {reference(what)}")

@@ -4,7 +4,7 @@
 mount plan a pure function of (argv, spec, host filesystem) makes it testable and lets the
 run record show exactly which host paths a step could see.
 
-The shape of the sandbox (README "Sandbox and isolation levels"):
+The shape of the sandbox (docs/sandbox.md):
 - every namespace unshared, the network always (never `--share-net`): inside there is only
   loopback. A step granted network (NetworkGrant mode "proxy") gets the bridge
   (agentos_tasks/net/bridge.py, given as data) on 127.0.0.1:PROXY_PORT in front of its

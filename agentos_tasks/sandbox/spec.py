@@ -71,7 +71,7 @@ class ConfinedSpec:
 @dataclass(frozen=True)
 class ConfinedResult:
     argv: tuple[str, ...]  # the program's argv as asked
-    exit_code: int  # negative: killed by that signal (see README: bwrap reports 128+N)
+    exit_code: int  # negative: killed by that signal (see docs/sandbox.md: bwrap reports 128+N)
     timed_out: bool
     duration_s: float
     output_bytes: int  # bytes written to the log
