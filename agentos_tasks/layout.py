@@ -46,6 +46,7 @@ SUBJECT_GLOBS: tuple[str, ...] = (
     "logs/*",
     "tools/*/*",
     "network/*",
+    "attestations/*",
 )
 
 # Without these a statement says nothing worth signing; sign refuses, verify fails.
@@ -57,7 +58,10 @@ REQUIRED_SUBJECTS: tuple[str, ...] = (
 
 # Evidence a verifier relies on; each must be a signed subject or listed in the signed
 # checksums.json. `.state/`, `worktree/`, `reports/` (regenerated) and `signature/` are not.
-EVIDENCE_DIRS: tuple[str, ...] = ("audit", "steps", "patches", "logs", "tools", "network")
+# attestations/ (the executor's signatures, attest.executor) is signed directly: its tape
+# head envelope is made again after checksums.json, which therefore cannot list it.
+EVIDENCE_DIRS: tuple[str, ...] = ("audit", "steps", "patches", "logs", "tools", "network",
+                                  "attestations")
 EVIDENCE_FILES: tuple[str, ...] = ("execution_result.json",)
 
 # Artifacts whose digests the report lists, in the order a reviewer checks them.

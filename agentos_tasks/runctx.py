@@ -23,12 +23,12 @@ from agentos_tasks.errors import EXIT_STATE, AgentosError
 from agentos_tasks.fsutil import read_json, refuse_special
 from agentos_tasks.git import Git
 from agentos_tasks.layout import RunPaths
-from agentos_tasks.tape import Tape
 
 if TYPE_CHECKING:
     from agentos_tasks.model import Request, Step
     from agentos_tasks.policy import Policy
     from agentos_tasks.records import AppliedRecord, BaseRecord
+    from agentos_tasks.tape import Tape
 
 
 
@@ -73,8 +73,12 @@ class RunContext:
 
     @cached_property
     def tape(self) -> Tape:
-        """The run's tape; one object per invocation, so its head is read once."""
-        return Tape(self.paths.root)
+        """The run's tape; one object per invocation, so its head is read once. It signs
+        as it goes with the executor key (attest.executor.SigningTape): each step_end's
+        in-toto link and, when the invocation ends, the tape head."""
+        from agentos_tasks.attest.executor import SigningTape
+
+        return SigningTape(self)
 
     @cached_property
     def worktree_git(self) -> Git:

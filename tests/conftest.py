@@ -214,6 +214,24 @@ def _must(result: subprocess.CompletedProcess[str], ok: bool, what: str) -> None
 # ------------------------------------------------------------------ session builds
 
 
+@pytest.fixture(scope="session", autouse=True)
+def executor_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The executor key of every run of the session (attest.executor): outside every run
+    and repository, made once; subprocesses inherit $AGENTOS_EXECUTOR_KEY, also those that
+    set HOME to somewhere else."""
+    from agentos_tasks.attest.executor import KEY_ENV_VAR, executor_signer
+
+    key = tmp_path_factory.mktemp("executor-key") / "executor.key"
+    executor_signer(key)
+    before = os.environ.get(KEY_ENV_VAR)
+    os.environ[KEY_ENV_VAR] = str(key)
+    yield key
+    if before is None:
+        os.environ.pop(KEY_ENV_VAR, None)
+    else:
+        os.environ[KEY_ENV_VAR] = before
+
+
 @pytest.fixture(scope="session")
 def _good_build(tmp_path_factory: pytest.TempPathFactory) -> Built:
     built = _new_run(tmp_path_factory.mktemp("good"), "good-run", GOOD_REQUEST,
