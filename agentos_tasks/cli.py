@@ -1,5 +1,6 @@
 """`agentos`: the plain CLI over the same doit graph (DoitMain + a TaskLoader2).
 
+    agentos run REQUEST.yaml [--policy P] [--run NAME] [--outputs DIR] [--answers F]
     agentos exec run --request R [--policy P] [--run NAME] [--outputs DIR] [--answers F]
                      [--step ID]          # only execute up to that step, no apply
     agentos gates (--request R | --run NAME) [--outputs DIR]
@@ -68,9 +69,14 @@ def _doit(args: list[str], cwd: Path) -> int:
                                           args=pos_args, config=self.config,
                                           task_opts=self.task_opts))
 
+    from agentos_tasks import console
+
+    console.INVOCATION.style = "agentos"
     graph.RAISED.clear()
     try:
-        code = int(DoitMain(AgentosLoader()).run(args))
+        # `--reporter json` is ours: a gate task's result is its gate's status
+        reporters = {"REPORTER": {"json": "agentos_tasks.console:GateJsonReporter"}}
+        code = int(DoitMain(AgentosLoader(), extra_config=reporters).run(args))
     finally:
         ctx.release()  # a run refused before it started leaves no directory
     if code and graph.RAISED:
@@ -92,8 +98,25 @@ def cmd_exec_run(ns: argparse.Namespace) -> int:
     return _doit(["run", *_vars(ns), *targets], Path.cwd())
 
 
+def cmd_run(ns: argparse.Namespace) -> int:
+    """`agentos run REQUEST.yaml`: from any directory. Paths inside the request resolve
+    against the request file's directory; the evidence goes to --outputs, else to the
+    state directory (graph.state_runs_dir), never into the target repository."""
+    from agentos_tasks import graph
+    from agentos_tasks.request import load_request
+    from agentos_tasks.runctx import resolve_cli_path
+
+    cwd = Path.cwd()
+    if not ns.outputs:
+        repo = load_request(resolve_cli_path(ns.request, cwd)).repo
+        ns.outputs = str(graph.state_runs_dir(repo))
+    targets = [f"step:{ns.step}"] if ns.step else []
+    return _doit(["run", *_vars(ns), *targets], cwd)
+
+
 def cmd_gates(ns: argparse.Namespace) -> int:
-    return _doit(["run", *_vars(ns), "gates"], Path.cwd())
+    reporter = ["--reporter", "json"] if ns.json else []
+    return _doit(["run", *reporter, *_vars(ns), "gates"], Path.cwd())
 
 
 def cmd_keygen(ns: argparse.Namespace) -> int:
@@ -153,10 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--step", help="execute steps up to this one only; do not apply")
     run_p.set_defaults(func=cmd_exec_run)
 
+    own_p = sub.add_parser("run", help="run REQUEST.yaml against its repository (from any "
+                           "directory; evidence under $XDG_STATE_HOME/agentos-tasks/runs)")
+    own_p.add_argument("request", help="the request file")
+    for opt in ("--policy", "--run", "--outputs", "--answers"):
+        own_p.add_argument(opt)
+    own_p.add_argument("--step", help="execute steps up to this one only; do not apply")
+    own_p.set_defaults(func=cmd_run)
+
     gates_p = sub.add_parser("gates", help="run every gate over a run's evidence")
     gates_p.add_argument("--request")
     gates_p.add_argument("--run")
     gates_p.add_argument("--outputs")
+    gates_p.add_argument("--json", action="store_true",
+                         help="doit's JSON report; each gate task's result is its status")
     gates_p.set_defaults(func=cmd_gates)
 
     key_p = sub.add_parser("keygen", help="write agentos.key (0600) and agentos.pub")

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doit.exceptions import TaskFailed
-from doit.reporter import ConsoleReporter
 
 from agentos_tasks.errors import EXIT_STATE, AgentosError, internal_error
 from agentos_tasks.fsutil import canonical_json, refuse_special, write_if_changed
@@ -96,6 +95,15 @@ def install_interrupt_handlers() -> None:
     sys.excepthook = _excepthook
 
 
+def _failed(err: AgentosError, failure: TaskFailed | None = None) -> TaskFailed:
+    """The doit failure for `err`, carrying it (the reporter labels it by what happened,
+    and a plain `doit` exits with its code)."""
+    RAISED.append(err)
+    failure = failure if failure is not None else TaskFailed(err.render())
+    failure.agentos_error = err
+    return failure
+
+
 def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     """Wrap an action: a user-facing error becomes a clean doit failure, not a traceback."""
 
@@ -105,62 +113,21 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: stop, never a traceback
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
             name = signal.Signals(signum).name
-            RAISED.append(AgentosError(f"interrupted by {name}", hint=RESUME_HINT,
-                                       code=128 + signum))
-            return InterruptedFailure(name)
+            return _failed(AgentosError(f"interrupted by {name}", hint=RESUME_HINT,
+                                        code=128 + signum), InterruptedFailure(name))
         except AgentosError as err:
-            RAISED.append(err)
-            return TaskFailed(err.render())
+            return _failed(err)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                crash = internal_error(exc)
-                RAISED.append(crash)
-                return TaskFailed(crash.render())
-            full = disk_full(exc)
-            RAISED.append(full)
-            return TaskFailed(full.render())
+                return _failed(internal_error(exc))
+            return _failed(disk_full(exc))
         except Exception as exc:  # the last resort: one block and a log, no traceback
-            crash = internal_error(exc)
-            RAISED.append(crash)
-            return TaskFailed(crash.render())
+            return _failed(internal_error(exc))
         return None
 
     action.__name__ = fn.__name__
     action.__doc__ = fn.__doc__
     return action
-
-
-class AgentosReporter(ConsoleReporter):  # type: ignore[misc]
-    """doit's console reporter, but failures print as one clean block on stderr.
-
-    Everything it writes passes through termsafe.escape (lines kept): task titles, failure
-    messages (which quote argv, file names and tool text), doit's own tracebacks."""
-
-    desc = "agentos: clean error blocks on stderr"
-
-    def write(self, text: str) -> None:
-        self.outstream.write(escape(text, multiline=True))
-
-    def add_failure(self, task: Any, fail: Any) -> None:
-        if fail.report:
-            self.failures.append({"task": task, "exception": fail})
-
-    def cleanup_error(self, exception: Any) -> None:
-        sys.stderr.write(escape(exception.get_msg(), multiline=True))
-
-    def complete_run(self) -> None:
-        for result in self.failures:
-            exc = result["exception"]
-            if isinstance(exc, InterruptedFailure):
-                sys.stderr.write(escape(interrupted_line(exc.signame, result["task"].name),
-                                        multiline=True))
-                continue
-            msg = exc.get_msg() if hasattr(exc, "get_msg") else str(exc)
-            sys.stderr.write(escape(f"{result['task'].name} failed:\n{msg.rstrip()}\n",
-                                    multiline=True))
-        if self.runtime_errors:
-            sys.stderr.write(escape("Execution aborted.\n" + "\n".join(self.runtime_errors)
-                                    + "\n", multiline=True))
 
 
 def disk_full(exc: OSError) -> AgentosError:
@@ -218,7 +185,19 @@ def drop_torn_dep_file(dep_file: Path) -> None:
                                 "(completed steps are reused from their manifests)") + "\n")
 
 
+def _show_gates(ctx: RunContext) -> None:
+    """A cached `doit gates` (gates:report up to date) still prints every result: the
+    stored ones, each verified by its MAC and input digest (runner.collect)."""
+    from agentos_tasks.gates.report import print_table
+    from agentos_tasks.gates.runner import collect
+
+    print_table(collect(ctx.paths.root))
+
+
 def doit_config(ctx: RunContext) -> dict[str, Any]:
+    from agentos_tasks import console
+
+    console.ACTIVE.append(ctx)
     install_interrupt_handlers()
     _DumpGuard.install()
     ctx.paths.state.mkdir(parents=True, exist_ok=True)
@@ -230,7 +209,7 @@ def doit_config(ctx: RunContext) -> dict[str, Any]:
         "dep_file": str(ctx.paths.state / "doit-deps.json"),
         "backend": "json",
         "default_tasks": ["result"] if ctx.request is not None else ["gates"],
-        "reporter": AgentosReporter,
+        "reporter": console.reporter_for(ctx, partial(_show_gates, ctx)),
         "check_file_uptodate": "md5",
         "verbosity": 1,
     }
@@ -384,6 +363,34 @@ def check_variable_names(names: Iterable[str]) -> None:
                                hint="variables: " + ", ".join(f"{v}=" for v in VARIABLES))
 
 
+def state_runs_dir(repo: Path) -> Path:
+    """Where a run against `repo` keeps its evidence when no outputs= is given and
+    ./outputs is not usable: $XDG_STATE_HOME/agentos-tasks/runs/<repo name>-<8 hex of
+    its path> (~/.local/state when XDG_STATE_HOME is unset). Never inside the repo."""
+    import hashlib
+
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    tag = hashlib.sha256(str(repo.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+    return base / "agentos-tasks" / "runs" / f"{repo.resolve().name}-{tag[:8]}"
+
+
+def default_outputs(request: str | None, cwd: Path) -> str | None:
+    """outputs= when none is given: ./outputs (as always), unless that lies inside the
+    request's target repository (`cd myrepo && doit -f .../dodo.py run request=...`):
+    then the state directory (state_runs_dir). Evidence never lands in the tree it
+    describes."""
+    if not request:
+        return None
+    from agentos_tasks.request import load_request
+    from agentos_tasks.runctx import resolve_cli_path
+
+    repo = load_request(resolve_cli_path(request, cwd)).repo.resolve()
+    here = (cwd / "outputs").resolve()
+    if here == repo or repo in here.parents:
+        return str(state_runs_dir(repo))
+    return None
+
+
 def context_from_vars(get_var: Callable[[str], str | None], cwd: Path,
                       given: Iterable[str] = ()) -> RunContext:
     """The run's context from doit variables; `given` names every variable on the
@@ -391,8 +398,9 @@ def context_from_vars(get_var: Callable[[str], str | None], cwd: Path,
     from agentos_tasks.start import adopt_recorded_request
 
     check_variable_names(given)
+    outputs = get_var("outputs") or default_outputs(get_var("request"), cwd)
     ctx = build_context(request=get_var("request"), policy=get_var("policy"),
-                        run=get_var("run"), outputs=get_var("outputs"),
+                        run=get_var("run"), outputs=outputs,
                         answers=get_var("answers"), key=get_var("key"), cwd=cwd)
     adopt_recorded_request(ctx)
     ctx.lock()
@@ -409,12 +417,31 @@ def _doit_variable_names() -> list[str]:
     return [a.split("=", 1)[0] for a in sys.argv[1:] if a[:1] != "-" and "=" in a]
 
 
+def _dodo_option() -> str:
+    """The `-f DODO` / `--file DODO` doit was given, to repeat it in next commands."""
+    import doit
+
+    start = Path(doit.get_initial_workdir() or Path.cwd())  # doit chdirs to the dodo's dir
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        given = argv[i + 1] if arg in ("-f", "--file") and i + 1 < len(argv) else \
+            arg.split("=", 1)[1] if arg.startswith("--file=") else None
+        if given is not None:
+            dodo = (start / given).resolve()
+            return "" if dodo == (start / "dodo.py").resolve() else str(dodo)
+    return ""
+
+
 def load_for_doit() -> tuple[dict[str, Any], Callable[[], Iterator[dict[str, Any]]]]:
     """For dodo.py: (DOIT_CONFIG, task creator). A user mistake exits with one clean block."""
     import doit
     from doit.doit_cmd import get_var
 
+    from agentos_tasks import console
+
     cwd = Path(doit.get_initial_workdir() or Path.cwd())
+    console.RunReporter.exit_with_code = True  # plain doit: documented exit codes
+    console.INVOCATION.dodo = _dodo_option() or None
     try:
         ctx = context_from_vars(get_var, cwd, _doit_variable_names())
         config = doit_config(ctx)

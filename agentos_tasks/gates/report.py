@@ -49,35 +49,66 @@ def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None) ->
                            hint=f"see {reports / 'gates.json'}")
 
 
+STATUS_SHORT = {PASS: "PASS", FAIL: "FAIL", NA: "N/A"}
+
+
+def summary_line(results: Sequence[GateResult]) -> str:
+    """`9 PASS · 0 FAIL · 12 N/A`: the one line a CI log or a reviewer reads first."""
+    counts = summary(results)
+    return " · ".join(f"{counts[status]} {short}" for status, short in STATUS_SHORT.items())
+
+
 def junit_xml(run_id: str, results: Sequence[GateResult]) -> str:
+    """JUnit XML valid against Jenkins xunit's junit-10.xsd (tests/data/junit-10.xsd).
+
+    FAIL is a <failure/>. NOT_APPLICABLE is not a skip (the gate ran and found nothing to
+    check): it is a property `<id>` = NOT_APPLICABLE on the suite and the reason in the
+    case's <system-out>. `errors` is 0: a gate that crashed on its evidence is a FAIL."""
     counts = summary(results)
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              f'<testsuite name={quoteattr("agentos-gates:" + escape(run_id))} '
-             f'tests="{len(results)}" '
-             f'failures="{counts[FAIL]}" skipped="{counts[NA]}">']
+             f'tests="{len(results)}" failures="{counts[FAIL]}" errors="0" skipped="0">',
+             "  <properties>"]
+    for r in results:
+        lines.append(f"    <property name={quoteattr('gate.' + escape(r.id))} "
+                     f"value={quoteattr(str(r.status))}/>")
+    lines.append("  </properties>")
     for r in results:
         lines.append(f'  <testcase classname="gates" name={quoteattr(escape(r.id))}>')
         if r.status == FAIL:
-            lines.append(f"    <failure message={quoteattr(escape(r.reason))}/>")
-        elif r.status == NA:
-            lines.append(f"    <skipped message={quoteattr(escape(r.reason))}/>")
+            lines.append(f"    <failure type=\"FAIL\" message={quoteattr(escape(r.reason))}/>")
+        lines.append(f"    <system-out>{xml_text(f'{r.status}: {escape(r.reason)}')}"
+                     "</system-out>")
         lines.append("  </testcase>")
     lines.append("</testsuite>")
     return "\n".join(lines) + "\n"
 
 
+def xml_text(text: str) -> str:
+    from xml.sax.saxutils import escape as xml_escape
+
+    return xml_escape(text)
+
+
 def print_table(results: Sequence[GateResult]) -> None:
+    """One table sized to the terminal (rich reads its width; 80 columns when stdout is
+    not a terminal and COLUMNS is unset), then the summary line. NO_COLOR is honoured."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title="gates", show_lines=False)
-    table.add_column("gate")
-    table.add_column("status")
-    table.add_column("reason", overflow="fold")
+    table = Table(title="gates", show_lines=False, expand=False)
+    table.add_column("gate", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("reason", overflow="fold", ratio=1)
     style = {PASS: "green", FAIL: "bold red", NA: "dim"}
     for r in results:
         # reasons (and ids) quote artifacts: Text is never parsed as markup
-        table.add_row(Text(escape(r.id)), Text(escape(r.status), style=style.get(r.status, "")),
+        table.add_row(Text(escape(r.id)),
+                      Text(STATUS_SHORT.get(r.status, escape(r.status)),
+                           style=style.get(r.status, "")),
                       Text(escape(r.reason)))
-    Console(width=140).print(table)
+    console = Console()
+    console.print(table)
+    console.print(Text(summary_line(results),
+                       style="bold red" if summary(results)[FAIL] else "bold green"))

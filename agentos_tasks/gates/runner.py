@@ -39,7 +39,6 @@ from agentos_tasks.gates.static import EX_B, NO_SUBPROCESS, package_files
 from agentos_tasks.gates.steps import EX_E
 from agentos_tasks.gates.tools import TL_A, TL_B, TL_C, TL_D, TL_E, TL_F
 from agentos_tasks.gates.worktree import EX_C, R2
-from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -217,25 +216,29 @@ def run_gate(gate: Gate, run_dir: Path) -> None:
     write_json(partial_path(run_dir, gate.id),
                {"inputs": inputs, "result": result.as_dict(),
                 "mac": mac("partial", str(run_dir), gate.id, inputs, body)})
-    print(f"{result.status:<15} {escape(gate.id)}: {escape(result.reason)}")
 
 
 def run_all(run_dir: Path) -> list[GateResult]:
     return [evaluate(gate, run_dir) for gate in REGISTRY]
 
 
+def stored_result(run_dir: Path, gate_id: str) -> GateResult | None:
+    """The kept result of one gate, if its inputs are unchanged and its MAC verifies."""
+    gate = next((g for g in REGISTRY if g.id == gate_id), None)
+    if gate is None:
+        return None
+    try:
+        stored = read_json(partial_path(run_dir, gate.id))
+        inputs = gate_inputs_digest(gate, run_dir)
+        body = json.dumps(stored["result"], sort_keys=True)
+        if stored["inputs"] != inputs or not mac_ok(
+                stored.get("mac"), "partial", str(run_dir), gate.id, inputs, body):
+            return None
+        return GateResult(**stored["result"])
+    except (OSError, ValueError, KeyError, TypeError, AgentosError):
+        return None
+
+
 def collect(run_dir: Path) -> list[GateResult]:
     """Results of every gate: the stored one if its inputs are unchanged, else recomputed."""
-    results = []
-    for gate in REGISTRY:
-        try:
-            stored = read_json(partial_path(run_dir, gate.id))
-            inputs = gate_inputs_digest(gate, run_dir)
-            body = json.dumps(stored["result"], sort_keys=True)
-            if stored["inputs"] != inputs or not mac_ok(
-                    stored.get("mac"), "partial", str(run_dir), gate.id, inputs, body):
-                raise ValueError("stale or not ours")
-            results.append(GateResult(**stored["result"]))
-        except (OSError, ValueError, KeyError, TypeError, AgentosError):
-            results.append(evaluate(gate, run_dir))
-    return results
+    return [stored_result(run_dir, gate.id) or evaluate(gate, run_dir) for gate in REGISTRY]
