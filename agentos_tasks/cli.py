@@ -4,6 +4,7 @@
     agentos exec run --request R [--policy P] [--run NAME] [--outputs DIR] [--answers F]
                      [--step ID]          # only execute up to that step, no apply
     agentos gates (--request R | --run NAME) [--outputs DIR]
+    agentos sign (--request R | --run NAME) [--outputs DIR] --key agentos.key
     agentos keygen [--out DIR] [--force]
     agentos verify outputs/<run> --key agentos.pub
     agentos tool verify --result outputs/<run>/tools/<step>/tool_result_pack.json
@@ -119,6 +120,11 @@ def cmd_gates(ns: argparse.Namespace) -> int:
     return _doit(["run", *reporter, *_vars(ns), "gates"], Path.cwd())
 
 
+def cmd_sign(ns: argparse.Namespace) -> int:
+    """`agentos sign`: the doit `sign` task (gates first; refuses on any FAIL)."""
+    return _doit(["run", *_vars(ns), "sign"], Path.cwd())
+
+
 def cmd_keygen(ns: argparse.Namespace) -> int:
     from agentos_tasks.attest import keygen
 
@@ -191,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     gates_p.add_argument("--json", action="store_true",
                          help="doit's JSON report; each gate task's result is its status")
     gates_p.set_defaults(func=cmd_gates)
+
+    sign_p = sub.add_parser("sign", help="sign a run whose gates pass (DSSE envelope)")
+    sign_p.add_argument("--request")
+    sign_p.add_argument("--run")
+    sign_p.add_argument("--outputs")
+    sign_p.add_argument("--key", required=True, help="the private key (agentos keygen)")
+    sign_p.set_defaults(func=cmd_sign)
 
     key_p = sub.add_parser("keygen", help="write agentos.key (0600) and agentos.pub")
     key_p.add_argument("--out", default=".")

@@ -133,6 +133,9 @@ class Invocation:
         return f"{self._doit()} gates run={ctx.run_id} outputs={ctx.paths.root.parent}"
 
     def sign(self, ctx: RunContext) -> str:
+        if self.style == "agentos":
+            return (f"agentos sign --run {ctx.run_id} --outputs {ctx.paths.root.parent} "
+                    "--key agentos.key")
         return (f"{self._doit()} sign run={ctx.run_id} outputs={ctx.paths.root.parent} "
                 "key=agentos.key")
 
@@ -256,6 +259,7 @@ class RunReporter(ConsoleReporter):  # type: ignore[misc]
             self.progress.stop()
         if self.gate_report_cached and self.show_gates is not None:
             self.show_gates()  # a cached `doit gates` still shows every result
+        self._gates_reused()
         for result in self.failures:
             self._failure(result["task"], result["exception"])
         if self.runtime_errors:
@@ -269,6 +273,14 @@ class RunReporter(ConsoleReporter):  # type: ignore[misc]
             self.outstream.flush()
             sys.stderr.flush()
             raise SystemExit(errors[0].code)
+
+    def _gates_reused(self) -> None:
+        """`gates: 2 evaluated, 20 reused (inputs unchanged)`: which results are cached."""
+        gates = {n for n in self.ran | self.skipped
+                 if n.startswith("gates:") and n != "gates:report"}
+        if gates:
+            self.write(f"gates: {len(gates & self.ran)} evaluated, "
+                       f"{len(gates & self.skipped)} reused (inputs unchanged)\n")
 
     def _failure(self, task: Any, exc: Any) -> None:
         from agentos_tasks.graph import InterruptedFailure, interrupted_line
@@ -330,10 +342,11 @@ class GateJsonReporter(JsonReporter):  # type: ignore[misc]
         from agentos_tasks.gates.runner import stored_result
 
         name: str = task.name
-        if not name.startswith("gates:") or name == "gates:report":
+        # the entry point names this reporter `json` for every dodo.py in the environment:
+        # without our run context (another project's graph) it is doit's JsonReporter
+        if not ACTIVE or not name.startswith("gates:") or name == "gates:report":
             return
-        result = stored_result(ACTIVE[-1].paths.root, name.removeprefix("gates:")) \
-            if ACTIVE else None
+        result = stored_result(ACTIVE[-1].paths.root, name.removeprefix("gates:"))
         entry = self.t_results[name]
         if result is None:
             entry.result, entry.error = "fail", "no verified gate result"
@@ -357,4 +370,10 @@ class GateJsonReporter(JsonReporter):  # type: ignore[misc]
         for name, entry in self.t_results.items():
             entry.to_dict = with_status(name)
         super().complete_run()
+        if RunReporter.exit_with_code:  # plain doit: the documented code, as RunReporter
+            from agentos_tasks.graph import RAISED
+
+            if RAISED:
+                self.outstream.flush()
+                raise SystemExit(RAISED[0].code)
 

@@ -139,7 +139,9 @@ def signable(root: Path) -> str | None:
     if not chain.ok:
         return f"tape chain: {chain.reason}"
     gates = doit(root, "gates")
-    failed = [line for line in gates.stdout.splitlines() if "FAIL" in line]
+    report = run_dir(root) / "reports" / "gates.json"
+    failed = [g["id"] for g in json.loads(report.read_text())["gates"]
+              if g["status"] == "FAIL"] if report.is_file() else ["no reports/gates.json"]
     if gates.returncode != 0 or failed:
         return f"doit gates exit {gates.returncode}: {failed[:3]} {gates.stderr[-400:]}"
     return None
@@ -386,6 +388,7 @@ def test_signal_while_run_step_process_runs(sig: str, tmp_path: Path) -> None:
     assert proc.returncode != 0
     wait_for(lambda: not marker_processes(marker), 5, f"no process with {marker} left")
     if sig != "SIGKILL":
+        assert proc.returncode == 128 + signum, stderr  # plain doit: the documented code
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert lines == [f"interrupted by {sig} during step:r: re-run the same command "
                          "to resume"], stderr

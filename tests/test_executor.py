@@ -45,7 +45,8 @@ def test_six_writes_land_as_six_commits_and_rerun_is_a_noop(tmp_path: Path) -> N
     assert events.count("step_start") == events.count("step_end") == 6
     before = snapshot(run_dir) | {"HEAD": git(repo, "rev-parse", "main").encode()}
     proc = doit(tmp_path, "run", "request=req.yaml", check=0)
-    assert "-- step:step_01" in proc.stdout and ".  " not in proc.stdout  # nothing executed
+    assert "-- [1/6] step:step_01 (up to date)" in proc.stdout
+    assert ".  " not in proc.stdout  # nothing executed
     after = snapshot(run_dir) | {"HEAD": git(repo, "rev-parse", "main").encode()}
     changed = {k for k in before.keys() | after.keys()
                if before.get(k) != after.get(k) and not k.startswith((".state/", "worktree/"))}
@@ -290,7 +291,7 @@ def test_agentos_exec_run_is_the_same_engine(tmp_path: Path, cli: bool) -> None:
     assert git(tmp_path / "repo", "rev-list", "--count", "main") == "3"
     again = subprocess.run(["agentos", "exec", "run", "--request", "req.yaml", "--outputs",
                             "out"], cwd=tmp_path, capture_output=True, text=True)
-    assert again.returncode == 0 and "-- step:step_02" in again.stdout
+    assert again.returncode == 0 and "-- [2/2] step:step_02 (up to date)" in again.stdout
 
 
 def test_crash_mid_run_resumes_without_redoing_completed_steps(tmp_path: Path) -> None:

@@ -29,6 +29,11 @@ def test_an_installed_agentos_runs_the_demo_from_another_directory(tmp_path: Pat
         [str(python), "-c", "import agentos_tasks, sys; print(agentos_tasks.__file__)"],
         check=True, capture_output=True, text=True, cwd=tmp_path).stdout.strip()
     assert Path(installed).is_relative_to(env_dir), installed
+    reporters = subprocess.run(  # `doit --reporter json` is ours once installed
+        [str(python), "-c", "from importlib.metadata import entry_points as e; "
+         "print([p.value for p in e(group='doit.REPORTER') if p.name == 'json'])"],
+        check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    assert "agentos_tasks.console:GateJsonReporter" in reporters, reporters
     work = tmp_path / "elsewhere"
     shutil.copytree(PROJECT / "requests", work / "requests")
     run = subprocess.run([str(env_dir / "bin" / "agentos"), "exec", "run", "--request",

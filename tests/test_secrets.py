@@ -85,8 +85,9 @@ def test_a_run_whose_evidence_holds_a_secret_is_not_sealed(tmp_path: Path) -> No
                               "write": {"path": "src/config.py",
                                         "content": f"KEY = '{CANARY}'\n"}}])
     proc = doit(tmp_path, "run", "request=req.yaml", env=_env())
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # doit: a task failed
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # EXIT_POLICY
     out = proc.stdout + proc.stderr
+    assert "policy denied:" in out
     assert "a secret's value is in" in out and "patches/w1.patch" in out
     assert "audit/request.yaml" in out
     assert f"({CANARY_NAME})" in out and CANARY not in out
