@@ -3,10 +3,10 @@
     agentos run REQUEST.yaml [--policy P] [--run NAME] [--outputs DIR] [--answers F]
     agentos exec run --request R [--policy P] [--run NAME] [--outputs DIR] [--answers F]
                      [--step ID]          # only execute up to that step, no apply
-    agentos gates (--request R | --run NAME) [--outputs DIR]
+    agentos gates (--request R | --run NAME) [--outputs DIR] [--repo CLONE]
     agentos sign (--request R | --run NAME) [--outputs DIR] --key agentos.key
     agentos keygen [--out DIR] [--force]
-    agentos verify outputs/<run> --key agentos.pub
+    agentos verify outputs/<run> --key agentos.pub [--repo CLONE]
     agentos tool verify --result outputs/<run>/tools/<step>/tool_result_pack.json
     agentos schema request|policy
 
@@ -39,7 +39,7 @@ def out(text: str) -> None:
     print(escape(text, multiline=True))
 
 
-def _doit(args: list[str], cwd: Path) -> int:
+def _doit(args: list[str], cwd: Path, repo: str | None = None) -> int:
     """Run doit's `args` over our graph. The context is built first, so a bad request or
     policy is one clean AgentosError here, not a doit traceback."""
     from doit import loader
@@ -51,6 +51,10 @@ def _doit(args: list[str], cwd: Path) -> int:
 
     values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
     ctx = graph.context_from_vars(values.get, cwd, values)
+    if repo:  # gates read git there, not at the recorded path (a clone elsewhere)
+        from agentos_tasks.gates.context import use_repo
+
+        use_repo(ctx.paths.root, _existing_repo(repo, cwd))
     # doit opens its dep file itself: a FIFO there (a received run) would block for ever
     refuse_special(ctx.paths.state / "doit-deps.json")
 
@@ -99,6 +103,14 @@ def cmd_exec_run(ns: argparse.Namespace) -> int:
     return _doit(["run", *_vars(ns), *targets], Path.cwd())
 
 
+def _existing_repo(raw: str, cwd: Path) -> Path:
+    path = Path(raw) if Path(raw).is_absolute() else cwd / raw
+    if not path.is_dir():
+        raise AgentosError(f"--repo {raw}: no such directory",
+                           hint="name a clone of the run's target repository")
+    return path
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     """`agentos run REQUEST.yaml`: from any directory. Paths inside the request resolve
     against the request file's directory; the evidence goes to --outputs, else to the
@@ -117,7 +129,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def cmd_gates(ns: argparse.Namespace) -> int:
     reporter = ["--reporter", "json"] if ns.json else []
-    return _doit(["run", *reporter, *_vars(ns), "gates"], Path.cwd())
+    return _doit(["run", *reporter, *_vars(ns), "gates"], Path.cwd(), repo=ns.repo)
 
 
 def cmd_sign(ns: argparse.Namespace) -> int:
@@ -142,6 +154,10 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise AgentosError(f"no run directory {run_dir}", hint="agentos verify outputs/<run> "
                            "--key agentos.pub")
+    if ns.repo:
+        from agentos_tasks.gates.context import use_repo
+
+        use_repo(run_dir, _existing_repo(ns.repo, Path.cwd()))
     checks = verify_run(run_dir, Path(ns.key))
     out(render_checks(checks))
     return 0 if all(c.ok for c in checks) else EXIT_GATES
@@ -196,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     gates_p.add_argument("--outputs")
     gates_p.add_argument("--json", action="store_true",
                          help="doit's JSON report; each gate task's result is its status")
+    gates_p.add_argument("--repo", help="read git from this clone of the target repository "
+                         "instead of the path the run recorded")
     gates_p.set_defaults(func=cmd_gates)
 
     sign_p = sub.add_parser("sign", help="sign a run whose gates pass (DSSE envelope)")
@@ -213,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver_p = sub.add_parser("verify", help="re-check a signed run offline")
     ver_p.add_argument("run_dir")
     ver_p.add_argument("--key", required=True)
+    ver_p.add_argument("--repo", help="a clone of the target repository (default: the path "
+                       "the run recorded)")
     ver_p.set_defaults(func=cmd_verify)
 
     tool_p = sub.add_parser("tool", help="tool outsourcing commands")

@@ -35,6 +35,38 @@ def test_sign_and_verify_then_tamper(tmp_path: Path) -> None:
     elsewhere.mkdir()
     ok = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"))
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    # the target cloned elsewhere and the original moved away: --repo names the clone
+    subprocess.run(["git", "clone", "-q", "--bare", str(tmp_path / "repo"),
+                    str(elsewhere / "clone.git")], check=True)
+    (tmp_path / "repo").rename(tmp_path / "gone")
+    lost = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"))
+    assert lost.returncode == 5 and "absent here" in lost.stdout, lost.stdout
+    ok = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"),
+                 "--repo", "clone.git")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    gates = agentos(tmp_path, "gates", "--run", "r1", "--outputs", "out",
+                    "--repo", str(elsewhere / "clone.git"))
+    assert gates.returncode == 0, gates.stdout + gates.stderr
+    missing = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"),
+                      "--repo", "nowhere")
+    assert missing.returncode == 2 and "--repo nowhere: no such directory" in missing.stderr
+    (tmp_path / "gone").rename(tmp_path / "repo")
+    # nothing later rewrites a signed run: gates go beside it, forget + run change nothing
+    signed = {p: p.read_bytes() for p in sorted(run_dir.rglob("*"))
+              if p.is_file() and ".state" not in p.parts}
+    again = doit(tmp_path, "gates", "request=req.yaml")
+    assert again.returncode == 0, again.stdout + again.stderr
+    checks = sorted((tmp_path / "out" / "r1.checks").glob("*/gates.json"))
+    assert len(checks) == 2 and "is signed: its reports/ stay as signed" in again.stdout  # --repo too
+    doit(tmp_path, "forget", "request=req.yaml")
+    rerun = doit(tmp_path, "run", "request=req.yaml")
+    assert "Traceback" not in rerun.stdout + rerun.stderr
+    resign = doit(tmp_path, "sign", "request=req.yaml", "key=agentos.key")
+    assert resign.returncode != 0 and "is already signed" in resign.stderr, resign.stderr
+    assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and ".state" not in p.parts} == signed
+    ok = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
     patch = run_dir / "patches/s1.patch"
     patch.write_bytes(patch.read_bytes().replace(b"+1", b"+7"))
     bad = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"))

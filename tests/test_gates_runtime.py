@@ -10,6 +10,7 @@ from conftest import (
     assert_fail,
     assert_na,
     assert_pass,
+    gate,
     git,
     read_events,
     read_json,
@@ -80,11 +81,34 @@ def test_r1_fails_when_the_denial_is_erased_from_a_rechained_tape(denied_run: Bu
 # ------------------------------------------------------------------ R2
 
 
-def test_r2_fails_when_a_commit_is_added_on_the_branch(good_run: Built) -> None:
-    (good_run.repo / "extra.txt").write_text("not from a step\n")
-    git(good_run.repo, "add", "extra.txt")
-    git(good_run.repo, "commit", "-q", "-m", "extra")
-    assert_fail(good_run.run_dir, "R2", "post-apply head")
+def test_r2_and_ex_d_report_later_commits_on_the_branch_and_pass(good_run: Built) -> None:
+    """The branch moving on is not the run's doing: its commits are still there."""
+    for n in (1, 2):
+        (good_run.repo / f"extra{n}.txt").write_text("not from a step\n")
+        git(good_run.repo, "add", f"extra{n}.txt")
+        git(good_run.repo, "commit", "-q", "-m", f"extra {n}")
+    r2, ex_d = gate(good_run.run_dir, "R2"), gate(good_run.run_dir, "EX-D")
+    assert r2.status == PASS and "branch moved on: 2 later commit(s)" in r2.reason, r2.reason
+    assert ex_d.status == PASS and "2 later commit(s) on the branch are not this run's" \
+        in ex_d.reason, ex_d.reason
+
+
+def test_r2_and_ex_d_fail_when_the_runs_last_commit_is_rewritten(good_run: Built) -> None:
+    git(good_run.repo, "commit", "-q", "--amend", "-m", "rewritten")
+    assert_fail(good_run.run_dir, "R2", "lost, rewound or rewrote the run's commits")
+    assert_fail(good_run.run_dir, "EX-D", "message", "!= step")  # says which step differs
+
+
+def test_r2_fails_when_the_runs_commits_arrive_through_a_merge(good_run: Built) -> None:
+    """On the branch's history, but merged in from a side branch: not an unbroken range."""
+    post = git(good_run.repo, "rev-parse", "HEAD")
+    pre = json.loads((good_run.run_dir / "execution_result.json").read_text())["pre_apply_head"]
+    git(good_run.repo, "reset", "-q", "--hard", pre)
+    (good_run.repo / "side.txt").write_text("side\n")
+    git(good_run.repo, "add", "side.txt")
+    git(good_run.repo, "commit", "-q", "-m", "side")
+    git(good_run.repo, "merge", "-q", "--no-edit", "--no-ff", post)
+    assert_fail(good_run.run_dir, "R2", "not on the first-parent history")
 
 
 def test_r2_fails_when_a_commit_is_dropped_by_reset(good_run: Built) -> None:
@@ -287,7 +311,11 @@ def test_doit_gates_reruns_a_gate_after_the_branch_moved(good_run: Built) -> Non
     assert good_run.gates().returncode == 0
     kept = _partial_mtimes(good_run)
     git(good_run.repo, "commit", "-q", "--allow-empty", "-m", "empty")
+    out = good_run.gates()  # checked again (not a cached PASS), and still holds
+    assert out.returncode == 0, out.stdout
+    assert _partial_mtimes(good_run)["R2"] != kept["R2"]  # evaluated again, not reused
+    assert "branch moved on: 1 later commit(s)" in _gates_json(good_run)["R2"]["reason"]
+    git(good_run.repo, "reset", "-q", "--hard", "HEAD~2")  # now the run lost a commit
     out = good_run.gates()
     assert out.returncode != 0
-    assert _partial_mtimes(good_run)["R2"] != kept["R2"]  # evaluated again, not reused
     assert _gates_json(good_run)["R2"]["status"] == FAIL

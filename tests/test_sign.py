@@ -524,6 +524,7 @@ def test_resigned_with_attacker_key_and_forged_keyid_fails(
     """An attacker re-signs a tampered run and claims the real key's keyid."""
     _edit_patch(signed_run)
     write_gates(signed_run, "demo-six-files", [("R2", "PASS", "ok")])
+    (signed_run / ENVELOPE_RELPATH).unlink()  # sign_run never re-signs a signed run
     sign_run(signed_run, other_keypair[0])
     envelope_path = signed_run / ENVELOPE_RELPATH
     envelope = json.loads(envelope_path.read_text())

@@ -12,6 +12,7 @@ from agentos_tasks.attest import Check, keygen, sign_run
 from agentos_tasks.attest import render_checks as render
 from agentos_tasks.attest import verification_passed as passed
 from agentos_tasks.attest.verify import verify_run
+from agentos_tasks.gates.context import _REPOS, use_repo
 from agentos_tasks.gates.report import write_reports
 
 
@@ -73,13 +74,50 @@ def test_an_unsigned_evidence_file_edited_after_signing_is_caught(
     assert "audit/request.json does not match checksums.json" in failed["gate R3"]
 
 
-def test_a_commit_added_after_signing_is_caught(good_run: Built,
-                                                keys: tuple[Path, Path]) -> None:
+def test_a_signed_run_keeps_verifying_when_the_branch_moves_on(
+        good_run: Built, keys: tuple[Path, Path]) -> None:
     _sign(good_run, keys)
-    git(good_run.repo, "commit", "-q", "--allow-empty", "-m", "later")
+    git(good_run.repo, "commit", "-q", "--allow-empty", "-m", "later, by someone else")
+    checks = verify_run(good_run.run_dir, keys[1])
+    assert passed(checks), render(checks)
+    r2 = next(c for c in checks if c.name == "gate R2")
+    assert "branch moved on: 1 later commit(s)" in r2.detail
+
+
+@pytest.mark.parametrize("move", ["rewind", "rewrite"])
+def test_a_branch_that_lost_or_rewrote_the_runs_commits_fails(
+        good_run: Built, keys: tuple[Path, Path], move: str) -> None:
+    """Rewinding the branch never makes an old signature look current."""
+    _sign(good_run, keys)
+    if move == "rewind":
+        git(good_run.repo, "reset", "-q", "--hard", "HEAD~1")
+    else:
+        git(good_run.repo, "commit", "-q", "--amend", "-m", "rewritten")
     failed = _failed(verify_run(good_run.run_dir, keys[1]))
-    assert set(failed) >= {"gate R2", "gate EX-D"}
+    assert set(failed) >= {"gate R2", "gate EX-D"}, failed
     assert "subjects: digests" not in failed
+
+
+def test_a_clone_elsewhere_verifies_with_repo(good_run: Built, keys: tuple[Path, Path],
+                                              tmp_path: Path) -> None:
+    """The target cloned elsewhere (then moved on there) and the original gone:
+    `--repo` checks the run against the clone."""
+    _sign(good_run, keys)
+    clone = tmp_path / "elsewhere.git"
+    git(tmp_path, "clone", "-q", "--bare", str(good_run.repo), str(clone))
+    moved = tmp_path / "moved-away"
+    good_run.repo.rename(moved)
+    try:
+        assert not passed(verify_run(good_run.run_dir, keys[1]))
+        use_repo(good_run.run_dir, clone)
+        git(tmp_path, "clone", "-q", str(clone), str(tmp_path / "work"))
+        git(tmp_path / "work", "commit", "-q", "--allow-empty", "-m", "later")
+        git(tmp_path / "work", "push", "-q", "origin", "main")
+        checks = verify_run(good_run.run_dir, keys[1])
+        assert passed(checks), render(checks)
+    finally:
+        _REPOS.clear()
+        moved.rename(good_run.repo)
 
 
 def test_an_added_evidence_file_is_caught(good_run: Built, keys: tuple[Path, Path]) -> None:

@@ -13,7 +13,7 @@ from in_toto_attestation.v1.statement import Statement
 from securesystemslib.dsse import Envelope
 
 from agentos_tasks.attest.keys import load_signer
-from agentos_tasks.errors import EXIT_GATES, AgentosError
+from agentos_tasks.errors import EXIT_GATES, EXIT_STATE, AgentosError
 from agentos_tasks.fsutil import (
     atomic_write,
     check_received_tree,
@@ -210,6 +210,10 @@ def sign_run(run_dir: Path, key_path: Path) -> Path:
     human report always matches the signed artifacts.
     """
     check_received_tree(run_dir)  # RefusedFile (EXIT_GATES) naming a FIFO, symlink, ...
+    if (run_dir / ENVELOPE_RELPATH).exists():
+        raise AgentosError(f"run {run_dir.name} is already signed ({ENVELOPE_RELPATH}); a "
+                           "signed run is never rewritten", code=EXIT_STATE,
+                           hint=f"check it with agentos verify {run_dir} --key <pub>")
     for relpath in ("execution_result.json", "audit/run_tape.jsonl"):
         if not is_regular(run_dir / relpath):
             raise AgentosError(f"refusing to sign: {relpath} is missing",

@@ -27,6 +27,7 @@ from agentos_tasks.gates.gitlog import (
     FORMAT_PATCH_OPTIONS,
     blob_digests,
     branch_log,
+    commits_after,
     log_with_raw_diffs,
 )
 from agentos_tasks.policy import normalize_path
@@ -257,7 +258,19 @@ def ex_d_commits(ctx: GateContext) -> Verdict:
         raise Fail("applied run without pre_apply_head")
     if pre != base:
         raise Fail(f"pre_apply_head {str(pre)[:12]} is not the base {str(base)[:12]}")
-    landed = check_branch_commits(ctx, pre, head, worktree_commits)
+    post = result.get("post_apply_head")
+    if not isinstance(post, str):
+        raise Fail("applied run without post_apply_head")
+    try:
+        later = commits_after(ctx, post, head)  # later commits on the branch are not the run's
+    except Fail:
+        check_branch_commits(ctx, pre, str(head), worktree_commits)  # names what differs
+        raise
+    landed = check_branch_commits(ctx, pre, post, worktree_commits)
+    if later:
+        return PASS, f"{landed} commit(s) == changed steps: same order, messages, trees " \
+                     f"and author; every patch file == its commit byte for byte; {later} " \
+                     "later commit(s) on the branch are not this run's"
     return PASS, f"{landed} commit(s) == changed steps: same order, messages, trees " \
                  "and author; every patch file == its commit byte for byte"
 

@@ -35,6 +35,15 @@ class Missing(Exception):
 
 
 _AGREEMENT: dict[tuple[object, ...], str | None] = {}
+_REPOS: dict[Path, Path] = {}
+
+
+def use_repo(run_dir: Path, repo: Path) -> None:
+    """Check the run in `run_dir` against `repo` instead of the path it recorded: a clone
+    of its target elsewhere (`agentos verify --repo`), or the real target of a run a fleet
+    worker executed on a throwaway clone. Commits are content-addressed, so the gates that
+    read git prove the same things there; the recorded records must still agree."""
+    _REPOS[run_dir.resolve()] = repo.resolve()
 
 
 class GateContext:
@@ -205,7 +214,12 @@ class GateContext:
             if Path(event.get("repo", "")) != repo:
                 raise Missing(f"the tape's worktree_created names repo {event.get('repo')}, "
                               f"the recorded request {repo}")
-        return repo
+        return _REPOS.get(self.run_dir.resolve(), repo)
+
+    def recorded_repo(self) -> Path:
+        """Where the run was executed (the recorded request's repo), whatever `use_repo`
+        says to read git from."""
+        return Path(self.request_record["repo"])
 
     @cached_property
     def git(self) -> Git:

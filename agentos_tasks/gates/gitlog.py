@@ -12,6 +12,7 @@ from agentos_tasks.fsutil import sha256_bytes
 from agentos_tasks.gates.common import Fail
 
 if TYPE_CHECKING:
+    from agentos_tasks.gates.context import GateContext
     from agentos_tasks.git import Git
 
 
@@ -117,3 +118,32 @@ def blob_digests(git: Git, names: list[str]) -> dict[str, str | None]:
         digests[name] = sha256_bytes(out[pos:pos + size]) if header[1] == b"blob" else None
         pos += size + 1
     return digests
+
+
+def commits_after(ctx: GateContext, post: str, head: str | None) -> int:
+    """How many commits the branch holds after the run's post-apply head. A signed run
+    keeps verifying when the branch moves on: its commits must stay on the branch's
+    first-parent history, unbroken (commits are content-addressed, so the range and its
+    trees are then exactly what landed); a branch that lost, rewound or rewrote them
+    FAILs."""
+    if head is None:
+        raise Fail(f"branch {ctx.branch()} does not exist in {ctx.repo_path()}")
+    if head == post:
+        return 0
+    if ctx.git.run("merge-base", "--is-ancestor", post, head, check=False).returncode != 0:
+        raise Fail(f"branch head {head[:12]} does not contain the run's post-apply head "
+                   f"{post[:12]}: the branch lost, rewound or rewrote the run's commits")
+    later = ctx.git.run("rev-list", "--first-parent", "--parents", f"{post}..{head}").text
+    lines = [line.split() for line in later.splitlines() if line.strip()]
+    if not lines or len(lines[-1]) < 2 or lines[-1][1] != post:
+        raise Fail(f"the run's post-apply head {post[:12]} is not on the first-parent "
+                   f"history of branch head {head[:12]} (merged in from a side branch)")
+    return len(lines)
+
+
+def branch_position(ctx: GateContext, post: str, head: str | None) -> str:
+    later = commits_after(ctx, post, head)
+    if not later:
+        return "branch at post-apply head"
+    return f"branch moved on: {later} later commit(s) after post-apply head {post[:12]} " \
+           f"(now {str(head)[:12]}), the run's commits intact"

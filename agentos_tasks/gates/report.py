@@ -6,6 +6,7 @@ is escaped with termsafe.escape, and the rich table gets Text, never parsed as m
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
@@ -30,19 +31,23 @@ def summary(results: Sequence[GateResult]) -> dict[str, int]:
 def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None) -> None:
     """reports/gates.json + gates.xml (JUnit) + report.md + a table; fail on any FAIL."""
     results = list(results) if results is not None else collect(run_dir)
-    reports = run_dir / "reports"
+    reports = reports_dir(run_dir)
     run_id = run_dir.name
     payload = {"schema_version": 1, "run": run_id, "gates": [r.as_dict() for r in results],
                "summary": summary(results)}
     write_json(reports / "gates.json", payload)
     atomic_write(reports / "gates.xml", junit_xml(run_id, results).encode())
-    try:
-        from agentos_tasks.report import write_report
+    if reports == run_dir / "reports":
+        try:
+            from agentos_tasks.report import write_report
 
-        write_report(run_dir)
-    except AgentosError:
-        pass
+            write_report(run_dir)
+        except AgentosError:
+            pass
     print_table(results)
+    if reports != run_dir / "reports":
+        print(escape(f"run {run_id} is signed: its reports/ stay as signed; this check's "
+                     f"results are in {reports}"))
     failed = [r.id for r in results if r.status == FAIL]
     if failed:
         raise AgentosError(f"{len(failed)} gate(s) failed: {', '.join(failed)}", code=EXIT_GATES,
@@ -56,6 +61,25 @@ def summary_line(results: Sequence[GateResult]) -> str:
     """`9 PASS · 0 FAIL · 12 N/A`: the one line a CI log or a reviewer reads first."""
     counts = summary(results)
     return " · ".join(f"{counts[status]} {short}" for status, short in STATUS_SHORT.items())
+
+
+def is_signed(run_dir: Path) -> bool:
+    return (run_dir / "signature" / "envelope.dsse.json").exists()
+
+
+def reports_dir(run_dir: Path) -> Path:
+    """Where this invocation's gate results go: the run's reports/, or, once the run is
+    signed (its reports/ are signed subjects, never rewritten), a new directory beside
+    the run: `<run>.checks/<UTC time>/`."""
+    if not is_signed(run_dir):
+        return run_dir / "reports"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = run_dir.parent / f"{run_dir.name}.checks" / stamp
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{stamp}-{n}")
+    return out
 
 
 def junit_xml(run_id: str, results: Sequence[GateResult]) -> str:

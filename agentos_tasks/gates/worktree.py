@@ -33,6 +33,7 @@ from agentos_tasks.gates.common import (
     verdict,
     wrapped_argv,
 )
+from agentos_tasks.gates.gitlog import branch_position, commits_after
 from agentos_tasks.policy import normalize_path, step_network
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def r2_worktree(ctx: GateContext) -> Verdict:
     check_history_not_rewritten(ctx)
     count = check_branch_holds_patches(ctx, pre, post)
     return PASS, f"worktree outside the target; {count} commits == patches, same " \
-                 "patch ids and order; branch at post-apply head"
+                 f"patch ids and order; {branch_position(ctx, post, head)}"
 
 
 def check_worktrees_outside(ctx: GateContext, result: dict[str, Any]) -> None:
@@ -88,15 +89,14 @@ def check_worktrees_outside(ctx: GateContext, result: dict[str, Any]) -> None:
 
 def applied_heads(ctx: GateContext, result: dict[str, Any], head: str | None) -> tuple[str, str]:
     """(pre-apply head, post-apply head) of an applied run: recorded, on the tape's last
-    patches_applied, and the branch is at the post-apply head."""
+    patches_applied, and the branch still holds it on its first-parent history."""
     pre, post = result.get("pre_apply_head"), result.get("post_apply_head")
     if not isinstance(pre, str) or not isinstance(post, str):
         raise Fail("execution_result lacks pre/post-apply heads for an applied run")
     applied = ctx.events_named("patches_applied")
     if not applied or applied[-1].get("post_apply_head") != post:
         raise Fail("execution_result post_apply_head has no matching patches_applied event")
-    if head != post:
-        raise Fail(f"branch head {str(head)[:12]} != recorded post-apply head {str(post)[:12]}")
+    commits_after(ctx, post, head)
     return pre, post
 
 
