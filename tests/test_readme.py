@@ -121,3 +121,8 @@ def test_the_commands_run_as_written(tmp_path: Path, doc: Path) -> None:
         # the fixed run landed its three steps; a run step's __pycache__ never lands
         assert "add: the adder" in log and "tests/test_add.py" in log
         assert "__pycache__" not in log, log
+        # "your own repository": agentos run keeps the evidence in the state directory
+        runs = tmp_path / "state" / "agentos-tasks" / "runs"
+        assert list(runs.glob("demo-repo-*/first-request/audit/run_tape.jsonl"))
+        assert not (work / "outputs" / "first-request").exists()
+        assert not (work / "outputs" / "demo-repo" / "first-request").exists()
