@@ -7,14 +7,22 @@ An answers file (YAML, passed as `answers=FILE`) looks like:
     approvals:
       step_05: {by: bob@example.com, at: "2026-11-25T11:00:00Z", patch_sha256: "<sha256>",
                 text: "reviewed the diff"}
+    path_approvals:
+      step_02:
+        pyproject.toml: {rule_id: "paths.ask[1]", by: carol@example.com,
+                         at: "2026-11-25T12:00:00Z", text: "bump the version"}
 
 Without answers, a request with questions stops before any step executes
-(`questions_blocked` on the tape). An approval binds the exact patch it approves.
+(`questions_blocked` on the tape). An approval binds the exact patch it approves. A path
+approval lets one step change one path an `ask` rule covers (that exact path, that rule,
+that step); the policy task records it (`paths_approved`, with the file's sha256) and
+EX-G recomputes from the evidence which approvals the run needed.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
@@ -25,7 +33,7 @@ from agentos_tasks.fsutil import atomic_write, sha256_file
 from agentos_tasks.yamlsrc import load_with_marks, validate
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from agentos_tasks.model import Request
     from agentos_tasks.records import Manifest
@@ -48,7 +56,100 @@ ANSWERS_SCHEMA = vol.Schema({
     vol.Optional("answers"): {str: _EVIDENCE},
     vol.Optional("approvals"): {str: {**_EVIDENCE, vol.Required("patch_sha256"):
                                       vol.Match(r"^[0-9a-f]{64}$")}},
+    vol.Optional("path_approvals"): {str: {vol.All(str, vol.Length(min=1)): {
+        **_EVIDENCE, vol.Required("rule_id"): vol.All(str, vol.Length(min=1))}}},
 })
+
+
+def approved_paths(data: Mapping[str, Any] | None) -> frozenset[tuple[str, str, str]]:
+    """(step, path, rule_id) of an answers file's path_approvals; a path as written in the
+    file, normalised as the policy normalises it (a path it refuses approves nothing)."""
+    from agentos_tasks.errors import PolicyViolation
+    from agentos_tasks.policy.paths import normalize_path
+
+    found: set[tuple[str, str, str]] = set()
+    for step, paths in ((data or {}).get("path_approvals") or {}).items():
+        for path, entry in paths.items():
+            try:
+                found.add((step, normalize_path(path), entry["rule_id"]))
+            except PolicyViolation:
+                continue
+    return frozenset(found)
+
+
+def load_answers_file(path: Path) -> dict[str, Any]:
+    """An answers file, validated (AgentosError at file:line, exit 2)."""
+    data: dict[str, Any] = validate(load_with_marks(path, "answers"), ANSWERS_SCHEMA,
+                                    "answers")
+    return data
+
+
+def approval_snippet(needed: Sequence[tuple[str, str, str]], *, by: str, at: str) -> str:
+    """One line of YAML (flow style) an answers file can hold to approve `needed`
+    (step, path, rule_id); `by` and `at` say who approves and when."""
+    import yaml
+
+    tree: dict[str, dict[str, dict[str, str]]] = {}
+    for step, path, rule_id in needed:
+        tree.setdefault(step, {})[path] = {"rule_id": rule_id, "by": by, "at": at,
+                                           "text": f"approved: step {step} may change {path}"}
+    return yaml.safe_dump({"path_approvals": tree}, default_flow_style=True, sort_keys=False,
+                          width=1 << 20, allow_unicode=False).strip()
+
+
+def approval_hint(ctx: RunContext, needed: Sequence[tuple[str, str, str]]) -> str:
+    """What to write and what to run to approve `needed` (step, path, ask rule id)."""
+    import getpass
+    from datetime import UTC
+
+    try:
+        by = getpass.getuser()
+    except (KeyError, OSError):
+        by = "reviewer"
+    at = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    snippet = approval_snippet(needed, by=by, at=at)
+    target = ctx.answers_path or ctx.cwd / "answers.yaml"
+    doit_cmd, agentos_cmd = rerun_commands(ctx, target)
+    what = ", ".join(f"{path} (rule {rule_id}, step {step})" for step, path, rule_id in needed)
+    verb = "add to" if ctx.answers_path is not None else "write to"
+    return (f"{what} needs a human's approval. To approve it for this run, {verb} "
+            f"{_cli_path(ctx, target)}: `{snippet}` then re-run: `{doit_cmd}` (or "
+            f"`{agentos_cmd}`); steps that already ran are reused")
+
+
+def _cli_path(ctx: RunContext, path: Path) -> str:
+    """`path` as the user would type it where they ran the command."""
+    try:
+        return str(path.resolve().relative_to(ctx.cwd.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def rerun_commands(ctx: RunContext, answers: Path) -> tuple[str, str]:
+    """The doit and the `agentos exec run` command lines that run this run again with
+    `answers` (policy, run and outputs only when the request alone does not imply them)."""
+    import shlex
+
+    from agentos_tasks.policy import default_policy_path
+
+    req = ctx.need_request()
+    given = {"request": _cli_path(ctx, req.source)}
+    if ctx.policy_path is not None and ctx.policy_path not in (req.policy,
+                                                               default_policy_path()):
+        given["policy"] = _cli_path(ctx, ctx.policy_path)
+    if ctx.run_id != req.id:
+        given["run"] = ctx.run_id
+    if ctx.paths.root.parent.resolve() != (ctx.cwd / "outputs").resolve():
+        given["outputs"] = _cli_path(ctx, ctx.paths.root.parent)
+    given["answers"] = _cli_path(ctx, answers)
+    dodo = Path(__file__).resolve().parents[1] / "dodo.py"
+    doit = ["doit"] if (ctx.cwd / "dodo.py").is_file() or not dodo.is_file() \
+        else ["doit", "-f", _cli_path(ctx, dodo)]
+    doit += ["run", *(f"{k}={v}" for k, v in given.items())]
+    agentos = ["agentos", "exec", "run"]
+    for key, value in given.items():
+        agentos += [f"--{key}", value]
+    return shlex.join(doit), shlex.join(agentos)
 
 
 def load_answers(ctx: RunContext) -> dict[str, Any] | None:

@@ -78,11 +78,17 @@ def step_spec(ctx: RunContext, step: Step) -> dict[str, Any]:
     Not the step's line, the request's bytes or where its patch file lies."""
     req = ctx.need_request()
     meaning = {k: v for k, v in step_record(step).items() if k != "patch_file"}
-    return {
+    spec: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "run": ctx.run_id, "step": meaning,
         "author": {"name": req.author.name, "email": req.author.email},
         "policy_sha256": ctx.policy.sha256,
     }
+    # ask paths approved for this step: a new approval re-runs this step, no other
+    approved = sorted([path, rule] for s, path, rule in ctx.policy.approved_paths
+                      if s == step.id)
+    if approved:
+        spec["path_approvals"] = approved
+    return spec
 
 
 def input_digests(req: Request) -> dict[str, str]:

@@ -12,6 +12,7 @@ and `reports/` is evidence.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import fcntl
 import os
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class RunContext:
     policy_path: Path | None
     answers_path: Path | None = None
     key_path: Path | None = None
+    # where the user ran the command (doit moves to the dodo file's directory)
+    cwd: Path = field(default_factory=Path.cwd)
     _lock: IO[bytes] | None = field(default=None, repr=False)
     # commit the worktree is known to be clean at (saves a reset between steps)
     clean_at: str | None = None
@@ -69,7 +72,14 @@ class RunContext:
 
         if self.policy_path is None:
             raise AgentosError("no policy: this run has no request loaded")
-        return load_policy(self.policy_path)
+        policy = load_policy(self.policy_path)
+        if self.answers_path is None:
+            return policy
+        from agentos_tasks.answers import approved_paths, load_answers_file
+
+        # the answers file's path approvals (ask paths one step may change) for this run
+        approved = approved_paths(load_answers_file(self.answers_path))
+        return dataclasses.replace(policy, approved_paths=approved)
 
     @cached_property
     def tape(self) -> Tape:
@@ -219,7 +229,7 @@ def build_context(
     return RunContext(
         run_id=run_id, paths=paths, request=req, policy_path=policy_path,
         answers_path=resolve_cli_path(answers, cwd) if answers else None,
-        key_path=resolve_cli_path(key, cwd) if key else None,
+        key_path=resolve_cli_path(key, cwd) if key else None, cwd=cwd,
     )
 
 

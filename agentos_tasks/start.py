@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentos_tasks import __version__
-from agentos_tasks.errors import AgentosError, PolicyViolation
+from agentos_tasks.errors import EXIT_STATE, AgentosError, PolicyViolation
 from agentos_tasks.evidence import input_digests, request_record, sealed_error, write_result
 from agentos_tasks.fsutil import (
     RefusedFile,
@@ -38,6 +38,7 @@ from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
     from agentos_tasks.model import Request
+    from agentos_tasks.policy import Decision, Policy
     from agentos_tasks.runctx import RunContext
 
 
@@ -52,10 +53,14 @@ def policy_task(ctx: RunContext) -> None:
     preflight(ctx)
     if ctx.sealed:
         applied: dict[str, Any] = dict(ctx.applied() or {})
-        if (applied.get("request_sha256") == req.sha256
+        same = (applied.get("request_sha256") == req.sha256
                 and applied.get("policy_sha256") == policy.sha256
-                and applied.get("inputs") == input_digests(req)):
+                and applied.get("inputs") == input_digests(req))
+        if same and policy.approved_paths == _recorded_approvals(ctx):
             return
+        if same and decision.allowed:
+            raise sealed_error(ctx, "its path approvals differ from the answers file given "
+                                    "now (pass the same answers=FILE again)")
         if not decision.allowed:
             # a sealed run's evidence is never rewritten: report, record nothing
             raise PolicyViolation(decision.rule_id, decision.reason,
@@ -101,13 +106,8 @@ def policy_task(ctx: RunContext) -> None:
                                              "reason": decision.reason, "step": decision.step})
         t.append("run_end", status="denied", rule_id=decision.rule_id)
         raise PolicyViolation(decision.rule_id, decision.reason, where=_step_where(req, decision),
-                              hint=f"policy {policy.id} ({policy.source}) decided; nothing ran "
-                                   "and the target branch is unchanged")
-    answers = None
-    if req.questions:
-        from agentos_tasks.answers import check_answers
-
-        answers = check_answers(ctx, req)
+                              hint=_denial_hint(ctx, req, decision))
+    answers = _record_answers(ctx, req)
     write_json(ctx.paths.policy_record, {
         "decision": "allow", "rule_id": decision.rule_id, "request_sha256": req.sha256,
         "policy_sha256": policy.sha256, "answers_sha256": answers,
@@ -115,9 +115,87 @@ def policy_task(ctx: RunContext) -> None:
     })
 
 
+def _recorded_approvals(ctx: RunContext) -> frozenset[tuple[str, str, str]]:
+    """The path approvals the run recorded (audit/answers.yaml), empty when none."""
+    from agentos_tasks.answers import approved_paths, load_answers_file
+
+    recorded = ctx.paths.audit / "answers.yaml"
+    return approved_paths(load_answers_file(recorded)) if recorded.is_file() else frozenset()
+
+
+def _record_answers(ctx: RunContext, req: Request) -> str | None:
+    """Answers to the request's questions and path approvals, recorded; the answers
+    file's sha256 when either was used."""
+    answers = None
+    if req.questions:
+        from agentos_tasks.answers import check_answers
+
+        answers = check_answers(ctx, req)
+    if ctx.policy.approved_paths:
+        answers = record_path_approvals(ctx, req)
+    return answers
+
+
+def _denial_hint(ctx: RunContext, req: Request, decision: Decision) -> str:
+    """How to approve what only ask rules deny (an answers file and the command), else
+    who decided."""
+    policy = ctx.policy
+    if decision.approvable:
+        from agentos_tasks.answers import approval_hint
+
+        return approval_hint(ctx, approvable_paths(policy, req))
+    return f"policy {policy.id} ({policy.source}) decided; nothing ran and the target " \
+           "branch is unchanged"
+
+
+def approvable_paths(policy: Policy, req: Request) -> list[tuple[str, str, str]]:
+    """(step, path, ask rule id) of every path the request names that only an ask rule
+    denies: what an answers file's path_approvals would have to approve."""
+    from agentos_tasks.policy import decide_path
+
+    found: list[tuple[str, str, str]] = []
+    for step in req.steps:
+        for path in step.declared_paths():
+            decision = decide_path(policy, path, step=step.id)
+            if decision.approvable:
+                found.append((step.id, decision.subject, decision.rule_id))
+    return found
+
+
+def record_path_approvals(ctx: RunContext, req: Request) -> str:
+    """Record the answers file that approves ask paths: audit/answers.yaml (its bytes) and
+    paths_approved on the tape (its sha256 and every approval); returns the sha256."""
+    from agentos_tasks.answers import approved_paths, load_answers_file
+
+    if ctx.answers_path is None:  # approved_paths come from an answers file
+        raise AgentosError("path approvals were found without an answers file", code=EXIT_STATE)
+    raw = ctx.answers_path.read_bytes()
+    data = load_answers_file(ctx.answers_path)
+    approvals = data.get("path_approvals") or {}
+    known = {s.id for s in req.steps}
+    unknown = sorted(set(approvals) - known)
+    if unknown:
+        raise AgentosError(f"path_approvals for unknown step(s): {', '.join(unknown)}",
+                           where=str(ctx.answers_path),
+                           hint=f"the request's steps are {', '.join(sorted(known))}")
+    if sha256_bytes(raw) != sha256_file(ctx.answers_path) \
+            or approved_paths(data) != ctx.policy.approved_paths:
+        raise AgentosError(f"answers file {ctx.answers_path} changed while loading; re-run")
+    atomic_write(ctx.paths.audit / "answers.yaml", raw)
+    digest = sha256_bytes(raw)
+    ctx.tape.append("paths_approved", answers_sha256=digest, approvals=[
+        {"step": step, "path": path, **{k: str(entry[k]) for k in ("rule_id", "by", "at",
+                                                                   "text")}}
+        for step in sorted(approvals) for path, entry in sorted(approvals[step].items())])
+    return digest
+
+
 def _answers_digest(ctx: RunContext, req: Request) -> str | None:
-    """What check_answers records as answers_sha256 for this invocation."""
-    if not req.questions or ctx.answers_path is None or not ctx.answers_path.is_file():
+    """What check_answers / record_path_approvals record as answers_sha256 for this
+    invocation."""
+    if ctx.answers_path is None or not ctx.answers_path.is_file():
+        return None
+    if not req.questions and not ctx.policy.approved_paths:
         return None
     return sha256_file(ctx.answers_path)
 
@@ -133,7 +211,7 @@ def _decided_already(ctx: RunContext, req: Request) -> bool:
         return False
     if not isinstance(record, dict) or not ctx.paths.tape.is_file():
         return False
-    if req.questions and record.get("answers_sha256") is None:
+    if (req.questions or ctx.policy.approved_paths) and record.get("answers_sha256") is None:
         return False
     return bool(record.get("decision") == "allow"
                 and record.get("request_sha256") == req.sha256

@@ -40,6 +40,7 @@ from agentos_tasks.termsafe import escape
 if TYPE_CHECKING:
     from agentos_tasks.git import Git
     from agentos_tasks.model import Change, Step
+    from agentos_tasks.policy import Decision
     from agentos_tasks.records import Manifest
     from agentos_tasks.runctx import RunContext
 
@@ -103,7 +104,8 @@ def run_step(ctx: RunContext, step: Step) -> None:
                                   [file_entry(ctx.paths.worktree, c) for c in changes
                                    if not c.ignored], decision, None)
             raise PolicyViolation(decision.rule_id, f"step {step.id} changed "
-                                  f"{decision.subject or '?'}: {decision.reason}")
+                                  f"{decision.subject or '?'}: {decision.reason}",
+                                  hint=_approval_hint(ctx, step, changes, decision))
         landing = [c for c in changes if not c.ignored]
         refuse_nested_repositories(ctx.paths.worktree, landing)
         manifest = commit_step(ctx, git, step, parent, changes, outcome, spec_sha,
@@ -122,6 +124,28 @@ def run_step(ctx: RunContext, step: Step) -> None:
              head=manifest["head"], manifest_sha256=sha256_file(ctx.paths.manifest(step.id)),
              **({"tool_result_pack_sha256": manifest["tool_result_pack_sha256"]}
                 if "tool_result_pack_sha256" in manifest else {}))
+
+
+def _approval_hint(ctx: RunContext, step: Step, changes: list[Change],
+                   decision: Decision) -> str | None:
+    """For a change only an ask rule denies: the answers-file lines that approve every such
+    path this step changed, and the command that re-runs it (else None)."""
+    if not decision.approvable:
+        return None
+    from agentos_tasks.answers import approval_hint
+    from agentos_tasks.policy import decide_path
+
+    tool_paths = step.tool.paths if step.op == "tool" and step.tool is not None else None
+    needed = [(step.id, decision.subject, decision.rule_id)]
+    for change in changes:
+        for raw in (change.path, change.old_path):
+            if raw is None:
+                continue
+            other = decide_path(ctx.policy, raw, tool_paths=tool_paths, ignored=change.ignored,
+                                step=step.id)
+            if other.approvable and (step.id, other.subject, other.rule_id) not in needed:
+                needed.append((step.id, other.subject, other.rule_id))
+    return approval_hint(ctx, needed)
 
 
 def _looks_like_git_dir(directory: Path) -> bool:

@@ -34,6 +34,7 @@ GENESIS = "0" * 64
 EVENTS = frozenset({
     "run_start", "policy_loaded", "policy_denied", "worktree_created", "step_start",
     "step_end", "step_failed", "step_interrupted", "questions_blocked", "resume_applied",
+    "paths_approved",
     "run_resumed", "patches_applied", "apply_failed", "rollback", "run_end",
 })
 

@@ -10,7 +10,7 @@ Where each gate lives (one module per kind of evidence):
     EX-D                         commits.py          patch files == commits; branch commits
     EX-E                         steps.py            step events on the tape vs manifests
     EX-F                         rollback.py         rollback proof, recomputed from git
-    EX-G                         approvals.py        approvals binding the patches
+    EX-G                         approvals.py        patch and ask-path approvals
     EX-H                         execution_result.py execution_result.json complete
     A1, A2, A3                   answers.py          questions stopped the run until answered
     TL-A .. TL-F                 tools.py            tool steps (checks in tool_*.py)

@@ -11,6 +11,7 @@ check.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -201,4 +202,10 @@ def recorded_policy(ctx: GateContext) -> Policy:
     path = ctx.run_dir / "audit" / "policy.yaml"
     if not path.is_file():
         raise Missing("audit/policy.yaml is missing")
-    return load_policy(path)
+    policy = load_policy(path)
+    # with the path approvals of audit/answers.yaml, as the executor decided with them;
+    # EX-G checks that file is the one the run recorded (paths_approved)
+    from agentos_tasks.answers import approved_paths
+
+    approved = approved_paths(ctx.answers_file())
+    return dataclasses.replace(policy, approved_paths=approved) if approved else policy

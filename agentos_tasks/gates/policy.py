@@ -12,6 +12,7 @@ sha256(audit/policy.yaml).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,9 @@ def r1_policy(ctx: GateContext) -> Verdict:
         return FAIL, f"tape does not verify: {ctx.chain.reason}"
     if decision.allowed:
         if denied:
+            approved = approved_after_denial(ctx, policy, request, denied[-1])
+            if approved is not None:
+                return PASS, approved
             return FAIL, f"the recorded policy allows the request, but the tape has " \
                          f"policy_denied ({denied[-1].get('rule_id')})"
         return NA, "the recorded policy allows the request (nothing to deny)"
@@ -84,6 +88,25 @@ def r1_policy(ctx: GateContext) -> Verdict:
         return FAIL, f"branch moved: {branch} is at {str(head)[:12]}, recorded " \
                      f"{str(recorded_head)[:12]} when the request was denied"
     return PASS, f"denied by {decision.rule_id}: no step started, branch unchanged"
+
+
+def approved_after_denial(ctx: GateContext, policy: Policy, request: Request,
+                          denial: dict[str, Any]) -> str | None:
+    """When the run was first denied by an ask rule and went on once an answers file
+    approved the path: what R1 found (else None). The recorded policy without approvals
+    must deny exactly as the tape says, by an ask rule, and paths_approved must follow the
+    last policy_denied (EX-G checks that the approvals are the recorded answers file's)."""
+    bare = check_request(dataclasses.replace(policy, approved_paths=frozenset()), request)
+    if bare.allowed or not bare.approvable:
+        return None
+    if (bare.rule_id, bare.step) != (denial.get("rule_id"), denial.get("step")):
+        return None
+    seq = int(denial.get("seq", -1))
+    later = [e for e in ctx.events_named("paths_approved") if int(e.get("seq", -1)) > seq]
+    if not later:
+        return None
+    return f"denied by ask rule {bare.rule_id} (step {bare.step}: {bare.subject}), then " \
+           f"approved by the answers file (paths_approved seq {later[0].get('seq')}) and allowed"
 
 
 # ------------------------------------------------------------------ EX-A
@@ -249,12 +272,21 @@ def patch_with(ctx: GateContext, plain: list[str], path: str) -> str:
 
 def decide_plain_patches(ctx: GateContext, policy: Policy, plain: list[str],
                          plain_paths: list[str]) -> int:
-    """Every path the non-tool steps' patches touch is allowed; returns the count."""
+    """Every path the non-tool steps' patches touch is allowed; returns the count. A path
+    only an ask rule denies is allowed when every step whose patch touches it had it
+    approved (audit/answers.yaml)."""
     for path in plain_paths:
         decision = decide_path(policy, path)
+        if decision.approvable:
+            touching = [s for s in plain if path in patch_paths(ctx, [f"patches/{s}.patch"])]
+            denied = [s for s in touching if not decide_path(policy, path, step=s).allowed]
+            if touching and not denied:
+                continue
+            decision = dataclasses.replace(decision, step=(denied or ["?"])[0])
         if not decision.allowed:
-            raise Fail(f"patches/{patch_with(ctx, plain, path)}.patch changes {path}: denied "
-                       f"by {decision.rule_id} under the recorded policy")
+            step = decision.step or patch_with(ctx, plain, path)
+            raise Fail(f"patches/{step}.patch changes {path}: denied by {decision.rule_id} "
+                       "under the recorded policy")
     return len(plain_paths)
 
 
@@ -274,12 +306,13 @@ def decide_step_paths(ctx: GateContext, policy: Policy, step: Step,
     ignored = set(manifest.get("ignored", []))
     unique = list(dict.fromkeys(paths))
     for path in unique:
-        decision = decide_path(policy, path, tool_paths=tool_paths)
+        decision = decide_path(policy, path, tool_paths=tool_paths, step=step.id)
         if not decision.allowed:
             raise Fail(f"step {step.id} changed {path}: denied by {decision.rule_id} "
                        f"under the recorded policy")
     for path in sorted(ignored):
-        decision = decide_path(policy, path, tool_paths=tool_paths, ignored=True)
+        decision = decide_path(policy, path, tool_paths=tool_paths, ignored=True,
+                               step=step.id)
         if not decision.allowed:
             raise Fail(f"step {step.id} left ignored {path}: denied by "
                        f"{decision.rule_id} under the recorded policy")

@@ -36,7 +36,7 @@ def _outside(ts: ToolStep, policy: Policy, allowed: list[str], path: str) -> str
         normalize_path(path)
     except PolicyViolation as exc:
         return f"{path!r} is outside the worktree ({exc.rule_id}: {exc.what})"
-    decision = decide_path(policy, path, tool_paths=allowed)
+    decision = decide_path(policy, path, tool_paths=allowed, step=ts.id)
     if not decision.allowed:
         return f"{path} is outside the tool's allowed paths ({decision.rule_id}: " \
                f"{decision.reason})"

@@ -29,7 +29,7 @@ WORKTREE_ONLY_RULES: frozenset[str] = frozenset({
 
 
 def fresh_decision(policy: Policy, files: list[dict[str, Any]], allowed: list[str],
-                   modes: dict[str, str | None]) -> tuple[str, str, str]:
+                   modes: dict[str, str | None], step: str) -> tuple[str, str, str]:
     """(allow|deny, rule_id, reason) of the recorded policy over a recorded diff: the
     check_changes rules that need no worktree (count, paths within the tool globs, .git,
     gitlinks)."""
@@ -40,7 +40,7 @@ def fresh_decision(policy: Policy, files: list[dict[str, Any]], allowed: list[st
         for raw in (entry.get("path"), entry.get("old_path")):
             if raw is None:
                 continue
-            decision = decide_path(policy, str(raw), tool_paths=allowed)
+            decision = decide_path(policy, str(raw), tool_paths=allowed, step=step)
             if not decision.allowed:
                 return "deny", decision.rule_id, decision.reason
         if modes.get(str(entry.get("path"))) == GITLINK_MODE:
@@ -64,7 +64,7 @@ def tl_d(ts: ToolStep, strict: bool) -> Verdict:
             raise Fail(f"{ts.id}: result pack policy_check {pack['policy_check']} differs from "
                        f"the manifest's {check.get('decision')}/{check.get('rule_id')}")
     decision, rule_id, reason = fresh_decision(policy, pack["diff"]["files"],
-                                               ts.allowed_paths(), modes)
+                                               ts.allowed_paths(), modes, ts.id)
     recorded = (pack["policy_check"]["decision"], pack["policy_check"]["rule_id"])
     if recorded == (decision, rule_id):
         return PASS, f"{ts.id}: recorded {decision}/{rule_id} == fresh decision ({reason})"

@@ -11,6 +11,7 @@ a traceback. The gates call it again over the recorded diff.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -57,11 +58,11 @@ def check_changes(policy: Policy, worktree: Path, changes: Sequence[Change], *,
     tool_paths = step.tool.paths if step.op == "tool" and step.tool is not None else None
     for change in changes:
         try:
-            decision = _check_change(policy, root, change, tool_paths)
+            decision = _check_change(policy, root, change, tool_paths, step.id)
         except OSError as exc:
             decision = _uninspectable(change.path, exc)
         if not decision.allowed:
-            return Decision(False, decision.rule_id, decision.reason, decision.subject, step.id)
+            return dataclasses.replace(decision, step=step.id)
     return Decision(True, "allow", f"{len(landing)} changes ({len(changes) - len(landing)} "
                     "ignored) allowed", step.id, step.id)
 
@@ -116,11 +117,12 @@ def _uninspectable(path: str, exc: OSError) -> Decision:
 
 
 def _check_change(policy: Policy, root: Path, change: Change,
-                  tool_paths: Sequence[str] | None) -> Decision:
+                  tool_paths: Sequence[str] | None, step_id: str) -> Decision:
     for raw in (change.path, change.old_path):
         if raw is None:
             continue
-        decision = decide_path(policy, raw, tool_paths=tool_paths, ignored=change.ignored)
+        decision = decide_path(policy, raw, tool_paths=tool_paths, ignored=change.ignored,
+                               step=step_id)
         if not decision.allowed:
             return decision
     normal = normalize_path(change.path)  # decide_path accepted it

@@ -8,6 +8,7 @@ reviewer must approve it). Pure: no process, no clock, no filesystem.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -33,6 +34,8 @@ class Decision:
     reason: str
     subject: str = ""  # the path, argv or adapter that was judged
     step: str | None = None  # step id, when the decision is about one step
+    # denied by an ask rule alone: an answers file's path_approvals can allow it
+    approvable: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for the tape, tool result packs and reports."""
@@ -48,12 +51,14 @@ def _first_match(rules: Sequence[PathRule], path: str) -> PathRule | None:
 
 
 def decide_path(policy: Policy, path: str, *, tool_paths: Sequence[str] | None = None,
-                ignored: bool = False) -> Decision:
+                ignored: bool = False, step: str | None = None) -> Decision:
     """May `path` be changed? Order: safety, deny, ask, (ignored stops here), tool paths, allow.
 
     `tool_paths` are the globs of a tool step (`ToolSpec.paths`): a tool may only change
     paths inside them *and* inside the policy. `ignored` marks a gitignored file a command
-    created: it never lands, so only deny/ask and the safety rules judge it.
+    created: it never lands, so only deny/ask and the safety rules judge it. An ask match
+    is allowed (under the ask rule's id) only for the `step` an answers file approved it
+    for (`policy.approved_paths`: this step, this exact path, this rule); else it denies.
     """
     try:
         normal = normalize_path(path)
@@ -66,15 +71,18 @@ def decide_path(policy: Policy, path: str, *, tool_paths: Sequence[str] | None =
     if deny is not None:
         return Decision(False, deny.rule_id, f"{normal} matches deny glob {deny.glob!r}", normal)
     ask = _first_match(policy.ask, normal)
-    if ask is not None:
+    if ask is not None and (step, normal, ask.rule_id) not in policy.approved_paths:
         return Decision(False, ask.rule_id, f"{normal} matches ask glob {ask.glob!r}: needs "
-                        "approval, and a headless run denies it", normal)
+                        "approval, and a headless run denies it", normal, approvable=True)
     if ignored:
         return Decision(True, "paths.ignored", f"{normal} is gitignored (never lands) and no "
                         "deny or ask rule matches", normal)
     if tool_paths is not None and not _tool_paths_match(tool_paths, normal):
         return Decision(False, "tool.paths", f"{normal} is outside the tool's paths "
                         f"{list(tool_paths)}", normal)
+    if ask is not None:
+        return Decision(True, ask.rule_id, f"{normal} matches ask glob {ask.glob!r}: approved "
+                        f"for step {step} by the answers file", normal)
     allow = _first_match(policy.allow, normal)
     if allow is not None:
         return Decision(True, allow.rule_id, f"{normal} matches allow glob {allow.glob!r}",
@@ -238,7 +246,7 @@ def check_request(policy: Policy, request: Request) -> Decision:
     for step in request.steps:
         decision = _check_step(policy, step)
         if not decision.allowed:
-            return Decision(False, decision.rule_id, decision.reason, decision.subject, step.id)
+            return dataclasses.replace(decision, step=step.id)
     return Decision(True, "allow", f"{len(request.steps)} steps allowed by policy {policy.id!r}",
                     request.id)
 
@@ -248,7 +256,7 @@ def _check_step(policy: Policy, step: Step) -> Decision:
         return Decision(False, "operations", f"operation {step.op!r} is not in operations "
                         f"{list(policy.operations)}", step.op)
     for path in step.declared_paths():
-        decision = decide_path(policy, path)
+        decision = decide_path(policy, path, step=step.id)
         if not decision.allowed:
             return decision
         if len(os.fsencode(path)) > policy.limits.path_length:

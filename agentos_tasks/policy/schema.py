@@ -192,8 +192,9 @@ POLICY_SCHEMA = vol.Schema(
                          description=_PATHS_HELP + "are refused (case-insensitive)."):
                 [_PATH_RULE],
             vol.Optional("ask", default=list,
-                         description=_PATHS_HELP + "need a human's approval; a headless run "
-                         "denies them (case-insensitive)."): [_PATH_RULE],
+                         description=_PATHS_HELP + "need a human's approval: denied unless an "
+                         "answers file (answers=FILE) approves the path for its step "
+                         "(case-insensitive)."): [_PATH_RULE],
             vol.Optional("executable", default=list,
                          description=_PATHS_HELP + "may land executable (100755); default "
                          "nowhere."): [_PATH_RULE],
@@ -365,6 +366,9 @@ class Policy:
     env: tuple[str, ...]
     require_approval: tuple[str, ...]
     executable: tuple[PathRule, ...] = ()  # where a file may land executable (100755)
+    # (step, path, ask rule id) an answers file approved for this run (answers.py); not
+    # part of the policy file or its sha256, recorded on the tape as paths_approved
+    approved_paths: frozenset[tuple[str, str, str]] = frozenset()
 
     def tool_rule(self, adapter: str) -> ToolRule | None:
         """The (single) tools rule for `adapter`, if the policy lists it."""
