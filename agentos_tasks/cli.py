@@ -5,6 +5,7 @@
                      [--step ID]          # only execute up to that step, no apply
     agentos gates (--request R | --run NAME) [--outputs DIR] [--repo CLONE]
     agentos sign (--request R | --run NAME) [--outputs DIR] --key agentos.key
+    agentos fleet REQUEST... [--engine local|ray] [--address A] [--jobs N] [--key K]
     agentos keygen [--out DIR] [--force]
     agentos verify outputs/<run> --key agentos.pub [--repo CLONE]
     agentos tool verify --result outputs/<run>/tools/<step>/tool_result_pack.json
@@ -74,18 +75,18 @@ def _doit(args: list[str], cwd: Path, repo: str | None = None) -> int:
                                           args=pos_args, config=self.config,
                                           task_opts=self.task_opts))
 
-    from agentos_tasks import console
+    from agentos_tasks import console, interrupts
 
     console.INVOCATION.style = "agentos"
-    graph.RAISED.clear()
+    interrupts.RAISED.clear()
     try:
         # `--reporter json` is ours: a gate task's result is its gate's status
         reporters = {"REPORTER": {"json": "agentos_tasks.console:GateJsonReporter"}}
         code = int(DoitMain(AgentosLoader(), extra_config=reporters).run(args))
     finally:
         ctx.release()  # a run refused before it started leaves no directory
-    if code and graph.RAISED:
-        return graph.RAISED[0].code
+    if code and interrupts.RAISED:
+        return interrupts.RAISED[0].code
     return code
 
 
@@ -135,6 +136,38 @@ def cmd_gates(ns: argparse.Namespace) -> int:
 def cmd_sign(ns: argparse.Namespace) -> int:
     """`agentos sign`: the doit `sign` task (gates first; refuses on any FAIL)."""
     return _doit(["run", *_vars(ns), "sign"], Path.cwd())
+
+
+def cmd_fleet(ns: argparse.Namespace) -> int:
+    """`agentos fleet REQUEST...`: every request executed on a worker (local thread or
+    Ray task) against a fresh clone of its target; results land here, one at a time."""
+    from agentos_tasks.fleet.display import Display
+    from agentos_tasks.fleet.engines import make_engine
+    from agentos_tasks.fleet.queue import Fleet, plan, summary_lines
+
+    cwd = Path.cwd()
+    entries = plan([Path(r) if Path(r).is_absolute() else cwd / r for r in ns.requests])
+    outputs = Path(ns.outputs) if ns.outputs else cwd / "outputs"
+    outputs = outputs if outputs.is_absolute() else cwd / outputs
+    for entry in entries:
+        if outputs.resolve() == entry.repo or entry.repo in outputs.resolve().parents:
+            raise AgentosError(f"--outputs {outputs} lies inside the target {entry.repo}",
+                               hint="give --outputs a directory outside every target")
+    if ns.jobs < 1 or ns.max_reruns < 0:
+        raise AgentosError("--jobs must be >= 1 and --max-reruns >= 0")
+    key = Path(ns.key) if ns.key else None
+    if key is not None and not key.is_file():
+        raise AgentosError(f"--key {ns.key}: no such file", hint="agentos keygen")
+    engine = make_engine(ns.engine, jobs=ns.jobs, address=ns.address)
+    display = Display()
+    fleet = Fleet(entries, engine, outputs, max_reruns=ns.max_reruns, key=key, show=display)
+    try:
+        code = fleet.run()
+    finally:
+        display.close()
+        engine.close()
+    out("\n".join(summary_lines(fleet)))
+    return code
 
 
 def cmd_keygen(ns: argparse.Namespace) -> int:
@@ -223,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     sign_p.add_argument("--key", required=True, help="the private key (agentos keygen)")
     sign_p.set_defaults(func=cmd_sign)
 
+    fleet_p = sub.add_parser("fleet", help="run many requests at once (local or Ray); "
+                             "land each on its target, one at a time")
+    fleet_p.add_argument("requests", nargs="+", help="request files")
+    fleet_p.add_argument("--engine", choices=("local", "ray"), default="local")
+    fleet_p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    fleet_p.add_argument("--jobs", type=int, default=2, help="requests at once (local engine)")
+    fleet_p.add_argument("--outputs", help="evidence directory (default ./outputs)")
+    fleet_p.add_argument("--max-reruns", type=int, default=5,
+                         help="re-runs from a moved base before a request is reported")
+    fleet_p.add_argument("--key", help="sign every landed run with this key")
+    fleet_p.set_defaults(func=cmd_fleet)
+
     key_p = sub.add_parser("keygen", help="write agentos.key (0600) and agentos.pub")
     key_p.add_argument("--out", default=".")
     key_p.add_argument("--force", action="store_true", help="overwrite an existing key pair")
@@ -258,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # outside any task (graph.guarded handles those)
         import signal
 
-        from agentos_tasks.graph import Interrupted, interrupted_line
+        from agentos_tasks.interrupts import Interrupted, interrupted_line
 
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         sys.stderr.write(interrupted_line(signal.Signals(signum).name))

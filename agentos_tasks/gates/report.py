@@ -28,7 +28,8 @@ def summary(results: Sequence[GateResult]) -> dict[str, int]:
     return {s.value: sum(r.status == s for r in results) for s in Status}
 
 
-def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None) -> None:
+def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None, *,
+                  show: bool = True) -> None:
     """reports/gates.json + gates.xml (JUnit) + report.md + a table; fail on any FAIL."""
     results = list(results) if results is not None else collect(run_dir)
     reports = reports_dir(run_dir)
@@ -44,8 +45,9 @@ def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None) ->
             write_report(run_dir)
         except AgentosError:
             pass
-    print_table(results)
-    if reports != run_dir / "reports":
+    if show:
+        print_table(results)
+    if show and reports != run_dir / "reports":
         print(escape(f"run {run_id} is signed: its reports/ stay as signed; this check's "
                      f"results are in {reports}"))
     failed = [r.id for r in results if r.status == FAIL]
