@@ -283,7 +283,7 @@ class RunReporter(ConsoleReporter):  # type: ignore[misc]
                        f"{len(gates & self.skipped)} reused (inputs unchanged)\n")
 
     def _failure(self, task: Any, exc: Any) -> None:
-        from agentos_tasks.graph import InterruptedFailure, interrupted_line
+        from agentos_tasks.interrupts import InterruptedFailure, interrupted_line
 
         if isinstance(exc, InterruptedFailure):
             sys.stderr.write(escape(interrupted_line(exc.signame, task.name),
@@ -371,7 +371,7 @@ class GateJsonReporter(JsonReporter):  # type: ignore[misc]
             entry.to_dict = with_status(name)
         super().complete_run()
         if RunReporter.exit_with_code:  # plain doit: the documented code, as RunReporter
-            from agentos_tasks.graph import RAISED
+            from agentos_tasks.interrupts import RAISED
 
             if RAISED:
                 self.outstream.flush()

@@ -22,42 +22,19 @@ from doit.exceptions import TaskFailed
 
 from agentos_tasks.errors import EXIT_STATE, AgentosError, internal_error
 from agentos_tasks.fsutil import canonical_json, refuse_special, write_if_changed
+from agentos_tasks.interrupts import (
+    RAISED,
+    RESUME_HINT,
+    STOP_SIGNALS,
+    Interrupted,
+    InterruptedFailure,
+    interrupted_line,
+)
 from agentos_tasks.runctx import RunContext, build_context
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
-
-# AgentosErrors raised by actions in this process, so `agentos` can exit with their code.
-RAISED: list[AgentosError] = []
-
-RESUME_HINT = "re-run the same command to resume"
-# the signals that stop an invocation cleanly: the step's processes are killed, the
-# tape keeps the open step_start (closed as step_interrupted when the run resumes)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop signal reached the executor (SIGINT, SIGTERM, SIGHUP)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class InterruptedFailure(TaskFailed):  # type: ignore[misc]
-    """The failure doit records for the task a stop signal interrupted."""
-
-    def __init__(self, signame: str) -> None:
-        super().__init__(f"interrupted by {signame}")
-        self.signame = signame
-
-
-def interrupted_line(signame: str, where: str | None = None) -> str:
-    """The one line an interrupted invocation prints."""
-    during = f" during {where}" if where else ""
-    return f"interrupted by {signame}{during}: {RESUME_HINT}\n"
-
 
 _stopping: list[int] = []
 

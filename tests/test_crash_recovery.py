@@ -529,12 +529,12 @@ def test_ex_e_fails_a_step_start_left_open(interrupted_run: Path) -> None:
 
 SECOND_SIGNAL = """
 import os, signal, sys, time
-from agentos_tasks import graph
+from agentos_tasks import graph, interrupts
 graph.install_interrupt_handlers()
 try:
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(5)
-except graph.Interrupted as exc:
+except interrupts.Interrupted as exc:
     print(exc.signum, flush=True)
 os.kill(os.getpid(), signal.SIGTERM)  # a second stop signal while unwinding: die by it
 time.sleep(5)

@@ -425,10 +425,10 @@ def test_an_interruption_outside_any_task_is_one_line(
     """Ctrl-C while the graph is still being built (no task is running): one line, 130."""
     import signal
 
-    from agentos_tasks import cli, graph
+    from agentos_tasks import cli, interrupts
 
     def interrupted(_ns: object) -> int:
-        raise graph.Interrupted(signal.SIGTERM)
+        raise interrupts.Interrupted(signal.SIGTERM)
 
     monkeypatch.setattr(cli, "cmd_gates", interrupted)
     assert cli.main(["gates", "--run", "x"]) == 128 + signal.SIGTERM
