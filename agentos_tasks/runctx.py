@@ -75,7 +75,7 @@ class RunContext:
         policy = load_policy(self.policy_path)
         if self.answers_path is None:
             return policy
-        from agentos_tasks.answers import approved_paths, load_answers_file
+        from agentos_tasks.answers_file import approved_paths, load_answers_file
 
         # the answers file's path approvals (ask paths one step may change) for this run
         approved = approved_paths(load_answers_file(self.answers_path))

@@ -117,7 +117,7 @@ def policy_task(ctx: RunContext) -> None:
 
 def _recorded_approvals(ctx: RunContext) -> frozenset[tuple[str, str, str]]:
     """The path approvals the run recorded (audit/answers.yaml), empty when none."""
-    from agentos_tasks.answers import approved_paths, load_answers_file
+    from agentos_tasks.answers_file import approved_paths, load_answers_file
 
     recorded = ctx.paths.audit / "answers.yaml"
     return approved_paths(load_answers_file(recorded)) if recorded.is_file() else frozenset()
@@ -165,7 +165,7 @@ def approvable_paths(policy: Policy, req: Request) -> list[tuple[str, str, str]]
 def record_path_approvals(ctx: RunContext, req: Request) -> str:
     """Record the answers file that approves ask paths: audit/answers.yaml (its bytes) and
     paths_approved on the tape (its sha256 and every approval); returns the sha256."""
-    from agentos_tasks.answers import approved_paths, load_answers_file
+    from agentos_tasks.answers_file import approved_paths, load_answers_file
 
     if ctx.answers_path is None:  # approved_paths come from an answers file
         raise AgentosError("path approvals were found without an answers file", code=EXIT_STATE)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import Built, _must, _new_run, assert_fail, assert_pass, doit, git, read_events
 
-from agentos_tasks.answers import ANSWERS_SCHEMA, approved_paths
+from agentos_tasks.answers_file import ANSWERS_SCHEMA, approved_paths
 from agentos_tasks.gates.runner import run_all
 from agentos_tasks.policy import decide_path, load_policy
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from agentos_tasks.answers import approved_paths
+from agentos_tasks.answers_file import approved_paths
 from agentos_tasks.errors import PolicyViolation
 from agentos_tasks.gates.common import (
     NA,

@@ -205,7 +205,7 @@ def recorded_policy(ctx: GateContext) -> Policy:
     policy = load_policy(path)
     # with the path approvals of audit/answers.yaml, as the executor decided with them;
     # EX-G checks that file is the one the run recorded (paths_approved)
-    from agentos_tasks.answers import approved_paths
+    from agentos_tasks.answers_file import approved_paths
 
     approved = approved_paths(ctx.answers_file())
     return dataclasses.replace(policy, approved_paths=approved) if approved else policy

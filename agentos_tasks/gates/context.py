@@ -139,7 +139,7 @@ class GateContext:
             return None
         import yaml
 
-        from agentos_tasks.answers import ANSWERS_SCHEMA
+        from agentos_tasks.answers_file import ANSWERS_SCHEMA
 
         try:
             data = ANSWERS_SCHEMA(yaml.safe_load(self.read_bytes("audit/answers.yaml")) or {})
