@@ -41,3 +41,19 @@ def interrupted_line(signame: str, where: str | None = None) -> str:
     """The one line an interrupted invocation prints."""
     during = f" during {where}" if where else ""
     return f"interrupted by {signame}{during}: {RESUME_HINT}\n"
+
+
+def install_early_handlers() -> None:
+    """Until the graph installs its own handlers (graph.install_interrupt_handlers), a
+    stop signal ends the process with the one line and 128+N, never a traceback from
+    whatever module was being imported. dodo.py calls this before its first import."""
+    import os
+    import sys
+
+    def stop(signum: int, _frame: object) -> None:
+        sys.stderr.write(interrupted_line(signal.Signals(signum).name))
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)

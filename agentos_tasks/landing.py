@@ -50,7 +50,31 @@ class CheckedOut:
         refuses to overwrite local changes). The index's stat data is refreshed first,
         by content compared under our config, so a merely touched file does not block."""
         self.git.run("update-index", "-q", "--refresh", check=False)
-        self.git.run("read-tree", "-m", "-u", old, new)
+        result = self.git.run("read-tree", "-m", "-u", old, new, check=False)
+        if result.returncode == 0:
+            return
+        message = result.stderr.decode("utf-8", "replace").strip()
+        self._undo_partial(old, new)
+        if out_of_space(message, self.work_tree):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.work_tree))
+        raise AgentosError(f"could not update the checkout {self.work_tree}: {message[:300]}",
+                           code=EXIT_STATE, hint="its files are back as they were; the "
+                                                 "branch was not moved")
+
+    def _undo_partial(self, old: str, new: str) -> None:
+        """A read-tree that failed half-way (a full disk) wrote some of `new`'s files and
+        left the index at `old`: remove the files `new` adds, then put `old`'s back (the
+        checkout was clean at `old`, require_clean saw to that)."""
+        added = self.git.run("diff-tree", "-r", "-z", "--name-only", "--diff-filter=A",
+                             "--no-renames", old, new, check=False).stdout
+        for raw in filter(None, added.split(b"\0")):
+            path = self.work_tree / os.fsdecode(raw)
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    path.unlink()
+            except OSError:
+                continue
+        self.git.run("read-tree", "-u", "--reset", old, check=False)
 
 
 def checked_out(target: Git, branch: str, *, head: str, view_dir: Path,

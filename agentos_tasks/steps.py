@@ -12,12 +12,14 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentos_tasks.errors import EXIT_STEP, AgentosError, PolicyViolation
+from agentos_tasks.errors import EXIT_STATE, EXIT_STEP, AgentosError, PolicyViolation
 from agentos_tasks.evidence import (
     SCHEMA_VERSION,
     load_manifest,
@@ -112,6 +114,13 @@ def run_step(ctx: RunContext, step: Step) -> None:
                                decision.rule_id, time.monotonic() - started)
     except AgentosError as err:
         fail_step(ctx, step, err)
+        raise
+    except OSError as err:
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = f"no space left on the device ({err.strerror})" if full \
+            else f"internal error: {err!r}"
+        with contextlib.suppress(OSError):  # on a full disk the tape may not take it
+            fail_step(ctx, step, AgentosError(reason, code=EXIT_STATE if full else EXIT_STEP))
         raise
     except Exception as err:  # an executor bug must still leave an honest tape
         fail_step(ctx, step, AgentosError(f"internal error: {err!r}", code=EXIT_STEP))

@@ -110,6 +110,11 @@ def _construct(node: yaml.Node, path: PathKey, doc: MarkedDoc, loader: _Loader) 
     doc.lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # YAML 1.1 only: 1.2 tools
+                doc.lines[(*path, "<<")] = key_node.start_mark.line + 1  # read a key '<<'
+                raise doc.error("YAML merge keys (<<) are not supported", (*path, "<<"),
+                                hint="write the keys out in each mapping")
         loader.flatten_mapping(node)
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)

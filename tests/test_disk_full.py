@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runutil import doit, git, write_policy, write_request
+from tests.runutil import doit, git, tape_events, write_policy, write_request
 
 
 @pytest.fixture
@@ -46,6 +46,10 @@ def test_a_full_disk_is_one_clear_error_and_the_rerun_completes(
     assert proc.returncode != 0
     assert "no space left on the device" in out and "re-run the same command" in out, out
     assert "Traceback" not in out and "internal error" not in out, out
+    failed = [e for e in tape_events(small_disk / "r1") if e["event"] == "step_failed"] \
+        if (small_disk / "r1" / "audit" / "run_tape.jsonl").exists() else []
+    for event in failed:  # when the tape could take it, it says what happened
+        assert "no space left on the device" in event["reason"], event
     repo = tmp_path / "repo"
     if repo.exists():  # nothing landed
         assert "big.txt" not in git(repo, "ls-tree", "-r", "--name-only", "HEAD")
@@ -57,18 +61,21 @@ def test_a_full_disk_is_one_clear_error_and_the_rerun_completes(
     assert gates.returncode == 0, gates.stdout[-3000:]
 
 
-@pytest.mark.parametrize("full", ["outputs", "target"])
+@pytest.mark.parametrize("full", ["outputs", "target", "checkout"])
 def test_a_full_disk_during_apply_lands_nothing_and_the_rerun_lands(
         tmp_path: Path, small_disk: Path, full: str) -> None:
     """Every step passed; the disk fills before `git am` (the run was killed just before
     apply, then the disk filled). The apply is one clear error, the branch and the target
     are untouched, no `git am` state is left behind, and the re-run after space is freed
     lands the run with every gate passing. `full` is the file system that fills: the one
-    with the evidence (where `git am` runs) or the target repository's."""
+    with the evidence (where `git am` runs) or the target repository's; `checkout`: the
+    target's, where the objects fit (they compress) but the checked-out files do not, so
+    the checkout fills half-way: those files are removed again."""
     write_policy(tmp_path / "policy.yaml")
     outputs = "outputs=out" if full == "outputs" else f"outputs={tmp_path / 'evidence'}"
     repo = tmp_path / "repo" if full == "outputs" else small_disk / "repo"
-    (tmp_path / "big.bin").write_bytes(os.urandom(3_000_000))  # incompressible
+    (tmp_path / "big.bin").write_bytes(b"compressible\n" * 250_000 if full == "checkout"
+                                       else os.urandom(3_000_000))  # incompressible
     steps = [{"id": "w1", "message": "w1: small", "write": {"path": "a.txt", "content": "a\n"}},
              {"id": "w2", "message": "w2: big", "write": {"path": "big.bin",
                                                          "content_file": "big.bin"}}]

@@ -548,6 +548,13 @@ def test_a_yaml_merge_key_is_named_as_one(tmp_path: Path) -> None:
         load_request(path)
     assert info.value.message == "YAML merge keys (<<: *b) are not supported"
     assert info.value.where == f"{path}:8" and info.value.code == EXIT_USAGE
+    # an inline mapping merged in: YAML 1.2 tools (the schema's editors) read a key '<<'
+    path.write_text("version: 1\n<<: {id: merged}\nrepo: ./repo\nsteps:\n"
+                    "  - id: s1\n    message: m\n    write: {path: a.txt, content: a}\n")
+    with pytest.raises(AgentosError) as info:
+        load_request(path)
+    assert info.value.message == "YAML merge keys (<<) are not supported"
+    assert info.value.where == f"{path}:2" and info.value.code == EXIT_USAGE
 
 
 @pytest.mark.parametrize(("line", "written", "kind"), [
@@ -576,3 +583,28 @@ def test_errors_name_the_file_as_given_not_where_its_symlink_points(tmp_path: Pa
     assert proc.returncode == EXIT_USAGE, proc.stderr
     assert f"error: {tmp_path}/policies/p.yaml:2: policy: foo: unknown key" in proc.stderr
     no_traceback(proc)
+
+
+EARLY_SIGNAL = """
+import os, signal, time
+from agentos_tasks.interrupts import install_early_handlers
+install_early_handlers()
+os.kill(os.getpid(), signal.SIGINT)
+import json, ssl, asyncio  # a stop signal while modules import, as dodo.py's graph does
+time.sleep(5)
+"""
+
+
+def test_a_stop_signal_before_the_graph_is_loaded_is_one_line() -> None:
+    """doit imports dodo.py, which imports the whole graph: Ctrl-C in that window was a
+    traceback from whatever module was importing. dodo.py installs the early handlers
+    before its first import."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", EARLY_SIGNAL], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "interrupted by SIGINT: re-run the same command to resume\n"
+    dodo = (Path(__file__).resolve().parents[1] / "dodo.py").read_text()
+    assert dodo.index("install_early_handlers()") < dodo.index("from agentos_tasks.graph import")
