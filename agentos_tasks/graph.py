@@ -7,6 +7,7 @@ run task: `doit gates` re-checks evidence, it does not regenerate it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import json
@@ -57,8 +58,22 @@ def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> Non
             else "SIGINT"
         sys.stderr.write(interrupted_line(name))
         sys.stderr.flush()
+        _SIGNAL_EXIT.append(128 + signal.Signals[name].value)
         return
     sys.__excepthook__(kind, value, tb)
+
+
+_SIGNAL_EXIT: list[int] = []
+
+
+def _exit_by_signal_code() -> None:
+    """Registered first, so it runs last of the atexit handlers: an invocation a stop
+    signal ended between tasks exits 128+N (as inside a task), not Python's 1."""
+    if _SIGNAL_EXIT:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(_SIGNAL_EXIT[0])
 
 
 def install_interrupt_handlers() -> None:
@@ -69,6 +84,8 @@ def install_interrupt_handlers() -> None:
     _stopping.clear()  # a new invocation in this process (agentos exec, tests) starts afresh
     for signum in STOP_SIGNALS:
         signal.signal(signum, _on_stop_signal)
+    if sys.excepthook is not _excepthook:
+        atexit.register(_exit_by_signal_code)
     sys.excepthook = _excepthook
 
 

@@ -608,3 +608,24 @@ def test_a_stop_signal_before_the_graph_is_loaded_is_one_line() -> None:
     assert proc.stderr == "interrupted by SIGINT: re-run the same command to resume\n"
     dodo = (Path(__file__).resolve().parents[1] / "dodo.py").read_text()
     assert dodo.index("install_early_handlers()") < dodo.index("from agentos_tasks.graph import")
+
+
+BETWEEN_TASKS = """
+import os, signal, time
+from agentos_tasks import graph
+graph.install_interrupt_handlers()
+print("ready", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)  # outside any task: doit lets it propagate
+time.sleep(5)
+"""
+
+
+def test_a_stop_signal_between_tasks_exits_128_plus_n_with_one_line() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", BETWEEN_TASKS], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 128 + 15, proc.stderr
+    assert proc.stdout == "ready\n"
+    assert proc.stderr == "interrupted by SIGTERM: re-run the same command to resume\n"
