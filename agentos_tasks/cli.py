@@ -191,7 +191,8 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         from agentos_tasks.gates.context import use_repo
 
         use_repo(run_dir, _existing_repo(ns.repo, Path.cwd()))
-    checks = verify_run(run_dir, Path(ns.key))
+    checks = verify_run(run_dir, Path(ns.key),
+                        executor_pub=Path(ns.executor_key) if ns.executor_key else None)
     out(render_checks(checks))
     return 0 if all(c.ok for c in checks) else EXIT_GATES
 
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver_p.add_argument("--key", required=True)
     ver_p.add_argument("--repo", help="a clone of the target repository (default: the path "
                        "the run recorded)")
+    ver_p.add_argument("--executor-key", default=None, metavar="PUB",
+                       help="the executor's public key the step attestations must be "
+                            "signed with (attestations/executor.pub.json of a trusted run)")
     ver_p.set_defaults(func=cmd_verify)
 
     tool_p = sub.add_parser("tool", help="tool outsourcing commands")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from doit.exceptions import TaskFailed
 
-from agentos_tasks.errors import EXIT_STATE, AgentosError, internal_error
+from agentos_tasks.errors import EXIT_GATES, EXIT_STATE, AgentosError, internal_error
 from agentos_tasks.fsutil import canonical_json, refuse_special, write_if_changed
 from agentos_tasks.interrupts import (
     RAISED,
@@ -333,11 +333,24 @@ def sign_action(ctx: RunContext) -> None:
                            "doit sign request=... key=agentos.key")
     # never trust a cached gate result: recompute every gate from the evidence now,
     # write the reports from exactly those results, then sign (refused on any FAIL)
+    from agentos_tasks.attest.executor import (
+        KEY_ENV_VAR,
+        default_executor_key_path,
+        existing_executor_key,
+    )
     from agentos_tasks.gates.report import write_reports
     from agentos_tasks.gates.runner import run_all
 
+    executor = existing_executor_key()
+    if executor is None:
+        raise AgentosError(f"no executor key at {default_executor_key_path()}: this host did "
+                           "not execute the run, its step attestations cannot be pinned",
+                           code=EXIT_GATES,
+                           hint=f"sign on the host that ran it (${KEY_ENV_VAR} names the key "
+                                "when it is not in the default place)")
     write_reports(ctx.paths.root, run_all(ctx.paths.root))
-    envelope = sign_run(ctx.paths.root, ctx.key_path)
+    envelope = sign_run(ctx.paths.root, ctx.key_path,
+                        executor_keyid=executor.public_key.keyid)
     print(f"signed: {escape(envelope)}")
 
 

@@ -377,9 +377,11 @@ def test_changed_file_hidden_from_manifest_and_tape_is_caught(good_run: Built) -
 
 def test_forge_history_without_lies_still_passes(good_run: Built) -> None:
     """Control for the three tests above: the forger's re-execution with no edit passes
-    every gate, so what they catch is the lie, not the helper."""
+    every gate but AT, so what they catch is the lie, not the helper. AT fails it: the
+    re-made commits and tape are not what the executor signed as the steps ended."""
     forge_history(good_run, {})
-    assert FAIL not in statuses(good_run.run_dir).values(), table(run_all(good_run.run_dir))
+    results = run_all(good_run.run_dir)
+    assert {r.id for r in results if r.status == FAIL} == {"AT"}, table(results)
 
 
 # ------------------------------------------------------------------ request.json vs request.yaml

@@ -143,8 +143,28 @@ def _check_gate_evidence_fresh(run_dir: Path, gates: list[dict[str, Any]],
                     where=str(gates_path), hint="re-run `doit gates`", code=EXIT_GATES)
 
 
-def _predicate(result: dict[str, Any], gates_doc: dict[str, Any]) -> dict[str, Any]:
-    """Run summary + gate results, copied from execution_result.json and gates.json."""
+EXECUTOR_PUB_RELPATH = "attestations/executor.pub.json"  # attest.executor writes it
+
+
+def recorded_executor_key(run_dir: Path) -> dict[str, Any] | None:
+    """{keyid, sha256} of the executor key the run's attestations name, None without."""
+    path = run_dir / EXECUTOR_PUB_RELPATH
+    if not is_regular(path):
+        return None
+    raw = read_regular(path)
+    try:
+        keyid = json.loads(raw).get("keyid")
+    except (ValueError, AttributeError):
+        keyid = None
+    return {"keyid": keyid if isinstance(keyid, str) else None,
+            "sha256": sha256_regular(path)}
+
+
+def _predicate(result: dict[str, Any], gates_doc: dict[str, Any],
+               executor: dict[str, Any] | None) -> dict[str, Any]:
+    """Run summary + gate results, copied from execution_result.json and gates.json, and
+    the executor key the step attestations are signed with (its id pinned here: the
+    report key vouches that this executor key, and no other, signed the steps)."""
     gates = [
         {"id": gate["id"], "status": gate["status"], "reason": gate.get("reason", "")}
         for gate in gates_doc.get("gates", [])
@@ -164,6 +184,7 @@ def _predicate(result: dict[str, Any], gates_doc: dict[str, Any]) -> dict[str, A
         "commits_applied": result.get("commits_applied", []),
         "policy": {key: policy.get(key) for key in ("id", "path", "sha256", "isolation")},
         "sandbox": result.get("sandbox"),
+        "executor": executor,
         "gates": gates,
         "gates_summary": {
             status: sum(1 for gate in gates if gate["status"] == status)
@@ -190,7 +211,7 @@ def build_statement(run_dir: Path) -> dict[str, Any]:
                                code=EXIT_GATES)
         subjects.append(ResourceDescriptor(name=relpath,
                                            digest={"sha256": sha256_regular(path)}).pb)
-    predicate = _predicate(result, gates_doc)
+    predicate = _predicate(result, gates_doc, recorded_executor_key(run_dir))
     statement = Statement(subjects, PREDICATE_TYPE, predicate)
     try:
         statement.validate()
@@ -202,12 +223,14 @@ def build_statement(run_dir: Path) -> dict[str, Any]:
     return statement_dict
 
 
-def sign_run(run_dir: Path, key_path: Path) -> Path:
+def sign_run(run_dir: Path, key_path: Path, *, executor_keyid: str | None = None) -> Path:
     """Sign a run whose gates all passed; returns `signature/envelope.dsse.json`.
 
     Refuses (exit code EXIT_GATES) without execution_result.json, the tape or a gates
-    report, or when any gate FAILs. Regenerates reports/report.md first so the signed
-    human report always matches the signed artifacts.
+    report, or when any gate FAILs; with `executor_keyid` (`doit sign`: this host's
+    executor key), also when the run's attestations name another executor key.
+    Regenerates reports/report.md first so the signed human report always matches the
+    signed artifacts.
     """
     check_received_tree(run_dir)  # RefusedFile (EXIT_GATES) naming a FIFO, symlink, ...
     if (run_dir / ENVELOPE_RELPATH).exists():
@@ -229,6 +252,16 @@ def sign_run(run_dir: Path, key_path: Path) -> Path:
             f"reports/gates.json is for run {gates_doc.get('run')!r}, "
             f"execution_result.json for {result.get('run')!r}",
             where=str(gates_path), hint="re-run `doit gates`", code=EXIT_GATES)
+    if executor_keyid is not None:
+        recorded = recorded_executor_key(run_dir)
+        if recorded is None or recorded["keyid"] != executor_keyid:
+            named = recorded["keyid"] if recorded else None
+            raise AgentosError(
+                f"refusing to sign: the run's attestations name executor key {named}, this "
+                f"host's executor key is {executor_keyid}", where=str(
+                    run_dir / EXECUTOR_PUB_RELPATH), code=EXIT_GATES,
+                hint="sign on the host (and with the $AGENTOS_EXECUTOR_KEY) that executed "
+                     "the run; a replaced executor key means forged attestations")
     signer = load_signer(key_path)
 
     # the page names its signer (it cannot hold its own signature)

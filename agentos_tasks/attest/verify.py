@@ -32,7 +32,11 @@ from agentos_tasks.attest.checks import (
     verify_signature,
 )
 from agentos_tasks.attest.keys import load_public_key
-from agentos_tasks.attest.statement import ENVELOPE_RELPATH
+from agentos_tasks.attest.statement import (
+    ENVELOPE_RELPATH,
+    EXECUTOR_PUB_RELPATH,
+    recorded_executor_key,
+)
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import is_regular, read_regular
 from agentos_tasks.gates.common import FAIL, Gate
@@ -41,19 +45,23 @@ from agentos_tasks.gates.runner import REGISTRY
 from agentos_tasks.layout import EVIDENCE_DIRS, EVIDENCE_FILES
 
 
-def verify_run(run_dir: Path, pub_path: Path) -> list[Check]:
-    """Every finding about a signed run: signature checks, coverage, then one per gate.
+def verify_run(run_dir: Path, pub_path: Path, *,
+               executor_pub: Path | None = None) -> list[Check]:
+    """Every finding about a signed run: signature checks, coverage, the executor key the
+    statement pins, then one per gate (gate AT: the step attestations under that key).
 
-    Raises AgentosError only when the public key is unusable (from sign.load_public_key).
+    Raises AgentosError only when a public key is unusable (from sign.load_public_key).
     A run directory holding anything but directories and regular files gives that one
     failing Check and nothing is read.
     """
     load_public_key(pub_path)  # an unusable key is an error before anything else
+    expected = load_public_key(executor_pub).keyid if executor_pub is not None else None
     refused = plain_files_check(run_dir)
     if refused is not None:
         return [refused]
     checks = list(verify_signature(run_dir, pub_path))
     checks.append(check_coverage(run_dir))
+    checks.append(check_executor_pin(run_dir, expected))
     checks += [gate_check(gate, run_dir) for gate in REGISTRY]
     return checks
 
@@ -108,6 +116,39 @@ def check_coverage(run_dir: Path) -> Check:
                  "artifact(s) cover every evidence file")
 
 
+# ------------------------------------------------------------------ executor key
+
+EXECUTOR_PIN_CHECK = "executor key pinned"
+
+
+def check_executor_pin(run_dir: Path, expected_keyid: str | None) -> Check:
+    """The signed statement names the executor key whose attestations gate AT checks: it
+    must be the key in attestations/executor.pub.json (digest and id), and the one the
+    verifier expects when given (`--executor-key`). A forger who replaced that file and
+    re-signed every link with a key of its own passes gate AT; not this."""
+    try:
+        envelope = json.loads(read_regular(run_dir / ENVELOPE_RELPATH))
+        pinned = json.loads(base64.b64decode(envelope["payload"]))["predicate"]["executor"]
+    except (OSError, ValueError, KeyError, TypeError, AgentosError):
+        return Check(EXECUTOR_PIN_CHECK, False, "no signed statement to read the pin from")
+    if not isinstance(pinned, dict) or not isinstance(pinned.get("keyid"), str):
+        return Check(EXECUTOR_PIN_CHECK, False, "the signed statement pins no executor key: "
+                     "the run was executed without one (or signed by an older agentos)")
+    recorded = recorded_executor_key(run_dir)
+    if recorded != pinned:
+        return Check(EXECUTOR_PIN_CHECK, False,
+                     f"{EXECUTOR_PUB_RELPATH} is not the executor key the statement pins "
+                     f"({pinned['keyid'][:16]}): it was replaced")
+    if expected_keyid is not None and expected_keyid != pinned["keyid"]:
+        return Check(EXECUTOR_PIN_CHECK, False,
+                     f"the steps were signed by executor key {pinned['keyid'][:16]}, "
+                     f"expected {expected_keyid[:16]} (--executor-key)")
+    how = "as expected (--executor-key)" if expected_keyid else \
+        "(pass --executor-key to require it)"
+    return Check(EXECUTOR_PIN_CHECK, True, f"step attestations by executor key "
+                 f"{pinned['keyid']} {how}")
+
+
 # ------------------------------------------------------------------ gates
 
 
@@ -139,4 +180,4 @@ def _repo_or_none(ctx: GateContext) -> Path | None:
         return None
 
 
-__all__ = ["Check", "check_coverage", "gate_check", "verify_run"]
+__all__ = ["Check", "check_coverage", "check_executor_pin", "gate_check", "verify_run"]

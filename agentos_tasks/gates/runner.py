@@ -27,6 +27,7 @@ from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import file_kind, open_regular, read_json, special_files, write_json
 from agentos_tasks.gates.answers import A1, A2, A3
 from agentos_tasks.gates.approvals import EX_G
+from agentos_tasks.gates.attestations import AT
 from agentos_tasks.gates.commits import EX_D
 from agentos_tasks.gates.common import FAIL, Gate, GateResult
 from agentos_tasks.gates.context import GateContext, Missing
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 # does not import is an ImportError here, never a silently shorter list.
 REGISTRY: tuple[Gate, ...] = (
     NO_SUBPROCESS, EX_B,
-    R1, R2, R3,
+    R1, R2, R3, AT,
     EX_A, EX_C, EX_D, EX_E, EX_F, EX_G, EX_H, NET,
     A1, A2, A3,
     TL_A, TL_B, TL_C, TL_D, TL_E, TL_F,
