@@ -103,6 +103,7 @@ _COMMAND_KEYS = re.compile(
     r"|uploadpack\.packObjectsHook|sequence\.editor|pager\..+|alias\..+)$", re.IGNORECASE)
 _FILTER_KEY = re.compile(r"^filter\.(.+)\.(clean|smudge|process)$", re.IGNORECASE)
 # Keys that make git read configuration from somewhere else, now or later.
+_FULL_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _INCLUDE_KEY = re.compile(r"^(include|includeif\.[^\n]*)\.path$", re.IGNORECASE)
 
 
@@ -177,6 +178,9 @@ class Git:
     index_file: Path | None = None
     alternates: tuple[Path, ...] = ()
     _overrides: tuple[tuple[str, str], ...] | None = None
+    # object id -> its tree id: an object never changes, so what git once said about a
+    # full id (or what commit_tree was given) holds for good (replace refs are off)
+    _trees: dict[str, str] = field(default_factory=dict, repr=False)
 
     def _location_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -244,7 +248,12 @@ class Git:
         return result.text.strip() if result.returncode == 0 else None
 
     def tree_of(self, rev: str) -> str:
-        return self.rev_parse(f"{rev}^{{tree}}")
+        """The tree id of `rev`; asked of git once per full object id."""
+        if not _FULL_OID.fullmatch(rev):
+            return self.rev_parse(f"{rev}^{{tree}}")
+        if rev not in self._trees:
+            self._trees[rev] = self.rev_parse(f"{rev}^{{tree}}")
+        return self._trees[rev]
 
     def git_dir(self) -> Path:
         return Path(self.out("rev-parse", "--absolute-git-dir"))
@@ -304,8 +313,11 @@ class Git:
         """A commit of `tree` on `parent` with the message from a file, verbatim (plumbing:
         no hooks, no message cleanup, no status run over the worktree)."""
         env = {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date} if date else None
-        return self.run("commit-tree", tree, "-p", parent, "-F", str(message_file),
-                        env=env).text.strip()
+        commit = self.run("commit-tree", tree, "-p", parent, "-F", str(message_file),
+                          env=env).text.strip()
+        if _FULL_OID.fullmatch(commit) and _FULL_OID.fullmatch(tree):
+            self._trees[commit] = tree  # git just made this commit of exactly this tree
+        return commit
 
     def tree_changes(self, old: str, new: str) -> list[tuple[str, str, str]]:
         """(old mode, new mode, path) of every entry that differs between two trees or

@@ -223,6 +223,9 @@ class SigningTape(Tape):
         self._signer: CryptoSigner | None = None
         self._seal_registered = False
         self._loaded = False
+        # step -> (seq, ts) of the last step_start this object appended: the step_end
+        # that closes it needs its time without re-reading the whole tape each step
+        self._step_starts: dict[str, tuple[int, str]] = {}
 
     # ------------------------------------------------------------ key
 
@@ -301,6 +304,8 @@ class SigningTape(Tape):
                 hint="verify it with `agentos verify`; start new work with run=NEW")
         signer = self.signer()  # before the line: a refused key leaves the tape untouched
         record = super()._write(event, step, payload)
+        if event == "step_start" and step is not None:
+            self._step_starts[step] = (int(record["seq"]), str(record.get("ts")))
         self._register_seal()
         line_digest = self.state().head
         if event == "step_end" and step is not None:
@@ -335,7 +340,7 @@ class SigningTape(Tape):
             "log_sha256": _digest_or_none(paths.log(step_id)),
             "transcript_sha256": _digest_or_none(paths.root / transcript_relpath(step_id)),
             "tool_result_pack_sha256": record.get("tool_result_pack_sha256"),
-            "started_at": step_started_at(tape_lines(self.path), step_id, seq),
+            "started_at": self._started_at(step_id, seq),
             "ended_at": record.get("ts"),
             "tape": {"seq": seq, "line_sha256": line_digest},
         }
@@ -356,6 +361,12 @@ class SigningTape(Tape):
                                   pb_predicate)
         atomic_write(paths.root / link_relpath(step_id, seq),
                      (json.dumps(envelope, indent=2) + "\n").encode())
+
+    def _started_at(self, step_id: str, end_seq: int) -> str | None:
+        known = self._step_starts.get(step_id)
+        if known is not None and known[0] < end_seq:
+            return known[1]  # appended by this object: no later step_start can precede
+        return step_started_at(tape_lines(self.path), step_id, end_seq)
 
     def _signed_head(self, signer: CryptoSigner) -> tuple[int, str] | None:
         """(count, head) the current head envelope vouches for, None when there is none.

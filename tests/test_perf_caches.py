@@ -1,0 +1,56 @@
+"""Caches that keep per-step cost flat (issue 15): each must still give the true answer."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agentos_tasks.git import Git
+
+ENV = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t",
+       "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x",
+       "PATH": "/usr/bin:/bin"}
+
+
+def _repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "a"]):
+        subprocess.run(["git", *args], cwd=repo, env=ENV, check=True)
+    return repo
+
+
+def test_tree_of_asks_git_once_per_full_id_and_never_caches_a_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = _repo(tmp_path)
+    git = Git(repo)
+    head = git.rev_parse("HEAD")
+    calls: list[tuple[str, ...]] = []
+    real = Git.run
+
+    def counting(self: Git, *args: str, **kw: object) -> object:
+        calls.append(args)
+        return real(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Git, "run", counting)
+    tree = git.tree_of(head)
+    assert git.tree_of(head) == tree
+    assert len(calls) == 1
+    # a name can move: asked every time, and it follows the branch
+    assert git.tree_of("HEAD") == tree
+    (repo / "f").write_text("x\n")
+    subprocess.run(["git", "add", "f"], cwd=repo, env=ENV, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "b"], cwd=repo, env=ENV, check=True)
+    assert git.tree_of("HEAD") != tree
+    assert len(calls) == 3
+    # commit_tree remembers the tree it was given for the commit it made
+    msg = tmp_path / "msg"
+    msg.write_text("c\n")
+    new_tree = git.tree_of("HEAD")
+    commit = git.commit_tree(new_tree, head, msg)
+    before = len(calls)
+    assert git.tree_of(commit) == new_tree
+    assert len(calls) == before
+    assert Git(repo).tree_of(commit) == new_tree  # what git itself says
