@@ -7,7 +7,8 @@
     agentos sign (--request R | --run NAME) [--outputs DIR] --key agentos.key
     agentos fleet REQUEST... [--engine local|ray] [--address A] [--jobs N] [--key K]
     agentos keygen [--out DIR] [--force]
-    agentos verify outputs/<run> --key agentos.pub [--repo CLONE]
+    agentos verify outputs/<run> --key agentos.pub [--repo CLONE] [--expect-run ID]
+                   [--expect-commit SHA]
     agentos tool verify --result outputs/<run>/tools/<step>/tool_result_pack.json
     agentos schema request|policy
 
@@ -191,8 +192,12 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         from agentos_tasks.gates.context import use_repo
 
         use_repo(run_dir, _existing_repo(ns.repo, Path.cwd()))
+    from agentos_tasks.attest.verify import identity_lines, run_identity
+
     checks = verify_run(run_dir, Path(ns.key),
-                        executor_pub=Path(ns.executor_key) if ns.executor_key else None)
+                        executor_pub=Path(ns.executor_key) if ns.executor_key else None,
+                        expect_run=ns.expect_run, expect_commits=tuple(ns.expect_commit or ()))
+    out("\n".join(identity_lines(run_identity(run_dir))))
     out(render_checks(checks))
     return 0 if all(c.ok for c in checks) else EXIT_GATES
 
@@ -282,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver_p.add_argument("--executor-key", default=None, metavar="PUB",
                        help="the executor's public key the step attestations must be "
                             "signed with (attestations/executor.pub.json of a trusted run)")
+    ver_p.add_argument("--expect-run", help="fail unless the signed run has this id")
+    ver_p.add_argument("--expect-commit", action="append", metavar="SHA",
+                       help="fail unless this run landed this commit (repeatable)")
     ver_p.set_defaults(func=cmd_verify)
 
     tool_p = sub.add_parser("tool", help="tool outsourcing commands")

@@ -33,8 +33,16 @@ def test_sign_and_verify_then_tamper(tmp_path: Path) -> None:
     assert envelope["payloadType"] == "application/vnd.in-toto+json"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    ok = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"))
+    ok = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"),
+                 "--expect-run", "r1")
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    head = ok.stdout.splitlines()
+    assert head[0] == "run: r1" and head[1].startswith("commits: 3 on main ("), ok.stdout
+    assert any(line.startswith("signed at: 20") for line in head), ok.stdout
+    assert any(line.startswith("key id: ") and len(line) > 20 for line in head), ok.stdout
+    wrong = agentos(elsewhere, "verify", str(run_dir), "--key", str(tmp_path / "agentos.pub"),
+                    "--expect-run", "r2")
+    assert wrong.returncode == 5 and "expected 'r2'" in wrong.stdout
     # the target cloned elsewhere and the original moved away: --repo names the clone
     subprocess.run(["git", "clone", "-q", "--bare", str(tmp_path / "repo"),
                     str(elsewhere / "clone.git")], check=True)

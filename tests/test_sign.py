@@ -12,6 +12,7 @@ import base64
 import copy
 import hashlib
 import json
+import re
 import shutil
 import stat
 from collections.abc import Callable
@@ -239,7 +240,14 @@ def test_envelope_is_dsse_over_an_in_toto_statement(signed_run: Path,
     assert statement["predicateType"] == PREDICATE_TYPE
     assert json.loads((signed_run / STATEMENT_RELPATH).read_text()) == statement
 
-    names = {subject["name"]: subject["digest"]["sha256"] for subject in statement["subject"]}
+    files = [s for s in statement["subject"] if "sha256" in s["digest"]]
+    commits = [s for s in statement["subject"] if "gitCommit" in s["digest"]]
+    assert len(files) + len(commits) == len(statement["subject"])
+    # the landed commits are subjects by their git ids (portable to any clone)
+    assert [(c["name"], c["digest"]) for c in commits] == [
+        ("git:commits_applied/0", {"gitCommit": "1" * 40}),
+        ("git:commits_applied/1", {"gitCommit": "2" * 40})]
+    names = {subject["name"]: subject["digest"]["sha256"] for subject in files}
     assert set(names) == {
         "patches/step_01.patch", "patches/step_02.patch", "audit/run_tape.jsonl",
         "audit/tape_head.json", "audit/checksums.json", "audit/SHA256SUMS",
@@ -258,6 +266,9 @@ def test_predicate_carries_run_summary_and_gates(signed_run: Path) -> None:
     assert predicate["branch"] == "main"
     assert predicate["post_apply_head"] == "2" * 40
     assert predicate["commits_applied"] == ["1" * 40, "2" * 40]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", predicate["signed_at"])
+    assert predicate["repository"]["branch"] == "main"
+    assert predicate["repository"]["range"] == [predicate["pre_apply_head"], "2" * 40]
     assert predicate["policy"]["id"] == "sandbox-default"
     assert predicate["policy"]["isolation"] == "required"
     assert [gate["id"] for gate in predicate["gates"]] == ["R2", "R3", "A1"]
@@ -618,3 +629,21 @@ def test_tape_chain_detects_truncation(tmp_path: Path) -> None:
     tape.write_bytes(b"".join(tape.read_bytes().splitlines(keepends=True)[:-1]))
     result = check_tape_chain(run_dir)
     assert not result.ok and "tape_head.json" in result.detail
+
+
+@pytest.mark.parametrize("lie", ["swap", "drop", "rename"])
+def test_commit_subjects_must_be_the_landed_commits(signed_run: Path,
+                                                    keypair: tuple[Path, Path],
+                                                    lie: str) -> None:
+    """A signer who names other commits (or fewer, or out of order) than the run landed."""
+    statement = json.loads((signed_run / STATEMENT_RELPATH).read_text())
+    commits = [s for s in statement["subject"] if "gitCommit" in s["digest"]]
+    if lie == "swap":
+        commits[0]["digest"]["gitCommit"] = "3" * 40
+    elif lie == "drop":
+        statement["subject"].remove(commits[-1])
+    else:
+        commits[0]["name"] = "git:commits_applied/7"
+    _resign(signed_run, statement, keypair[0])
+    checks = verify_signature(signed_run, keypair[1])
+    assert "subjects: landed commits" in failing(checks), [c.name for c in checks]

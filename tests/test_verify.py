@@ -11,7 +11,7 @@ from conftest import Built, git, read_events, rechain, reseal
 from agentos_tasks.attest import Check, keygen, sign_run
 from agentos_tasks.attest import render_checks as render
 from agentos_tasks.attest import verification_passed as passed
-from agentos_tasks.attest.verify import verify_run
+from agentos_tasks.attest.verify import identity_lines, run_identity, verify_run
 from agentos_tasks.gates.context import _REPOS, use_repo
 from agentos_tasks.gates.report import write_reports
 
@@ -159,3 +159,44 @@ def test_a_denied_runs_request_record_edited_after_signing_is_caught(
     record.write_text(record.read_text().replace("docs/no.md", "src/no.md"))
     failed = _failed(verify_run(denied_run.run_dir, keys[1]))
     assert "gate R1" in failed
+
+
+@pytest.mark.parametrize("planted", ["reports/x.md", "signature/extra.sig", "NOTES.md",
+                                     "execution_result.json.orig", "audit/sub/deep.txt"])
+def test_any_unlisted_file_anywhere_fails_coverage(good_run: Built, keys: tuple[Path, Path],
+                                                   planted: str) -> None:
+    _sign(good_run, keys)
+    path = good_run.run_dir / planted
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("planted after signing\n")
+    failed = _failed(verify_run(good_run.run_dir, keys[1]))
+    assert planted in failed["coverage: evidence bound by the signature"], failed
+
+
+def test_the_cache_and_worktree_are_excluded_by_design(good_run: Built,
+                                                       keys: tuple[Path, Path]) -> None:
+    _sign(good_run, keys)
+    (good_run.run_dir / ".state" / "anything").write_text("cache\n")
+    checks = verify_run(good_run.run_dir, keys[1])
+    assert passed(checks), render(checks)
+
+
+def test_expectations_name_the_run_and_its_commits(good_run: Built,
+                                                   keys: tuple[Path, Path]) -> None:
+    """Another honest run's directory copied in place of this one verifies as itself;
+    --expect-run / --expect-commit say whether it is the run the verifier was told of."""
+    _sign(good_run, keys)
+    identity = run_identity(good_run.run_dir)
+    assert identity["run"] == "good-run" and len(identity["commits"]) == 6
+    post = identity["commits"][-1]
+    ok = verify_run(good_run.run_dir, keys[1], expect_run="good-run",
+                    expect_commits=(post[:12],))
+    assert passed(ok), render(ok)
+    failed = _failed(verify_run(good_run.run_dir, keys[1], expect_run="other-run",
+                                expect_commits=("0" * 12, post[:4])))
+    assert "signed run is 'good-run', expected 'other-run'" in failed["expected run"]
+    assert "not one of the commits" in failed[f"expected commit {'0' * 12}"]
+    assert f"expected commit {post[:4]}" in failed  # too short to name a commit
+    lines = identity_lines(identity)
+    assert lines[0] == "run: good-run" and lines[1].startswith("commits: 6 on main (")
+    assert lines[2].startswith("signed at: 20") and lines[3].startswith("key id: ")

@@ -19,6 +19,7 @@ from securesystemslib.dsse import Envelope
 
 from agentos_tasks.attest.keys import load_public_key
 from agentos_tasks.attest.statement import (
+    COMMIT_SUBJECT_PREFIX,
     ENVELOPE_RELPATH,
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
@@ -90,6 +91,34 @@ def _check_subject_digests(run_dir: Path, subjects: list[Any]) -> tuple[Check, s
     detail = (f"{len(names)} subject file(s) present with the signed sha256" if ok
               else "; ".join(problems))
     return Check("subjects: digests", ok, detail), names
+
+
+def _commit_subject(subject: Any) -> bool:
+    return isinstance(subject, dict) and str(subject.get("name", "")).startswith(
+        COMMIT_SUBJECT_PREFIX) and isinstance(subject.get("digest"), dict) \
+        and "gitCommit" in subject["digest"]
+
+
+def _check_commit_subjects(run_dir: Path, commits: list[dict[str, Any]],
+                           predicate: Any) -> Check:
+    """The signed gitCommit subjects, in order, are the run's landed commits: the same
+    list the signed predicate and the signed execution_result.json name. (That the
+    target's branch still holds them unbroken is gates R2 and EX-D's to show.)"""
+    name = "subjects: landed commits"
+    signed = [str(c["digest"]["gitCommit"]) for c in commits]
+    names = [str(c.get("name")) for c in commits]
+    if names != [f"{COMMIT_SUBJECT_PREFIX}{i}" for i in range(len(commits))]:
+        return Check(name, False, "gitCommit subjects are not numbered 0..n-1 in order")
+    claimed = predicate.get("commits_applied") if isinstance(predicate, dict) else None
+    try:
+        recorded = json.loads(read_regular(run_dir / "execution_result.json")).get(
+            "commits_applied")
+    except (OSError, ValueError, AttributeError, RefusedFile):
+        recorded = None
+    if signed != (claimed or []) or signed != (recorded or []):
+        return Check(name, False, f"gitCommit subjects {[c[:12] for c in signed]} differ "
+                     "from the commits_applied the predicate or execution_result.json name")
+    return Check(name, True, f"{len(signed)} landed commit(s) signed by their git ids")
 
 
 def _check_unlisted(run_dir: Path, names: set[str]) -> Check:
@@ -236,9 +265,12 @@ def verify_signature(run_dir: Path, pub_path: Path) -> list[Check]:
     if statement is None:
         return checks
     subjects = statement.get("subject", [])
-    digest_check, names = _check_subject_digests(run_dir, subjects)
+    commits = [s for s in subjects if _commit_subject(s)]
+    digest_check, names = _check_subject_digests(
+        run_dir, [s for s in subjects if not _commit_subject(s)])
     checks += [
         digest_check,
+        _check_commit_subjects(run_dir, commits, statement["predicate"]),
         _check_required(names),
         _check_unlisted(run_dir, names),
         check_tape_chain(run_dir),

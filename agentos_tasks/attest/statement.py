@@ -5,7 +5,9 @@ envelope (securesystemslib) by `sign_run`. Nothing here re-implements PAE or the
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
@@ -25,9 +27,6 @@ from agentos_tasks.html_report import Signing
 from agentos_tasks.layout import SUBJECT_GLOBS
 from agentos_tasks.model import Status
 from agentos_tasks.report import write_report
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 PREDICATE_TYPE = "https://agentos-tasks.dev/attestation/run-report/v1"
 
@@ -193,6 +192,30 @@ def _predicate(result: dict[str, Any], gates_doc: dict[str, Any],
     }
 
 
+COMMIT_SUBJECT_PREFIX = "git:commits_applied/"
+
+
+def _repository_identity(result: dict[str, Any]) -> dict[str, Any]:
+    """The target by what any clone shares, not by where it lay: its root commit(s) on
+    the base's first-parent history, the branch, and the range that landed. The absolute
+    path is kept as where it ran, for humans."""
+    from agentos_tasks.git import Git
+
+    identity: dict[str, Any] = {"recorded_path": result.get("repo"),
+                                "branch": result.get("branch"),
+                                "range": [result.get("pre_apply_head"),
+                                          result.get("post_apply_head")],
+                                "root_commits": []}
+    base, repo = result.get("base"), result.get("repo")
+    if isinstance(base, str) and isinstance(repo, str):
+        try:
+            roots = Git(Path(repo)).out("rev-list", "--max-parents=0", base)
+            identity["root_commits"] = sorted(roots.split())
+        except (AgentosError, OSError):
+            pass  # no repository here: the identity then rests on the commits
+    return identity
+
+
 def build_statement(run_dir: Path) -> dict[str, Any]:
     """The in-toto Statement v1 for a run, as a JSON-ready dict.
 
@@ -211,7 +234,14 @@ def build_statement(run_dir: Path) -> dict[str, Any]:
                                code=EXIT_GATES)
         subjects.append(ResourceDescriptor(name=relpath,
                                            digest={"sha256": sha256_regular(path)}).pb)
+    commits = result.get("commits_applied") or []
+    for index, commit in enumerate(commits if isinstance(commits, list) else []):
+        # the landed commits themselves: content-addressed, portable to any clone
+        subjects.append(ResourceDescriptor(name=f"{COMMIT_SUBJECT_PREFIX}{index}",
+                                           digest={"gitCommit": str(commit)}).pb)
     predicate = _predicate(result, gates_doc, recorded_executor_key(run_dir))
+    predicate["signed_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    predicate["repository"] = _repository_identity(result)
     statement = Statement(subjects, PREDICATE_TYPE, predicate)
     try:
         statement.validate()

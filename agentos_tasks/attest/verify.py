@@ -35,6 +35,7 @@ from agentos_tasks.attest.keys import load_public_key
 from agentos_tasks.attest.statement import (
     ENVELOPE_RELPATH,
     EXECUTOR_PUB_RELPATH,
+    STATEMENT_RELPATH,
     recorded_executor_key,
 )
 from agentos_tasks.errors import AgentosError
@@ -42,13 +43,14 @@ from agentos_tasks.fsutil import is_regular, read_regular
 from agentos_tasks.gates.common import FAIL, Gate
 from agentos_tasks.gates.context import GateContext, Missing
 from agentos_tasks.gates.runner import REGISTRY
-from agentos_tasks.layout import EVIDENCE_DIRS, EVIDENCE_FILES
 
 
 def verify_run(run_dir: Path, pub_path: Path, *,
-               executor_pub: Path | None = None) -> list[Check]:
+               executor_pub: Path | None = None, expect_run: str | None = None,
+               expect_commits: tuple[str, ...] = ()) -> list[Check]:
     """Every finding about a signed run: signature checks, coverage, the executor key the
-    statement pins, then one per gate (gate AT: the step attestations under that key).
+    statement pins, what the verifier expects (--expect-run/--expect-commit), then one per
+    gate (gate AT: the step attestations under that key).
 
     Raises AgentosError only when a public key is unusable (from sign.load_public_key).
     A run directory holding anything but directories and regular files gives that one
@@ -62,6 +64,7 @@ def verify_run(run_dir: Path, pub_path: Path, *,
     checks = list(verify_signature(run_dir, pub_path))
     checks.append(check_coverage(run_dir))
     checks.append(check_executor_pin(run_dir, expected))
+    checks += expectation_checks(run_identity(run_dir), expect_run, list(expect_commits))
     checks += [gate_check(gate, run_dir) for gate in REGISTRY]
     return checks
 
@@ -76,19 +79,79 @@ def signed_subjects(run_dir: Path) -> dict[str, str]:
     try:
         envelope = json.loads(read_regular(run_dir / ENVELOPE_RELPATH))
         statement = json.loads(base64.b64decode(envelope["payload"]))
-        return {str(s["name"]): str(s["digest"]["sha256"]) for s in statement["subject"]}
+        return {str(s["name"]): str(s["digest"]["sha256"]) for s in statement["subject"]
+                if "sha256" in s.get("digest", {})}
     except (OSError, ValueError, KeyError, TypeError, AgentosError):
         return {}
 
 
+# Not bound by the signature, by design: doit's and the gates' caches and the run lock
+# (.state/), the run's worktree (its result is the commits), and the signature itself.
+UNSIGNED_DIRS = (".state", "worktree")
+UNSIGNED_FILES = (ENVELOPE_RELPATH, STATEMENT_RELPATH)
+
+
 def evidence_files(run_dir: Path) -> list[str]:
-    found = [f for f in EVIDENCE_FILES if is_regular(run_dir / f)]
-    for sub in EVIDENCE_DIRS:
-        base = run_dir / sub
-        if base.is_dir():
-            found += [p.relative_to(run_dir).as_posix() for p in base.rglob("*")
-                      if p.is_file() or p.is_symlink()]
+    """Every file anywhere in the run directory but the explicit exclusions: a file
+    added after signing (reports/x.md, NOTES.md, signature/extra.sig, a .orig copy) is
+    one the signature does not bind."""
+    found: list[str] = []
+    for path in run_dir.rglob("*"):
+        rel = path.relative_to(run_dir)
+        if rel.parts[0] in UNSIGNED_DIRS or rel.as_posix() in UNSIGNED_FILES:
+            continue
+        if path.is_file() or path.is_symlink():
+            found.append(rel.as_posix())
     return sorted(found)
+
+
+def run_identity(run_dir: Path) -> dict[str, Any]:
+    """What the signed statement vouches for, for the verify header: run id, landed
+    commits and range, branch, signing time and the key id that signed it ({} when the
+    envelope does not parse)."""
+    try:
+        envelope = json.loads(read_regular(run_dir / ENVELOPE_RELPATH))
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+        predicate = dict(statement["predicate"])
+        keyids = [str(sig.get("keyid")) for sig in envelope.get("signatures", [])]
+    except (OSError, ValueError, KeyError, TypeError, AgentosError):
+        return {}
+    return {"run": predicate.get("run"), "branch": predicate.get("branch"),
+            "pre": predicate.get("pre_apply_head"), "post": predicate.get("post_apply_head"),
+            "commits": list(predicate.get("commits_applied") or []),
+            "signed_at": predicate.get("signed_at"), "keyids": keyids}
+
+
+def identity_lines(identity: dict[str, Any]) -> list[str]:
+    if not identity:
+        return ["run: (no signed statement)"]
+    commits = identity["commits"]
+    span = f"{str(identity['pre'])[:12]}..{str(identity['post'])[:12]}" \
+        if identity.get("pre") and identity.get("post") else "none"
+    return [f"run: {identity['run']}",
+            f"commits: {len(commits)} on {identity['branch']} ({span})" +
+            "".join(f"\n  {c}" for c in commits),
+            f"signed at: {identity.get('signed_at') or 'not recorded'}",
+            f"key id: {', '.join(identity['keyids']) or 'none'}"]
+
+
+def expectation_checks(identity: dict[str, Any], expect_run: str | None,
+                       expect_commits: list[str]) -> list[Check]:
+    """--expect-run / --expect-commit: this directory is the run the verifier was told
+    about, not another honest run's directory copied in its place."""
+    checks = []
+    if expect_run is not None:
+        got = identity.get("run")
+        checks.append(Check("expected run", got == expect_run,
+                            f"signed run is {got!r}" + ("" if got == expect_run
+                                                         else f", expected {expect_run!r}")))
+    for want in expect_commits:
+        landed = [c for c in identity.get("commits", []) if c.startswith(want.lower())]
+        checks.append(Check(f"expected commit {want}", len(want) >= 7 and len(landed) == 1,
+                            f"landed by this run: {landed[0]}" if len(landed) == 1 and
+                            len(want) >= 7 else "not one of the commits this run landed "
+                            "(give at least 7 hex digits)"))
+    return checks
 
 
 def check_coverage(run_dir: Path) -> Check:
@@ -180,4 +243,5 @@ def _repo_or_none(ctx: GateContext) -> Path | None:
         return None
 
 
-__all__ = ["Check", "check_coverage", "check_executor_pin", "gate_check", "verify_run"]
+__all__ = ["Check", "check_coverage", "check_executor_pin", "gate_check",
+           "identity_lines", "run_identity", "verify_run"]
