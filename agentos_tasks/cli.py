@@ -176,7 +176,8 @@ def cmd_keygen(ns: argparse.Namespace) -> int:
 
     private, public = keygen(Path(ns.out), overwrite=ns.force)
     out(f"private key: {escape(private)} (mode 0600, keep it secret)\n"
-        f"public key:  {escape(public)}")
+        f"public key:  {escape(public)} (and {escape(public.with_suffix('.pub.pem'))}: PEM, "
+        "for openssl and the Go DSSE verifier)")
     return 0
 
 

@@ -647,3 +647,48 @@ def test_commit_subjects_must_be_the_landed_commits(signed_run: Path,
     _resign(signed_run, statement, keypair[0])
     checks = verify_signature(signed_run, keypair[1])
     assert "subjects: landed commits" in failing(checks), [c.name for c in checks]
+
+
+# --------------------------------------------------------------------------- interop
+
+
+def test_the_envelope_verifies_with_openssl_over_the_pae_and_go_derives_its_keyid(
+        tmp_path: Path) -> None:
+    """Independently of securesystemslib: openssl checks the ed25519 signature over DSSE's
+    PAE with agentos.pub.pem; and the key id is the one go-securesystemslib derives for
+    that PEM key (signerverifier.LoadKey -> calculateKeyID), so the Go DSSE reference
+    verifier does not skip the signature for a key id mismatch."""
+    import subprocess
+
+    from agentos_tasks.attest.keys import keygen, load_signer
+
+    private, public = keygen(tmp_path)
+    pem = tmp_path / "agentos.pub.pem"
+    assert pem.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    payload = b'{"_type":"https://in-toto.io/Statement/v1"}'
+    envelope = Envelope(payload, PAYLOAD_TYPE, {})
+    envelope.sign(load_signer(private))
+    signature = next(iter(envelope.signatures.values()))
+    pae = b"DSSEv1 %d %s %d %s" % (len(PAYLOAD_TYPE), PAYLOAD_TYPE.encode(), len(payload),
+                                   payload)
+    (tmp_path / "pae").write_bytes(pae)
+    (tmp_path / "sig").write_bytes(bytes.fromhex(signature.signature))
+
+    def openssl_verify(data: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pem),
+                               "-rawin", "-in", str(tmp_path / data), "-sigfile",
+                               str(tmp_path / "sig")], capture_output=True, text=True)
+
+    ok = openssl_verify("pae")
+    assert ok.returncode == 0 and "Signature Verified Successfully" in ok.stdout, ok.stderr
+    (tmp_path / "bad").write_bytes(pae.replace(b"Statement", b"Statemenu"))
+    assert openssl_verify("bad").returncode != 0
+    # Go: keyval.public is the raw key in hex, keyid_hash_algorithms [sha256, sha512]
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(pem), "-outform", "DER"],
+                         capture_output=True, check=True).stdout
+    go_key = {"keyid_hash_algorithms": ["sha256", "sha512"], "keytype": "ed25519",
+              "keyval": {"public": der[-32:].hex()}, "scheme": "ed25519"}
+    go_keyid = _sha(json.dumps(go_key, sort_keys=True, separators=(",", ":")).encode())
+    assert signature.keyid == go_keyid
+    assert load_public_key(pem).keyid == load_public_key(public).keyid == go_keyid
+    envelope.verify([load_public_key(pem)], 1)  # and securesystemslib with the PEM form

@@ -1,16 +1,27 @@
-"""Signing keys: `agentos keygen` writes agentos.key (PEM PKCS#8, 0600) and agentos.pub
-(securesystemslib key JSON); loading accepts those and openssl-made PEM keys."""
+"""Signing keys: `agentos keygen` writes agentos.key (PEM PKCS#8, 0600), agentos.pub
+(securesystemslib key JSON) and agentos.pub.pem (SubjectPublicKeyInfo); loading accepts
+those and openssl-made PEM keys. Key ids are the ones the Go DSSE/in-toto tooling derives
+(`interop_keyid`), so the PEM key verifies an envelope there too."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
     load_pem_private_key,
     load_pem_public_key,
 )
@@ -45,6 +56,39 @@ def _write_key_file(path: Path, data: bytes, *, mode: int) -> None:
     fsync_dir(path.parent)
 
 
+# go-securesystemslib gives every key it loads (PEM or JSON without a keyid) this list;
+# its key id is sha256 over the canonical JSON that includes it.
+GO_KEYID_HASH_ALGORITHMS = ["sha256", "sha512"]
+
+
+def interop_keyid(public_key: Any) -> str | None:
+    """The key id the Go DSSE and in-toto tooling derives for an ed25519 key loaded from
+    PEM (signerverifier.LoadKey -> calculateKeyID: sha256 of the canonical JSON of
+    keyid_hash_algorithms, keytype, keyval.public (hex) and scheme). Every agentos key id
+    is this one, so an envelope verifies there with the PEM form of the key. None for
+    other key types (their default securesystemslib key id stays)."""
+    if not isinstance(public_key, Ed25519PublicKey):
+        return None
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    canonical = json.dumps({"keyid_hash_algorithms": GO_KEYID_HASH_ALGORITHMS,
+                            "keytype": "ed25519", "keyval": {"public": raw},
+                            "scheme": "ed25519"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _signer_for(private_key: Any) -> CryptoSigner:
+    public = private_key.public_key()
+    return CryptoSigner(private_key, SSlibKey.from_crypto(public, keyid=interop_keyid(public)))
+
+
+def public_pem(signer: CryptoSigner) -> bytes:
+    """The public key as PEM SubjectPublicKeyInfo (openssl, Go, sigstore read it)."""
+    key = load_pem_public_key(signer.public_key.keyval["public"].encode()) \
+        if signer.public_key.keytype != "ed25519" else Ed25519PublicKey.from_public_bytes(
+            bytes.fromhex(signer.public_key.keyval["public"]))
+    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
 def keygen(out_dir: Path, *, name: str = "agentos", overwrite: bool = False) -> tuple[Path, Path]:
     """Create an ed25519 key pair `<name>.key` (PEM PKCS#8, 0600) and `<name>.pub` (JSON).
 
@@ -64,13 +108,17 @@ def keygen(out_dir: Path, *, name: str = "agentos", overwrite: bool = False) -> 
             hint="move them away, pick another --out directory, or pass --force",
             code=EXIT_USAGE,
         )
-    signer = CryptoSigner.generate_ed25519()
+    private = Ed25519PrivateKey.generate()
+    signer = _signer_for(private)
     public_json = json.dumps(
-        {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}, indent=2,
-        sort_keys=True,
+        {"keyid": signer.public_key.keyid, **signer.public_key.to_dict(),
+         "keyid_hash_algorithms": GO_KEYID_HASH_ALGORITHMS}, indent=2, sort_keys=True,
     )
-    _write_key_file(key_path, signer.private_bytes, mode=0o600)
+    pem_path = out_dir / f"{name}.pub.pem"
+    _write_key_file(key_path, private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
+                                                    NoEncryption()), mode=0o600)
     _write_key_file(pub_path, (public_json + "\n").encode("ascii"), mode=0o644)
+    _write_key_file(pem_path, public_pem(signer), mode=0o644)
     return key_path, pub_path
 
 
@@ -83,7 +131,8 @@ def load_public_key(pub_path: Path) -> Key:
                            hint="pass the agentos.pub written by `agentos keygen`") from exc
     try:
         if raw.lstrip().startswith(b"-----BEGIN"):
-            return SSlibKey.from_crypto(load_pem_public_key(raw))
+            pem = load_pem_public_key(raw)
+            return SSlibKey.from_crypto(pem, keyid=interop_keyid(pem))
         key_dict = json.loads(raw)
         if not isinstance(key_dict, dict):
             raise TypeError("not a JSON object")
@@ -111,7 +160,7 @@ def load_signer(key_path: Path) -> CryptoSigner:
         raise AgentosError(f"cannot read signing key: {exc.strerror}", where=str(key_path),
                            hint="create one with `agentos keygen`") from exc
     try:
-        return CryptoSigner(load_pem_private_key(raw, password=None))
+        return _signer_for(load_pem_private_key(raw, password=None))
     except (ValueError, TypeError, sslib_exceptions.Error) as exc:
         raise AgentosError(
             f"not a usable private key ({type(exc).__name__}: {exc})",
