@@ -72,7 +72,10 @@ def policy_task(ctx: RunContext) -> None:
         return  # e.g. the request file was only reformatted: nothing new to decide
     t = ctx.tape
     if t.state().count == 0:
+        from agentos_tasks.gates.static import package_source_digest
+
         t.append("run_start", run=ctx.run_id, agentos_version=__version__,
+                 agentos_source_sha256=package_source_digest(),
                  request=str(req.source), request_sha256=req.sha256)
     audit = ctx.paths.audit
     if req.presented_sha256 is None:

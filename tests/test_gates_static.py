@@ -94,3 +94,34 @@ def test_scan_source_accepts_harmless_lookalikes() -> None:
     source = ("import os\nos.path.join('a', 'b')\nos.environ.get('X')\n"
               "getattr(os, 'getcwd')\nimport importlib\nimportlib.import_module('json')\n")
     assert scan_source(source, "agentos_tasks/x.py") == []
+
+
+def test_the_scan_is_tied_to_the_code_that_executed_the_run(good_run: Built) -> None:
+    """A scan of the verifier's own installation says nothing about a run another
+    agentos executed: run_start records the executing source's digest."""
+    from conftest import assert_fail, assert_na, read_events, rechain
+
+    from agentos_tasks.gates.static import package_source_digest
+
+    events = read_events(good_run.run_dir)
+    assert events[0]["event"] == "run_start"
+    assert events[0]["agentos_source_sha256"] == package_source_digest()
+    passed = assert_pass(good_run.run_dir, "EX-B")
+    assert "the same source" in passed.reason
+    events[0]["agentos_source_sha256"] = "e" * 64  # executed by another agentos
+    rechain(good_run.run_dir, events)
+    result = assert_na(good_run.run_dir, "static.no_subprocess")
+    assert "executed by agentos source eeeeeeeeeeee" in result.reason
+    del events[0]["agentos_source_sha256"]
+    rechain(good_run.run_dir, events)
+    assert_fail(good_run.run_dir, "EX-B", "records no agentos_source_sha256")
+
+
+def test_the_source_digest_changes_with_any_package_file(package_copy: Path) -> None:
+    from agentos_tasks.gates.static import package_source_digest
+
+    files = sorted(package_copy.rglob("*.py"))
+    before = package_source_digest(files)
+    errors = package_copy / "agentos_tasks" / "errors.py"
+    errors.write_text(errors.read_text() + "\n")
+    assert package_source_digest(files) != before

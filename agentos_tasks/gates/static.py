@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentos_tasks.gates.common import FAIL, PASS, Gate, Verdict
+from agentos_tasks.gates.common import FAIL, NA, PASS, Gate, Verdict
 
 if TYPE_CHECKING:
     from agentos_tasks.gates.context import GateContext
@@ -176,17 +176,44 @@ def _sandbox_side_imports(source: str, rel: str) -> list[str]:
     return found
 
 
+def package_source_digest(files: list[Path] | None = None) -> str:
+    """sha256 over (package-relative name, sha256 of the bytes) of every Python file of
+    the installed package: which executor code this is. run_start records it, so a scan
+    can be tied to the code that executed a run."""
+    digest = hashlib.sha256()
+    for path in sorted(files if files is not None else package_files(), key=_relname):
+        digest.update(_relname(path).encode() + b"\0" +
+                      hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def no_subprocess(ctx: GateContext) -> Verdict:
-    count, violations = scan_package()
+    """The AST scan of the installed package, and whether that package is the code that
+    executed this run (run_start's agentos_source_sha256): only then does a clean scan
+    say something about the run. Another installation (a verifier's, a later version)
+    is N/A with both digests named; a run that records none FAILs."""
+    files = package_files()
+    count, violations = scan_package(files)
     if count == 0:
         return FAIL, "no package files found to scan"
     if violations:
         return FAIL, f"{len(violations)} process start(s) outside {ALLOWED_FILE}: " + \
             "; ".join(violations[:5])
-    return PASS, f"{count} files scanned; only {ALLOWED_FILE} starts processes"
+    starts = ctx.events_named("run_start")
+    recorded = starts[0].get("agentos_source_sha256") if starts else None
+    if not isinstance(recorded, str):
+        return FAIL, "the tape's run_start records no agentos_source_sha256: a scan of " \
+                     "this installation cannot be tied to the code that ran the run"
+    here = package_source_digest(files)
+    if recorded != here:
+        return NA, f"this run was executed by agentos source {recorded[:12]}, this " \
+                   f"installation is {here[:12]}: its scan says nothing about the run"
+    return PASS, f"{count} files scanned; only {ALLOWED_FILE} starts processes; the " \
+                 f"same source ({here[:12]}) executed this run"
 
 
-NO_SUBPROCESS = Gate("static.no_subprocess", "only proc.py starts processes (AST scan)",
-                     no_subprocess, (), uses_package=True)
-EX_B = Gate("EX-B", "= static.no_subprocess on the installed code", no_subprocess, (),
-            uses_package=True)
+NO_SUBPROCESS = Gate("static.no_subprocess", "only proc.py starts processes (AST scan) in "
+                     "the code that executed the run", no_subprocess,
+                     ("audit/run_tape.jsonl",), uses_package=True)
+EX_B = Gate("EX-B", "= static.no_subprocess on the executing code", no_subprocess,
+            ("audit/run_tape.jsonl",), uses_package=True)
