@@ -200,3 +200,50 @@ def test_expectations_name_the_run_and_its_commits(good_run: Built,
     lines = identity_lines(identity)
     assert lines[0] == "run: good-run" and lines[1].startswith("commits: 6 on main (")
     assert lines[2].startswith("signed at: 20") and lines[3].startswith("key id: ")
+
+
+def test_registered_predicate_summaries_are_signed_and_checked(
+        good_run: Built, keys: tuple[Path, Path]) -> None:
+    """in-toto test-result v0.1 (one test per gate) and SLSA VSA v1 beside the run report,
+    same key, same subjects; a summary that lies, is re-signed by another key or is gone
+    fails."""
+    import base64
+    import json
+
+    from securesystemslib.dsse import Envelope
+
+    from agentos_tasks.attest import keygen as make_keys
+    from agentos_tasks.attest.keys import load_signer
+    from agentos_tasks.attest.summaries import TEST_RESULT_RELPATH, VSA_RELPATH
+
+    _sign(good_run, keys)
+    run = good_run.run_dir
+    report = json.loads(base64.b64decode(json.loads(
+        (run / "signature/envelope.dsse.json").read_text())["payload"]))
+    tests = json.loads(base64.b64decode(json.loads((run / TEST_RESULT_RELPATH).read_text())[
+        "payload"]))
+    assert tests["predicateType"] == "https://in-toto.io/attestation/test-result/v0.1"
+    assert tests["subject"] == report["subject"]
+    assert tests["predicate"]["result"] == "PASSED" and "R2" in tests["predicate"][
+        "passedTests"] and tests["predicate"]["failedTests"] == []
+    assert "A1" in tests["predicate"]["configuration"][0]["annotations"]["not_applicable"]
+    vsa = json.loads(base64.b64decode(json.loads((run / VSA_RELPATH).read_text())["payload"]))
+    assert vsa["predicateType"] == "https://slsa.dev/verification_summary/v1"
+    assert vsa["predicate"]["verificationResult"] == "PASSED"
+    assert vsa["predicate"]["inputAttestations"][0]["uri"] == "signature/envelope.dsse.json"
+
+    def resign(statement: dict[str, object], key: Path) -> None:
+        envelope = Envelope(json.dumps(statement).encode(), "application/vnd.in-toto+json",
+                            {})
+        envelope.sign(load_signer(key))
+        (run / VSA_RELPATH).write_text(json.dumps(envelope.to_dict()))
+
+    vsa["predicate"]["verificationResult"] = "FAILED"  # the signer lies about the verdict
+    resign(vsa, keys[0])
+    assert "verdict differs" in _failed(verify_run(run, keys[1]))[f"summary {VSA_RELPATH}"]
+    other = make_keys(good_run.root / "other")
+    vsa["predicate"]["verificationResult"] = "PASSED"
+    resign(vsa, other[0])
+    assert "does not verify" in _failed(verify_run(run, keys[1]))[f"summary {VSA_RELPATH}"]
+    (run / TEST_RESULT_RELPATH).unlink()
+    assert _failed(verify_run(run, keys[1]))[f"summary {TEST_RESULT_RELPATH}"] == "missing"

@@ -306,4 +306,7 @@ def sign_run(run_dir: Path, key_path: Path, *, executor_keyid: str | None = None
     envelope_path = run_dir / ENVELOPE_RELPATH
     atomic_write(envelope_path,
                        (json.dumps(envelope.to_dict(), indent=2) + "\n").encode())
+    from agentos_tasks.attest.summaries import write_summaries
+
+    write_summaries(run_dir, signer, statement, envelope_path)
     return envelope_path

@@ -38,6 +38,7 @@ from agentos_tasks.attest.statement import (
     STATEMENT_RELPATH,
     recorded_executor_key,
 )
+from agentos_tasks.attest.summaries import TEST_RESULT_RELPATH, VSA_RELPATH, check_summaries
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import is_regular, read_regular
 from agentos_tasks.gates.common import FAIL, Gate
@@ -62,6 +63,10 @@ def verify_run(run_dir: Path, pub_path: Path, *,
     if refused is not None:
         return [refused]
     checks = list(verify_signature(run_dir, pub_path))
+    statement = signed_statement(run_dir)
+    if statement is not None:
+        checks += [Check(*found) for found in
+                   check_summaries(run_dir, load_public_key(pub_path), statement)]
     checks.append(check_coverage(run_dir))
     checks.append(check_executor_pin(run_dir, expected))
     checks += expectation_checks(run_identity(run_dir), expect_run, list(expect_commits))
@@ -71,6 +76,19 @@ def verify_run(run_dir: Path, pub_path: Path, *,
 
 
 # ------------------------------------------------------------------ coverage
+
+
+def signed_statement(run_dir: Path) -> dict[str, Any] | None:
+    """The run report's statement as the envelope carries it (None when it does not
+    parse; verify_signature says why)."""
+    try:
+        envelope = json.loads(read_regular(run_dir / ENVELOPE_RELPATH))
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+    except (OSError, ValueError, KeyError, TypeError, AgentosError):
+        return None
+    return statement if isinstance(statement, dict) and isinstance(
+        statement.get("predicate"), dict) and isinstance(statement.get("subject"), list) \
+        else None
 
 
 def signed_subjects(run_dir: Path) -> dict[str, str]:
@@ -88,7 +106,7 @@ def signed_subjects(run_dir: Path) -> dict[str, str]:
 # Not bound by the signature, by design: doit's and the gates' caches and the run lock
 # (.state/), the run's worktree (its result is the commits), and the signature itself.
 UNSIGNED_DIRS = (".state", "worktree")
-UNSIGNED_FILES = (ENVELOPE_RELPATH, STATEMENT_RELPATH)
+UNSIGNED_FILES = (ENVELOPE_RELPATH, STATEMENT_RELPATH, TEST_RESULT_RELPATH, VSA_RELPATH)
 
 
 def evidence_files(run_dir: Path) -> list[str]:
