@@ -288,33 +288,33 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
     No file_dep/task_dep on run tasks (doit would turn those into dependencies and
     regenerate evidence); an `uptodate` digest of the inputs instead.
     """
-    from agentos_tasks.gates.report import write_reports
     from agentos_tasks.gates.runner import REGISTRY, InputsUnchanged, gate_inputs_digest, run_gate
 
     run_dir = ctx.paths.root
     names = []
     for gate in REGISTRY:
         names.append(f"gates:{gate.id}")
+        inputs = InputsUnchanged(partial(gate_inputs_digest, gate, run_dir))
         yield {
             "basename": "gates",
             "name": gate.id,
             "doc": gate.title,
-            "actions": [guarded(run_gate, gate, run_dir)],
-            "uptodate": [InputsUnchanged(partial(gate_inputs_digest, gate, run_dir))],
+            "actions": [guarded(run_gate, gate, run_dir, inputs.raw)],
+            "uptodate": [inputs],
             "verbosity": 2,
         }
+    all_inputs = InputsUnchanged(lambda: {g.id: gate_inputs_digest(g, run_dir) for g in REGISTRY})
     yield {
         "basename": "gates",
         "name": "report",
         "doc": "write reports/gates.json, gates.xml, report.md; fail on any FAIL",
-        "actions": [guarded(write_reports, run_dir)],
+        "actions": [guarded(write_gate_reports, run_dir, all_inputs.raw)],
         "task_dep": names,
         # deleted reports are written again (up to date needs them to exist)
         "targets": [str(run_dir / "reports" / name) for name in
                     ("gates.json", "gates.xml", "report.md", "report.html")],
         "verbosity": 2,
-        "uptodate": [InputsUnchanged(
-            lambda: {g.id: gate_inputs_digest(g, run_dir) for g in REGISTRY})],
+        "uptodate": [all_inputs],
     }
     yield {
         "basename": "sign",
@@ -323,6 +323,13 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
         "task_dep": ["gates"],
         "uptodate": [False],
     }
+
+
+def write_gate_reports(run_dir: Path, digests_of: Callable[[], object]) -> None:
+    """gates:report: the reports, reusing the input digests its up-to-date check took."""
+    from agentos_tasks.gates.report import write_reports
+
+    write_reports(run_dir, digests_of=digests_of)
 
 
 def sign_action(ctx: RunContext) -> None:

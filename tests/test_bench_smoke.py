@@ -12,3 +12,5 @@ def test_bench_run_tiny() -> None:
                           "--repeat", "1"], capture_output=True, text=True, timeout=120,
                          check=True).stdout
     assert "raw git floor" in out and "doit gates" in out
+    assert "(target <= 1.3x)" in out and "(target <= 0.5 s for 200 steps)" in out
+    assert "peak RSS" in out

@@ -54,3 +54,51 @@ def test_tree_of_asks_git_once_per_full_id_and_never_caches_a_name(
     assert git.tree_of(commit) == new_tree
     assert len(calls) == before
     assert Git(repo).tree_of(commit) == new_tree  # what git itself says
+
+
+def _package_copy(tmp_path: Path) -> list[Path]:
+    import shutil
+
+    import agentos_tasks
+
+    src = Path(agentos_tasks.__file__ or "").resolve().parent
+    dst = tmp_path / "copy" / "agentos_tasks"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return sorted(dst.rglob("*.py"))
+
+
+def test_static_scan_cache_is_reused_only_for_identical_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentos_tasks.gates import runner, static
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(runner, "_KEY", [])
+    files = _package_copy(tmp_path)
+    assert static.scan_package(files)[1] == []
+    parsed: list[str] = []
+    real = static.scan_source
+
+    def counting(source: str, filename: str) -> list[str]:
+        parsed.append(filename)
+        return real(source, filename)
+
+    monkeypatch.setattr(static, "scan_source", counting)
+    monkeypatch.setattr(static, "_SCANNED", {})
+    assert static.scan_package(files)[1] == []
+    assert parsed == []  # the stored scan of this exact content, nothing parsed
+    # one edited file: the whole package is scanned again and the gate sees it
+    target = next(p for p in files if p.name == "report.py" and p.parent.name == "gates")
+    target.write_text(target.read_text() + "\nimport subprocess\n")
+    _, violations = static.scan_package(files)
+    assert any("import subprocess" in v for v in violations)
+    assert parsed
+    # a cache entry rewritten without the key is not believed
+    cache = tmp_path / "cache" / "agentos-tasks" / "static-scan.json"
+    import json
+
+    stored = json.loads(cache.read_text())
+    stored["violations"] = []
+    cache.write_text(json.dumps(stored))
+    monkeypatch.setattr(static, "_SCANNED", {})
+    _, violations = static.scan_package(files)
+    assert any("import subprocess" in v for v in violations)

@@ -18,7 +18,7 @@ from agentos_tasks.model import Status
 from agentos_tasks.termsafe import escape
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from agentos_tasks.gates.common import GateResult
@@ -29,9 +29,12 @@ def summary(results: Sequence[GateResult]) -> dict[str, int]:
 
 
 def write_reports(run_dir: Path, results: Sequence[GateResult] | None = None, *,
-                  show: bool = True) -> None:
-    """reports/gates.json + gates.xml (JUnit) + report.md + a table; fail on any FAIL."""
-    results = list(results) if results is not None else collect(run_dir)
+                  show: bool = True, digests_of: Callable[[], object] | None = None) -> None:
+    """reports/gates.json + gates.xml (JUnit) + report.md + a table; fail on any FAIL.
+    `digests_of`: gate id -> input digest, as the report task's up-to-date check took it."""
+    digests = digests_of() if digests_of is not None else None
+    results = list(results) if results is not None else collect(
+        run_dir, digests if isinstance(digests, dict) else None)
     reports = reports_dir(run_dir)
     run_id = run_dir.name
     payload = {"schema_version": 1, "run": run_id, "gates": [r.as_dict() for r in results],

@@ -42,7 +42,7 @@ from agentos_tasks.gates.tools import TL_A, TL_B, TL_C, TL_D, TL_E, TL_F
 from agentos_tasks.gates.worktree import EX_C, R2
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 # Every gate, in report order. Each is imported by name: a gate module that is missing or
 # does not import is an ImportError here, never a silently shorter list.
@@ -146,12 +146,20 @@ class InputsUnchanged:
 
     def __init__(self, compute: Callable[[], object]) -> None:
         self.compute = compute
+        self._raw: object = None
         self._value: str | None = None
         self._task = ""
 
+    def raw(self) -> object:
+        """What `compute` returned, computed once: the task's action reuses the digest
+        its up-to-date check took (nothing runs between the two), never a later one."""
+        self.value()
+        return self._raw
+
     def value(self) -> str:
         if self._value is None:
-            self._value = json.dumps(self.compute(), sort_keys=True)
+            self._raw = self.compute()
+            self._value = json.dumps(self._raw, sort_keys=True)
         return self._value
 
     def configure_task(self, task: Any) -> None:
@@ -209,10 +217,14 @@ def partial_path(run_dir: Path, gate_id: str) -> Path:
     return run_dir / ".state" / "gates" / f"{gate_id}.json"
 
 
-def run_gate(gate: Gate, run_dir: Path) -> None:
-    """doit action for gates:<ID>: evaluate and keep the result with its input digest."""
+def run_gate(gate: Gate, run_dir: Path, inputs_of: Callable[[], object] | None = None) -> None:
+    """doit action for gates:<ID>: evaluate and keep the result with its input digest.
+
+    The digest is taken before the evaluation (`inputs_of`: the one the task's up-to-date
+    check took): evidence that changed meanwhile then never matches it, so a result is
+    reused only for the inputs it was computed from or older ones, never newer."""
+    inputs = str(inputs_of()) if inputs_of is not None else gate_inputs_digest(gate, run_dir)
     result = evaluate(gate, run_dir)
-    inputs = gate_inputs_digest(gate, run_dir)
     body = json.dumps(result.as_dict(), sort_keys=True)
     write_json(partial_path(run_dir, gate.id),
                {"inputs": inputs, "result": result.as_dict(),
@@ -223,14 +235,16 @@ def run_all(run_dir: Path) -> list[GateResult]:
     return [evaluate(gate, run_dir) for gate in REGISTRY]
 
 
-def stored_result(run_dir: Path, gate_id: str) -> GateResult | None:
-    """The kept result of one gate, if its inputs are unchanged and its MAC verifies."""
+def stored_result(run_dir: Path, gate_id: str, inputs: str | None = None) -> GateResult | None:
+    """The kept result of one gate, if its inputs are unchanged and its MAC verifies
+    (`inputs`: its input digest if the caller just took it)."""
     gate = next((g for g in REGISTRY if g.id == gate_id), None)
     if gate is None:
         return None
     try:
         stored = read_json(partial_path(run_dir, gate.id))
-        inputs = gate_inputs_digest(gate, run_dir)
+        if inputs is None:
+            inputs = gate_inputs_digest(gate, run_dir)
         body = json.dumps(stored["result"], sort_keys=True)
         if stored["inputs"] != inputs or not mac_ok(
                 stored.get("mac"), "partial", str(run_dir), gate.id, inputs, body):
@@ -240,6 +254,8 @@ def stored_result(run_dir: Path, gate_id: str) -> GateResult | None:
         return None
 
 
-def collect(run_dir: Path) -> list[GateResult]:
+def collect(run_dir: Path, digests: Mapping[str, str] | None = None) -> list[GateResult]:
     """Results of every gate: the stored one if its inputs are unchanged, else recomputed."""
-    return [stored_result(run_dir, gate.id) or evaluate(gate, run_dir) for gate in REGISTRY]
+    known = digests or {}
+    return [stored_result(run_dir, gate.id, known.get(gate.id)) or evaluate(gate, run_dir)
+            for gate in REGISTRY]

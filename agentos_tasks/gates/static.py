@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,19 +147,69 @@ _SCANNED: dict[tuple[str, str], list[str]] = {}
 
 def scan_package(files: list[Path] | None = None) -> tuple[int, list[str]]:
     """Violations over `files` (default: the installed package); memoised per file content
-    so the two gates that need it (static.no_subprocess, EX-B) parse each file once."""
+    so the two gates that need it (static.no_subprocess, EX-B) parse each file once, and
+    across invocations by the digest of every scanned file's name and content (this
+    scanner included, it is one of them): any edit to any file means a new scan."""
     files = files if files is not None else package_files()
-    violations: list[str] = []
+    sources: list[tuple[str, str, str]] = []
+    package = hashlib.sha256(f"{sys.version_info[:2]}".encode())
     for path in files:
         rel = _relname(path)
         if rel == ALLOWED_FILE or rel in SANDBOX_SIDE:
             continue
         source = path.read_text(encoding="utf-8")
-        key = (rel, hashlib.sha256(source.encode()).hexdigest())
+        digest = hashlib.sha256(source.encode()).hexdigest()
+        sources.append((rel, source, digest))
+        package.update(f"{path}\0{digest}\0".encode("utf-8", "surrogateescape"))
+    cached = _load_scan(package.hexdigest(), len(files))
+    if cached is not None:
+        return len(files), cached
+    violations: list[str] = []
+    for rel, source, digest in sources:
+        key = (rel, digest)
         if key not in _SCANNED:
             _SCANNED[key] = scan_source(source, rel) + _sandbox_side_imports(source, rel)
         violations += _SCANNED[key]
+    _store_scan(package.hexdigest(), len(files), violations)
     return len(files), violations
+
+
+def _scan_cache_path() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "agentos-tasks" / "static-scan.json"
+
+
+def _load_scan(package: str, count: int) -> list[str] | None:
+    """The stored scan of exactly this package content, if its MAC (the gate cache's key,
+    kept outside any run directory) verifies; anything else means a fresh scan."""
+    from agentos_tasks.gates.runner import mac_ok
+
+    try:
+        stored = json.loads(_scan_cache_path().read_bytes())
+        violations = stored["violations"]
+        if stored["package"] != package or stored["count"] != count or \
+                not isinstance(violations, list) or \
+                not all(isinstance(v, str) for v in violations) or \
+                not mac_ok(stored.get("mac"), "static-scan", package, str(count),
+                           json.dumps(violations)):
+            return None
+        return list(violations)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store_scan(package: str, count: int, violations: list[str]) -> None:
+    from agentos_tasks.fsutil import write_json
+    from agentos_tasks.gates.runner import mac
+
+    tag = mac("static-scan", package, str(count), json.dumps(violations))
+    if tag is None:
+        return  # no usable cache key: no cache
+    try:
+        write_json(_scan_cache_path(), {"package": package, "count": count,
+                                        "violations": violations, "mac": tag})
+    except OSError:
+        pass
 
 
 def _sandbox_side_imports(source: str, rel: str) -> list[str]:
