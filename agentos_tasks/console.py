@@ -314,6 +314,9 @@ class RunReporter(ConsoleReporter):  # type: ignore[misc]
                  "(written by gates)",
                  f"next:     {INVOCATION.gates(ctx)}",
                  f"then:     {INVOCATION.sign(ctx)}"]
+        if (ctx.paths.root / "signature" / "envelope.dsse.json").exists():
+            lines[-2:] = ["signed:   this run is signed; nothing in it is rewritten",
+                          f"next:     agentos verify {ctx.paths.root} --key <its .pub>"]
         self.write("\n".join(lines) + "\n")
 
 

@@ -288,9 +288,11 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
     No file_dep/task_dep on run tasks (doit would turn those into dependencies and
     regenerate evidence); an `uptodate` digest of the inputs instead.
     """
+    from agentos_tasks.gates.attestations import check_host_key
     from agentos_tasks.gates.runner import REGISTRY, InputsUnchanged, gate_inputs_digest, run_gate
 
     run_dir = ctx.paths.root
+    check_host_key(run_dir)  # doit gates runs where the run was executed
     names = []
     for gate in REGISTRY:
         names.append(f"gates:{gate.id}")

@@ -63,6 +63,13 @@ REQUIRED_SUBJECTS: tuple[str, ...] = (
 EVIDENCE_DIRS: tuple[str, ...] = ("audit", "steps", "patches", "logs", "tools", "network",
                                   "attestations")
 EVIDENCE_FILES: tuple[str, ...] = ("execution_result.json",)
+# What the run signature does not bind, by design, and says so in its statement: doit's
+# and the gates' caches and the run lock (.state/), the run's worktree (its result is the
+# commits), and the signature files themselves. Anything else in the run directory must
+# be a signed subject or listed in the signed checksums.json.
+UNSIGNED_DIRS: tuple[str, ...] = (".state", "worktree")
+UNSIGNED_FILES: tuple[str, ...] = ("signature/envelope.dsse.json", "signature/statement.json",
+                                   "signature/test-result.dsse.json", "signature/vsa.dsse.json")
 
 # Artifacts whose digests the report lists, in the order a reviewer checks them.
 KEY_ARTIFACTS: tuple[str, ...] = (

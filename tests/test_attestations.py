@@ -244,7 +244,13 @@ def test_a_forgery_resigned_with_an_attacker_executor_key_is_caught_by_the_pinne
     run_dir = good_run.run_dir
     forge_412_passed(run_dir)
     resign_everything(run_dir, CryptoSigner.generate_ed25519())
-    assert_pass(run_dir, "AT")
+    assert_pass(run_dir, "AT")  # another host's verifier: consistent in itself
+    # `doit gates` where the run was executed compares with this host's executor key
+    gates = good_run.gates()
+    assert gates.returncode != 0, gates.stdout
+    report = json.loads((run_dir / "reports" / "gates.json").read_text())
+    at = next(g for g in report["gates"] if g["id"] == "AT")
+    assert at["status"] == "FAIL" and "this host's executor key is" in at["reason"], at
     signed = good_run.gates("sign", f"key={keys[0]}")
     assert signed.returncode != 0, signed.stdout
     assert "executor key" in signed.stdout + signed.stderr, signed.stdout + signed.stderr

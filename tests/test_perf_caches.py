@@ -69,10 +69,10 @@ def _package_copy(tmp_path: Path) -> list[Path]:
 
 def test_static_scan_cache_is_reused_only_for_identical_source(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agentos_tasks.gates import runner, static
+    from agentos_tasks.gates import cachekey, static
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(runner, "_KEY", [])
+    monkeypatch.setattr(cachekey, "_KEY", [])
     files = _package_copy(tmp_path)
     assert static.scan_package(files)[1] == []
     parsed: list[str] = []

@@ -24,7 +24,7 @@ from agentos_tasks.fsutil import (
     sha256_regular,
 )
 from agentos_tasks.html_report import Signing
-from agentos_tasks.layout import SUBJECT_GLOBS
+from agentos_tasks.layout import SUBJECT_GLOBS, UNSIGNED_DIRS, UNSIGNED_FILES
 from agentos_tasks.model import Status
 from agentos_tasks.report import write_report
 
@@ -242,6 +242,7 @@ def build_statement(run_dir: Path) -> dict[str, Any]:
     predicate = _predicate(result, gates_doc, recorded_executor_key(run_dir))
     predicate["signed_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     predicate["repository"] = _repository_identity(result)
+    predicate["unsigned_by_design"] = [f"{d}/" for d in UNSIGNED_DIRS] + list(UNSIGNED_FILES)
     statement = Statement(subjects, PREDICATE_TYPE, predicate)
     try:
         statement.validate()

@@ -58,14 +58,22 @@ def test_result_predicate(statement: dict[str, Any]) -> dict[str, Any]:
             "warnedTests": [], "failedTests": failed}
 
 
+def resource_uri(predicate: dict[str, Any]) -> str:
+    """What was verified, portable to any clone: the repository by its root commit, the
+    branch and the commit the run landed up to."""
+    repo = predicate.get("repository") or {}
+    roots = repo.get("root_commits") or ["unknown-root"]
+    return f"git+agentos:{roots[0]}/{repo.get('branch') or predicate.get('branch')}" \
+           f"@{predicate.get('post_apply_head')}"
+
+
 def vsa_predicate(statement: dict[str, Any], report_envelope: Path) -> dict[str, Any]:
     predicate = statement["predicate"]
     policy = predicate.get("policy") or {}
     failed = any(g["status"] == "FAIL" for g in _gates(statement))
-    repo = predicate.get("repository") or {}
     return {"verifier": {"id": VERIFIER_ID, "version": {"agentos-tasks": __version__}},
             "timeVerified": predicate.get("signed_at"),
-            "resourceUri": f"git+branch:{repo.get('branch') or predicate.get('branch')}",
+            "resourceUri": resource_uri(predicate),
             "policy": {"uri": f"agentos-policy:{policy.get('id')}",
                        "digest": {"sha256": str(policy.get("sha256"))}},
             "inputAttestations": [{"uri": "signature/envelope.dsse.json",

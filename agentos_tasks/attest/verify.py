@@ -35,15 +35,15 @@ from agentos_tasks.attest.keys import load_public_key
 from agentos_tasks.attest.statement import (
     ENVELOPE_RELPATH,
     EXECUTOR_PUB_RELPATH,
-    STATEMENT_RELPATH,
     recorded_executor_key,
 )
-from agentos_tasks.attest.summaries import TEST_RESULT_RELPATH, VSA_RELPATH, check_summaries
+from agentos_tasks.attest.summaries import check_summaries
 from agentos_tasks.errors import AgentosError
 from agentos_tasks.fsutil import is_regular, read_regular
 from agentos_tasks.gates.common import FAIL, Gate
 from agentos_tasks.gates.context import GateContext, Missing
 from agentos_tasks.gates.runner import REGISTRY
+from agentos_tasks.layout import UNSIGNED_DIRS, UNSIGNED_FILES
 
 
 def verify_run(run_dir: Path, pub_path: Path, *,
@@ -103,10 +103,8 @@ def signed_subjects(run_dir: Path) -> dict[str, str]:
         return {}
 
 
-# Not bound by the signature, by design: doit's and the gates' caches and the run lock
-# (.state/), the run's worktree (its result is the commits), and the signature itself.
-UNSIGNED_DIRS = (".state", "worktree")
-UNSIGNED_FILES = (ENVELOPE_RELPATH, STATEMENT_RELPATH, TEST_RESULT_RELPATH, VSA_RELPATH)
+def unsigned_by_design() -> list[str]:
+    return [f"{d}/" for d in UNSIGNED_DIRS] + list(UNSIGNED_FILES)
 
 
 def evidence_files(run_dir: Path) -> list[str]:
@@ -182,6 +180,11 @@ def check_coverage(run_dir: Path) -> Check:
     subjects = signed_subjects(run_dir)
     if not subjects:
         return Check(name, False, "no signed statement to compare with")
+    statement = signed_statement(run_dir) or {}
+    declared = statement.get("predicate", {}).get("unsigned_by_design")
+    if declared != unsigned_by_design():
+        return Check(name, False, f"the statement declares {declared} unsigned by design, "
+                     f"this verifier excludes {unsigned_by_design()}")
     listed: dict[str, Any] = {}
     sums_path = run_dir / "audit" / "checksums.json"
     if "audit/checksums.json" in subjects and is_regular(sums_path):

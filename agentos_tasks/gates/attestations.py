@@ -45,6 +45,8 @@ from agentos_tasks.attest.executor import (
 from agentos_tasks.gates.common import PASS, Fail, Gate, Verdict, verdict
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agentos_tasks.gates.context import GateContext
 
 AT_INPUTS: tuple[str, ...] = ("attestations/*", "audit/*", "execution_result.json",
@@ -202,10 +204,39 @@ def check_head(ctx: GateContext, key: Key) -> None:
         raise Fail(f"{TAPE_HEAD_SIG_RELPATH} does not cover audit/run_tape.jsonl as it is")
 
 
+_ON_THIS_HOST: set[Path] = set()
+
+
+def check_host_key(run_dir: Path) -> None:
+    """`doit gates` where the run was executed: the attestations must be signed by this
+    host's executor key (as `doit sign` requires), so attestations re-signed with another
+    key fail here already, not only at signing. `agentos verify` and a fleet's driver,
+    which check runs executed elsewhere, pin the key through the signed statement and
+    --executor-key instead."""
+    _ON_THIS_HOST.add(run_dir.resolve())
+
+
+def _host_key_matches(ctx: GateContext, key: Key) -> str:
+    if ctx.run_dir.resolve() not in _ON_THIS_HOST:
+        return ""
+    from agentos_tasks.attest.executor import existing_executor_key
+
+    host = existing_executor_key()
+    if host is None:
+        return "; this host has no executor key to compare with"
+    if host.public_key.keyid != key.keyid:
+        raise Fail(f"the attestations are signed by executor key {key.keyid[:16]}, this "
+                   f"host's executor key is {host.public_key.keyid[:16]}: re-signed by "
+                   "someone else, or executed on another host (check it there, or with "
+                   "agentos verify --executor-key)")
+    return "; this host's executor key"
+
+
 @verdict
 def at_attestations(ctx: GateContext) -> Verdict:
     """Every step_end's signed link and the signed tape head match the evidence."""
     key = executor_key(ctx)
+    host_note = _host_key_matches(ctx, key)
     chain = ctx.chain
     if not chain.ok:
         raise Fail(f"tape: {chain.reason}")
@@ -236,7 +267,7 @@ def at_attestations(ctx: GateContext) -> Verdict:
         raise Fail(f"link(s) for step_end events the tape does not have: {', '.join(extra)}")
     check_head(ctx, key)
     return PASS, (f"{len(linked)} step link(s) and the tape head ({chain.count} events) "
-                  f"signed by executor key {key.keyid[:16]} match the evidence")
+                  f"signed by executor key {key.keyid[:16]}{host_note} match the evidence")
 
 
 AT = Gate("AT", "signed as it happened: step links and tape head verify under the executor "

@@ -182,7 +182,7 @@ def _scan_cache_path() -> Path:
 def _load_scan(package: str, count: int) -> list[str] | None:
     """The stored scan of exactly this package content, if its MAC (the gate cache's key,
     kept outside any run directory) verifies; anything else means a fresh scan."""
-    from agentos_tasks.gates.runner import mac_ok
+    from agentos_tasks.gates.cachekey import mac_ok
 
     try:
         stored = json.loads(_scan_cache_path().read_bytes())
@@ -200,7 +200,7 @@ def _load_scan(package: str, count: int) -> list[str] | None:
 
 def _store_scan(package: str, count: int, violations: list[str]) -> None:
     from agentos_tasks.fsutil import write_json
-    from agentos_tasks.gates.runner import mac
+    from agentos_tasks.gates.cachekey import mac
 
     tag = mac("static-scan", package, str(count), json.dumps(violations))
     if tag is None:
