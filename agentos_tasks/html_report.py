@@ -371,15 +371,43 @@ def _section_timeline(steps: list[_Step], manifests: dict[str, dict[str, Any]]) 
                       "</section>"])
 
 
+def _recorded_policy(ev: _Evidence) -> Any:
+    """The run's recorded policy (audit/policy.yaml), loaded by the policy loader once per
+    page, or None when it is missing or does not load (the rows then show the step's own
+    decision)."""
+    if not hasattr(ev, "policy"):
+        from agentos_tasks.errors import AgentosError
+        from agentos_tasks.policy import load_policy
+
+        try:
+            ev.policy = load_policy(ev.run_dir / "audit" / "policy.yaml")
+        except (AgentosError, OSError):
+            ev.policy = None
+    return ev.policy
+
+
+def _path_rule(policy: Any, step: _Step, path: str, fallback: object) -> object:
+    """The rule that decides `path` for this step under the recorded policy (recomputed,
+    as gate EX-A does): the named allow rule, not only the step's overall verdict."""
+    if policy is None:
+        return fallback
+    from agentos_tasks.policy import decide_path
+
+    try:
+        return decide_path(policy, path, step=step.id).rule_id
+    except Exception:  # evidence that does not decide (a malformed path): as recorded
+        return fallback
+
+
 def _policy_rows(step: _Step, manifest: dict[str, Any], pack: dict[str, Any],
-                 failure: dict[str, Any]) -> str:
+                 failure: dict[str, Any], policy: Any = None) -> str:
     """Every changed path with the decision and rule id that allowed (or denied) it."""
     check = _dict(manifest.get("policy_check")) or _dict(pack.get("policy_check"))
     files = _list(manifest.get("files")) or _list(_get(pack, "diff", "files"))
     tape_paths = {str(_get(f, "path")) for f in _list(_get(step.events.get("step_end"),
                                                            "files"))}
     rows = [[_text(_get(f, "path")), _text(_get(f, "status")), _status(check.get("decision")),
-             _text(check.get("rule_id")),
+             _text(_path_rule(policy, step, str(_get(f, "path")), check.get("rule_id"))),
              "yes" if str(_get(f, "path")) in tape_paths else _text(None)]
             for f in files]
     if failure.get("step") == step.id and failure.get("rule_id"):
@@ -524,7 +552,8 @@ def _section_step(ev: _Evidence, step: _Step, failure: dict[str, Any]) -> str:
              else f"steps/{_text(step.id)}.json")]
     if step.op in ("write", "delete", "patch"):
         info.insert(0, ("path", _text(step.spec.get("path"))))
-    parts = [header, _kv(info), _policy_rows(step, manifest, pack, failure)]
+    parts = [header, _kv(info), _policy_rows(step, manifest, pack, failure,
+                                             _recorded_policy(ev))]
     if step.op == "run":
         parts.append(_command_html(step, manifest, failure))
     if step.op == "tool":

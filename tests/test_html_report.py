@@ -159,9 +159,12 @@ def test_demo_summary_timeline_and_steps(demo: Run) -> None:
         assert f'<a href="#step-{index}">{step["id"]}</a>' in page
         section = page.split(f'<section class="step" id="step-{index}">')[1].split("</section>")[0]
         path = step["files"][0]["path"]
-        # the path, its change, the decision and the rule id, and that the tape agrees
+        # the path, its change, the decision and the rule id that allowed that very path
+        # (the default policy's named rule: docs/**, src/**, tests/**), and the tape agrees
+        rule = {"docs": "docs", "src": "src", "tests": "tests"}[path.split("/")[0]]
+        assert manifest["policy_check"]["rule_id"] == "allow"  # the step's overall verdict
         assert (f"<tr><td>{path}</td><td>A</td><td><span class=\"s-allow\">allow</span></td>"
-                f"<td>{manifest['policy_check']['rule_id']}</td><td>yes</td></tr>") in section
+                f"<td>{rule}</td><td>yes</td></tr>") in section
         assert f"diff: patches/{step['id']}.patch" in section
         assert "<details class=\"diff\" open>" in section  # short diffs start open
     # a pygments-highlighted diff: inline styles, no classes to look up
@@ -319,12 +322,15 @@ def test_signed_page_names_its_signer_and_re_renders_identically(
     run_dir = _copy(demo, tmp_path)
     private, public = keygen(tmp_path / "keys")
     keyid = load_signer(private).public_key.keyid
-    # what sign_run renders when told who signs, before the signature exists ...
-    before = render_html(run_dir, signing=Signing(keyid=keyid))
-    assert f"<td>signer key id</td><td>{keyid}</td>" in before
-    assert "not recorded (the statement carries no signing time)" in before
+    assert "not recorded (the statement carries no signing time)" in \
+        render_html(run_dir, signing=Signing(keyid=keyid))
     sign_run(run_dir, private)
-    assert (run_dir / HTML_RELPATH).read_text() == before
+    signed_at = json.loads((run_dir / "signature/statement.json").read_text())[
+        "predicate"]["signed_at"]
+    # what sign_run rendered when told who signs and when, before the signature existed ...
+    before = (run_dir / HTML_RELPATH).read_text()
+    assert f"<td>signer key id</td><td>{keyid}</td>" in before
+    assert f"<td>signed at</td><td>{signed_at}</td>" in before  # the statement's own time
     checks = verify_run(run_dir, public)
     assert all(check.ok for check in checks), [c for c in checks if not c.ok]
     # ... is what the evidence renders once signature/ exists: a fixed point

@@ -216,7 +216,7 @@ def _repository_identity(result: dict[str, Any]) -> dict[str, Any]:
     return identity
 
 
-def build_statement(run_dir: Path) -> dict[str, Any]:
+def build_statement(run_dir: Path, *, signed_at: str | None = None) -> dict[str, Any]:
     """The in-toto Statement v1 for a run, as a JSON-ready dict.
 
     Built and validated with in-toto-attestation's `Statement`/`ResourceDescriptor`.
@@ -240,7 +240,7 @@ def build_statement(run_dir: Path) -> dict[str, Any]:
         subjects.append(ResourceDescriptor(name=f"{COMMIT_SUBJECT_PREFIX}{index}",
                                            digest={"gitCommit": str(commit)}).pb)
     predicate = _predicate(result, gates_doc, recorded_executor_key(run_dir))
-    predicate["signed_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    predicate["signed_at"] = signed_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     predicate["repository"] = _repository_identity(result)
     predicate["unsigned_by_design"] = [f"{d}/" for d in UNSIGNED_DIRS] + list(UNSIGNED_FILES)
     statement = Statement(subjects, PREDICATE_TYPE, predicate)
@@ -296,8 +296,9 @@ def sign_run(run_dir: Path, key_path: Path, *, executor_keyid: str | None = None
     signer = load_signer(key_path)
 
     # the page names its signer (it cannot hold its own signature)
-    write_report(run_dir, signing=Signing(keyid=signer.public_key.keyid))
-    statement = build_statement(run_dir)
+    signed_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    write_report(run_dir, signing=Signing(keyid=signer.public_key.keyid, signed_at=signed_at))
+    statement = build_statement(run_dir, signed_at=signed_at)
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode("utf-8")
     envelope = Envelope(payload=payload, payload_type=PAYLOAD_TYPE, signatures={})
     envelope.sign(signer)

@@ -118,6 +118,7 @@ def _uninspectable(path: str, exc: OSError) -> Decision:
 
 def _check_change(policy: Policy, root: Path, change: Change,
                   tool_paths: Sequence[str] | None, step_id: str) -> Decision:
+    rule = "allow"
     for raw in (change.path, change.old_path):
         if raw is None:
             continue
@@ -125,12 +126,14 @@ def _check_change(policy: Policy, root: Path, change: Change,
                                step=step_id)
         if not decision.allowed:
             return decision
+        if raw == change.path:
+            rule = decision.rule_id  # the allow (or approved ask) rule that decided
     normal = normalize_path(change.path)  # decide_path accepted it
     if change.new_mode == _GITLINK_MODE:
         return Decision(False, "paths.git", f"{normal} is a nested git repository (gitlink)",
                         normal)
     if change.status == "D":
-        return Decision(True, "allow", f"{normal} deleted", normal)
+        return Decision(True, rule, f"{normal} deleted", normal)
     try:
         refuse_symlinked_parents(root, normal)
     except PolicyViolation as exc:
@@ -139,9 +142,10 @@ def _check_change(policy: Policy, root: Path, change: Change,
     try:
         info = target.lstat()
     except FileNotFoundError:
-        return Decision(True, "allow", f"{normal} no longer exists", normal)
+        return Decision(True, rule, f"{normal} no longer exists", normal)
     if stat.S_ISLNK(info.st_mode) or change.new_mode == _SYMLINK_MODE:
-        return _check_symlink(policy, root, normal)
+        linked = _check_symlink(policy, root, normal)
+        return dataclasses.replace(linked, rule_id=rule) if linked.allowed else linked
     if stat.S_ISREG(info.st_mode):
         if info.st_nlink > 1:
             return Decision(False, "paths.hardlink", f"{normal} has {info.st_nlink} hard links",
@@ -156,7 +160,7 @@ def _check_change(policy: Policy, root: Path, change: Change,
             decision = decide_executable(policy, normal)
             if not decision.allowed:
                 return decision
-    return Decision(True, "allow", f"{normal} allowed", normal)
+    return Decision(True, rule, f"{normal} allowed", normal)
 
 
 def _check_symlink(policy: Policy, root: Path, normal: str) -> Decision:
