@@ -94,6 +94,8 @@ class _Evidence:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
+        self.policy: Any = None
+        self.policy_loaded = False
 
     def text(self, relpath: str, limit: int = _MAX_DIFF_BYTES) -> tuple[str | None, str]:
         """(text, "") or (None, MISSING / UNREADABLE (why)). A path built from a recorded
@@ -375,10 +377,11 @@ def _recorded_policy(ev: _Evidence) -> Any:
     """The run's recorded policy (audit/policy.yaml), loaded by the policy loader once per
     page, or None when it is missing or does not load (the rows then show the step's own
     decision)."""
-    if not hasattr(ev, "policy"):
+    if not ev.policy_loaded:
         from agentos_tasks.errors import AgentosError
         from agentos_tasks.policy import load_policy
 
+        ev.policy_loaded = True
         try:
             ev.policy = load_policy(ev.run_dir / "audit" / "policy.yaml")
         except (AgentosError, OSError):

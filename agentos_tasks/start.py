@@ -70,12 +70,13 @@ def policy_task(ctx: RunContext) -> None:
         raise sealed_error(ctx, "the request, its input files or the policy changed since")
     if _decided_already(ctx, req):
         return  # e.g. the request file was only reformatted: nothing new to decide
-    t = ctx.tape
-    if t.state().count == 0:
-        from agentos_tasks.gates.static import package_source_digest
+    from agentos_tasks.gates.static import package_source_digest
 
+    t = ctx.tape
+    source = package_source_digest()  # which agentos code decides and runs this
+    if t.state().count == 0:
         t.append("run_start", run=ctx.run_id, agentos_version=__version__,
-                 agentos_source_sha256=package_source_digest(),
+                 agentos_source_sha256=source,
                  request=str(req.source), request_sha256=req.sha256)
     audit = ctx.paths.audit
     if req.presented_sha256 is None:
@@ -96,7 +97,8 @@ def policy_task(ctx: RunContext) -> None:
             target = audit / "inputs" / sha256_bytes(data)
             if not target.exists():
                 atomic_write(target, data)
-    t.append("policy_loaded", policy_id=policy.id, policy_sha256=policy.sha256,
+    t.append("policy_loaded", agentos_source_sha256=source,
+             policy_id=policy.id, policy_sha256=policy.sha256,
              policy_path=str(policy.source), request_sha256=req.sha256,
              isolation=policy.isolation,
              network=policy.network.as_dict() if policy.network is not None else False)

@@ -108,11 +108,17 @@ def test_the_scan_is_tied_to_the_code_that_executed_the_run(good_run: Built) -> 
     assert events[0]["agentos_source_sha256"] == package_source_digest()
     passed = assert_pass(good_run.run_dir, "EX-B")
     assert "the same source" in passed.reason
-    events[0]["agentos_source_sha256"] = "e" * 64  # executed by another agentos
+    named = [e for e in events if "agentos_source_sha256" in e]
+    assert [e["event"] for e in named] == ["run_start", "policy_loaded"]
+    for event in named:
+        event["agentos_source_sha256"] = "e" * 64  # executed by another agentos
     rechain(good_run.run_dir, events)
     result = assert_na(good_run.run_dir, "static.no_subprocess")
     assert "executed by agentos source eeeeeeeeeeee" in result.reason
-    del events[0]["agentos_source_sha256"]
+    del events[0]["agentos_source_sha256"]  # a torn run_start: policy_loaded still names it
+    rechain(good_run.run_dir, events)
+    assert_na(good_run.run_dir, "EX-B")
+    del named[1]["agentos_source_sha256"]
     rechain(good_run.run_dir, events)
     assert_fail(good_run.run_dir, "EX-B", "records no agentos_source_sha256")
 

@@ -88,7 +88,7 @@ def test_agentos_run_from_anywhere_keeps_evidence_in_the_state_dir(tmp_path: Pat
     signed = _agentos(cwd, state, *sign[1:])
     assert signed.returncode == 0, signed.stdout + signed.stderr
     assert (run_dir / "signature" / "envelope.dsse.json").is_file()
-    assert sorted(p.name for p in cwd.iterdir()) == ["agentos.key", "agentos.pub"]
+    assert sorted(p.name for p in cwd.iterdir()) == ["agentos.key", "agentos.pub", "agentos.pub.pem"]
 
     # the doit form from inside the repository: the same evidence, not ./outputs in the repo
     again = subprocess.run([sys.executable, "-m", "doit", "-f", str(DODO), "run",

@@ -252,8 +252,10 @@ def no_subprocess(ctx: GateContext) -> Verdict:
     if violations:
         return FAIL, f"{len(violations)} process start(s) outside {ALLOWED_FILE}: " + \
             "; ".join(violations[:5])
-    starts = ctx.events_named("run_start")
-    recorded = starts[0].get("agentos_source_sha256") if starts else None
+    # run_start's, or (a torn run_start is cut, not made again) the first policy_loaded's
+    named = [e.get("agentos_source_sha256") for e in
+             ctx.events_named("run_start") + ctx.events_named("policy_loaded")]
+    recorded = next((n for n in named if isinstance(n, str)), None)
     if not isinstance(recorded, str):
         return FAIL, "the tape's run_start records no agentos_source_sha256: a scan of " \
                      "this installation cannot be tied to the code that ran the run"
