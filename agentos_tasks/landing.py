@@ -40,10 +40,15 @@ class CheckedOut:
     def require_clean(self) -> None:
         clean, dirty = self.git.is_clean()
         if not clean:
+            keys = [w for w in str(dirty).replace(",", " ").split()
+                    if w.endswith((".key", ".pem", ".pub"))]
+            hint = (f"move {', '.join(keys)} out of the repository (never commit a signing "
+                    "key; agentos keygen --out ~/.config/agentos-tasks), then re-run"
+                    if keys else "commit or stash them, then re-run; the run's evidence is "
+                    "kept")
             raise AgentosError(f"the target working tree {self.work_tree} has uncommitted "
                                f"changes ({dirty}); nothing changed", code=EXIT_STATE,
-                               hint="commit or stash them, then re-run; the run's evidence "
-                                    "is kept")
+                               hint=hint)
 
     def move(self, old: str, new: str) -> None:
         """Bring the index and files from `old` to `new` (a two-tree read-tree merge:

@@ -319,3 +319,23 @@ def test_doit_gates_reruns_a_gate_after_the_branch_moved(good_run: Built) -> Non
     out = good_run.gates()
     assert out.returncode != 0
     assert _gates_json(good_run)["R2"]["status"] == FAIL
+
+
+def test_r1_accepts_a_denial_under_an_earlier_policy_then_a_run_under_another(
+        tmp_path: Path) -> None:
+    """Denied (exit 3), then the same run under a policy that allows it: R1 says so and
+    PASSes; every other gate passes too (the run is signable)."""
+    from runutil import doit, write_policy, write_request
+
+    write_policy(tmp_path / "policy.yaml")
+    write_policy(tmp_path / "strict.yaml", id="strict", operations=["delete"])
+    write_request(tmp_path, [{"id": "s1", "message": "s1: add", "write": {
+        "path": "docs/a.md", "content": "a\n"}}])
+    denied = doit(tmp_path, "run", "request=req.yaml", "policy=strict.yaml")
+    assert denied.returncode == 3, denied.stderr
+    doit(tmp_path, "run", "request=req.yaml", "policy=policy.yaml", check=0)
+    gates = doit(tmp_path, "gates", "request=req.yaml", "policy=policy.yaml")
+    assert gates.returncode == 0, gates.stdout[-2000:]
+    report = json.loads((tmp_path / "out" / "r1" / "reports" / "gates.json").read_text())
+    r1 = next(g for g in report["gates"] if g["id"] == "R1")
+    assert r1["status"] == PASS and "under an earlier policy" in r1["reason"], r1

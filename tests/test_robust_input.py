@@ -379,6 +379,9 @@ def test_dirty_target_is_refused_before_the_first_step(tmp_path: Path) -> None:
     (repo / "new.txt").write_text("untracked\n")
     refused_before_start(tmp_path, EXIT_STATE, "uncommitted changes", "new.txt")
     (repo / "new.txt").unlink()
+    (repo / "agentos.key").write_text("private\n")  # `agentos keygen` run inside the repo
+    refused_before_start(tmp_path, EXIT_STATE, "agentos.key", "never commit a signing key")
+    (repo / "agentos.key").unlink()
     doit(tmp_path, "run", "request=req.yaml", check=0)
     assert git(repo, "rev-list", "--count", "main") == "3"
 

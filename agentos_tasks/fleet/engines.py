@@ -48,7 +48,8 @@ class LocalEngine:
         return out
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        # on Ctrl-C, requests not yet started never start
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayEngine:
@@ -74,7 +75,12 @@ class RayEngine:
                       if name == "PYTHONPATH" or name.startswith("AGENTOS_")}
             if passed:
                 kwargs["runtime_env"] = {"env_vars": passed}
-            ray.init(logging_level=logging.ERROR, log_to_driver=False, **kwargs)
+            try:
+                ray.init(logging_level=logging.ERROR, log_to_driver=False, **kwargs)
+            except (ValueError, ConnectionError) as exc:
+                raise AgentosError(f"cannot connect to Ray at {address}: {exc}",
+                                   code=EXIT_USAGE, hint="give --address HOST:PORT of a "
+                                   "running cluster (ray start --head)") from None
         self.task = ray.remote(max_retries=RAY_MAX_RETRIES, num_cpus=1)(worker.execute)
 
     def submit(self, job: dict[str, Any]) -> Any:

@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import tempfile
 import time
 import uuid
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from agentos_tasks.fleet.engines import Engine
 
 FINAL = ("landed", "failed")
+WORKER_REQUEST = re.compile(r"/\S*agentos-fleet-[^/\s]+/request/request\.yaml")
 
 
 @dataclass
@@ -75,6 +76,15 @@ def plan(requests: list[Path]) -> list[Entry]:
     for path in requests:
         req = load_request(path)
         git = Git(req.repo, req.author)
+        if not req.repo.is_dir() or git.run("rev-parse", "--git-dir",
+                                            check=False).returncode != 0:
+            raise AgentosError(f"{path}: target {req.repo} is not a git repository",
+                               hint="repo: names the repository the request changes")
+        try:
+            job_inputs(path)
+        except ValueError as err:
+            raise AgentosError(f"{path}: {err}", hint="a fleet ships a request with the "
+                               "files below its directory; move the file there") from None
         try:
             branch = req.branch or git.current_branch()
         except AgentosError as err:
@@ -107,19 +117,31 @@ class Fleet:
         self.show = show or (lambda entries, changed: None)
         self.id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self._handles: dict[Any, Entry] = {}
+        self._taken: set[str] = set()
 
     # ---- submitting
     def _submit(self, entry: Entry) -> None:
         git = Git(entry.repo)
         entry.base = str(git.rev_parse(f"refs/heads/{entry.branch}"))
         entry.attempt += 1
-        entry.run = entry.request_id if entry.attempt == 1 else \
-            f"{entry.request_id}-{entry.attempt}"
-        entry.state, entry.started = "running", time.monotonic()
+        entry.run = self._free_run_id(entry)
+        entry.node, entry.steps, entry.gates = "", 0, ""
+        entry.state, entry.started = "submitted", time.monotonic()
         job = {"run": entry.run, "url": entry.url, "branch": entry.branch,
                "base": entry.base, **job_inputs(entry.request)}
         self._handles[self.engine.submit(job)] = entry
         self.show(self.entries, entry)
+
+    def _free_run_id(self, entry: Entry) -> str:
+        """`<id>`, or `<id>-<n>` for a re-run: never the name of a run directory that is
+        already in --outputs (an earlier fleet's landed and signed run stays as it is)."""
+        n = entry.attempt
+        while True:
+            run = entry.request_id if n == 1 else f"{entry.request_id}-{n}"
+            if not (self.outputs / run).exists() and run not in self._taken:
+                self._taken.add(run)
+                return run
+            n += 1
 
     def run(self) -> int:
         self.outputs.mkdir(parents=True, exist_ok=True)
@@ -145,9 +167,16 @@ class Fleet:
             return
         entry.node = str(outcome.get("node", ""))
         run_dir = self._unpack(entry, outcome)
+        moved = Git(entry.repo).rev_parse(f"refs/heads/{entry.branch}") != entry.base
+        if outcome.get("exit") != 0 and moved and entry.attempt <= self.max_reruns:
+            # it may have failed for what a fleet-mate changed: decide on the new head
+            entry.state, entry.reason = "rerun", "failed on a base that moved: re-running"
+            self._submit(entry)
+            return
         if outcome.get("exit") != 0:
             lines = str(outcome.get("stderr", "")).strip().splitlines()
             said = next((ln for ln in lines if ln.startswith("error:")), lines[-1] if lines else "")
+            said = WORKER_REQUEST.sub(str(entry.request), said)  # the user's file, not ours
             entry.state = "failed"
             entry.reason = f"run exited {outcome.get('exit')}: {said.strip()}"[:300]
             return
@@ -179,8 +208,8 @@ class Fleet:
         if not data:
             return None
         dest = self.outputs / entry.run
-        if dest.exists():
-            shutil.rmtree(dest)  # an earlier driver's copy of the same attempt
+        if dest.exists():  # never: run ids are taken free; a run directory is never replaced
+            raise AgentosError(f"{dest} exists; a run directory is never replaced")
         with tempfile.TemporaryDirectory(dir=self.outputs, prefix=".fleet-") as scratch:
             unpacked = unpack_run(bytes(data), Path(scratch))
             if unpacked.name != entry.run:
@@ -205,8 +234,9 @@ class Fleet:
             own = run_dir / ".state" / "repo.git"
             objects = target.common_dir() / "objects"
             refuse_links_in_target(target.common_dir(), target.git_dir(), entry.branch)
-            private = Git(own, private_dir=own, work_tree=own, alternates=(objects,))
             with tempfile.TemporaryDirectory(prefix="agentos-fleet-view-") as view:
+                private = worker_objects(Path(view) / "objects.git", own, objects, pre)
+                check_landing_range(private, pre, post, len(commits))
                 checkout = checked_out(target, entry.branch, head=pre,
                                        view_dir=Path(view) / "view.git",
                                        extra_objects=(own / "objects",))
@@ -260,6 +290,31 @@ class Fleet:
             pass
         failed = [r.id for r in results if r.status == FAIL]
         return "PASS" if not failed else "FAIL " + ",".join(failed)
+
+
+def worker_objects(git_dir: Path, own: Path, target_objects: Path, pre: str) -> Git:
+    """A private git dir of ours (our config, no hooks) that reads the target's objects
+    and the worker's objects, nothing else: the worker's own git dir, its config and any
+    alternates file it carries are never used (a worker is not trusted with host git)."""
+    from agentos_tasks.git import init_private_repo
+
+    for name in ("alternates", "http-alternates"):
+        (own / "objects" / "info" / name).unlink(missing_ok=True)
+    init_private_repo(git_dir, fmt_config=target_objects.parent / "config",
+                      alternates=[target_objects, own / "objects"], head=pre)
+    return Git(git_dir, private_dir=git_dir, work_tree=git_dir)
+
+
+def check_landing_range(git: Git, pre: str, post: str, count: int) -> None:
+    """What would land is a first-parent range on `pre` of exactly the commits the worker
+    recorded, before anything of the target moves."""
+    if git.run("merge-base", "--is-ancestor", pre, post, check=False).returncode != 0:
+        raise AgentosError(f"the worker's post-apply head {post[:12]} does not descend from "
+                           f"the base {pre[:12]}; nothing landed", code=EXIT_STATE)
+    landed = git.run("rev-list", "--first-parent", f"{pre}..{post}").text.split()
+    if len(landed) != count:
+        raise AgentosError(f"the worker's range {pre[:12]}..{post[:12]} holds {len(landed)} "
+                           f"commit(s), its record {count}; nothing landed", code=EXIT_STATE)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -42,9 +42,11 @@ def job_inputs(request_path: Path) -> dict[str, Any]:
             continue
         write = step.get("write")
         if isinstance(write, dict) and isinstance(write.get("content_file"), str):
-            files[write["content_file"]] = (base / write["content_file"]).read_bytes()
+            name = _safe_rel(write["content_file"])
+            files[name] = (base / name).read_bytes()
         if isinstance(step.get("patch"), str):
-            files[step["patch"]] = (base / step["patch"]).read_bytes()
+            name = _safe_rel(step["patch"])
+            files[name] = (base / name).read_bytes()
     policy = raw.get("policy")
     return {"request": raw,
             "policy_bytes": (base / policy).read_bytes() if isinstance(policy, str) else None,

@@ -62,6 +62,9 @@ def r1_policy(ctx: GateContext) -> Verdict:
             approved = approved_after_denial(ctx, policy, request, denied[-1])
             if approved is not None:
                 return PASS, approved
+            redecided = redecided_under_another_policy(ctx, denied[-1])
+            if redecided is not None:
+                return PASS, redecided
             return FAIL, f"the recorded policy allows the request, but the tape has " \
                          f"policy_denied ({denied[-1].get('rule_id')})"
         return NA, "the recorded policy allows the request (nothing to deny)"
@@ -88,6 +91,24 @@ def r1_policy(ctx: GateContext) -> Verdict:
         return FAIL, f"branch moved: {branch} is at {str(head)[:12]}, recorded " \
                      f"{str(recorded_head)[:12]} when the request was denied"
     return PASS, f"denied by {decision.rule_id}: no step started, branch unchanged"
+
+
+def redecided_under_another_policy(ctx: GateContext, denial: dict[str, Any]) -> str | None:
+    """Denied under one policy, then run again under another (`policy=`): the tape shows
+    the policy in force at the denial (the policy_loaded before it) and a later
+    policy_loaded of the recorded policy, whose decision (recomputed above) allows. The
+    earlier policy's bytes are not kept, so its denial is reported, not recomputed."""
+    loaded = ctx.events_named("policy_loaded")
+    at = int(denial.get("seq", -1))
+    before = [e for e in loaded if int(e.get("seq", -1)) < at]
+    after = [e for e in loaded if int(e.get("seq", -1)) > at]
+    current = sha256_bytes(ctx.read_bytes("audit/policy.yaml"))
+    if not before or not after or after[-1].get("policy_sha256") != current \
+            or before[-1].get("policy_sha256") == current:
+        return None
+    return (f"denied by {denial.get('rule_id')} under an earlier policy "
+            f"{str(before[-1].get('policy_sha256'))[:12]}, then decided again under the "
+            f"recorded policy {current[:12]}, which allows the request")
 
 
 def approved_after_denial(ctx: GateContext, policy: Policy, request: Request,
