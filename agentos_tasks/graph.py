@@ -296,7 +296,7 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
     names = []
     for gate in REGISTRY:
         names.append(f"gates:{gate.id}")
-        inputs = InputsUnchanged(partial(gate_inputs_digest, gate, run_dir))
+        inputs = InputsUnchanged(partial(gate_inputs_digest, gate, run_dir), str(run_dir))
         yield {
             "basename": "gates",
             "name": gate.id,
@@ -305,7 +305,8 @@ def gate_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
             "uptodate": [inputs],
             "verbosity": 2,
         }
-    all_inputs = InputsUnchanged(lambda: {g.id: gate_inputs_digest(g, run_dir) for g in REGISTRY})
+    all_inputs = InputsUnchanged(lambda: {g.id: gate_inputs_digest(g, run_dir) for g in REGISTRY},
+                                 str(run_dir))
     yield {
         "basename": "gates",
         "name": "report",

@@ -268,3 +268,26 @@ def test_reporter_json_is_truthful_per_gate(good_run: Built) -> None:
             assert task["result"] == "fail" and task["error"] == gate["reason"]
         else:
             assert task["result"] in ("success", "up-to-date"), task
+
+
+def test_reporter_json_is_truthful_for_a_copied_run_directory(good_run: Built,
+                                                               tmp_path: Path) -> None:
+    """A run directory copied elsewhere (doit's DB inside it): its stored up-to-date marks
+    are bound to where they were made, so every gate is evaluated again and reported with
+    its status, none as 'no verified gate result'."""
+    import shutil
+
+    from runutil import doit
+
+    assert good_run.gates().returncode == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(good_run.run_dir, copy / good_run.run_dir.name)
+    patch = sorted((copy / good_run.run_dir.name / "patches").glob("*.patch"))[0]
+    patch.write_bytes(patch.read_bytes().replace(b"+", b"+X", 1))
+    proc = doit(tmp_path, "run", "--reporter", "json", "gates", f"run={good_run.run_dir.name}",
+                f"outputs={copy}")
+    tasks = {t["name"]: t for t in json.loads(proc.stdout)["tasks"]}
+    gates = {g["id"]: g for g in _gates_json(copy / good_run.run_dir.name)}
+    for gate_id, gate in gates.items():
+        assert tasks[f"gates:{gate_id}"].get("gate_status") == gate["status"], tasks[
+            f"gates:{gate_id}"]

@@ -143,8 +143,9 @@ class InputsUnchanged:
     """doit `uptodate`: like config_changed, but the digest is computed only when doit
     checks this task (a plain `doit run` never pays for hashing the evidence)."""
 
-    def __init__(self, compute: Callable[[], object]) -> None:
+    def __init__(self, compute: Callable[[], object], where: str = "") -> None:
         self.compute = compute
+        self.where = where  # the run directory: a copied run's doit DB proves nothing
         self._raw: object = None
         self._value: str | None = None
         self._task = ""
@@ -165,12 +166,12 @@ class InputsUnchanged:
         self._task = task.name
         task.value_savers.append(lambda: {
             "_agentos_inputs": self.value(),
-            "_agentos_mac": mac("uptodate", self._task, self.value())})
+            "_agentos_mac": mac("uptodate", self.where, self._task, self.value())})
 
     def __call__(self, task: Any, values: dict[str, Any]) -> bool:
         # doit's DB lives in the run dir: a stored value counts only with our MAC
         return bool(values.get("_agentos_inputs") == self.value() and mac_ok(
-            values.get("_agentos_mac"), "uptodate", task.name, self.value()))
+            values.get("_agentos_mac"), "uptodate", self.where, task.name, self.value()))
 
 
 def partial_path(run_dir: Path, gate_id: str) -> Path:
