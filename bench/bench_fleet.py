@@ -1,0 +1,92 @@
+"""A fleet of N demo-sized requests (six writes each, one target repository each) on W
+workers vs the same requests one after another, in the same run.
+
+Target (issue 15): fleet wall time <= 1.5x (total single-request time / workers).
+Single-request time is `agentos exec run` of each request on its own target; the fleet
+is `agentos fleet --engine local --jobs W` and, with --ray, `--engine ray` on a local Ray
+instance with W CPUs (its start-up included).
+
+    python bench/bench_fleet.py [--requests 12] [--workers 2] [--ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+AGENTOS = [sys.executable, "-m", "agentos_tasks"]
+STEPS = [{"id": f"step_0{i}", "message": f"step_0{i}: add doc {i}",
+          "write": {"path": f"docs/{i}.md", "content": f"# {i}\n"}} for i in range(1, 7)]
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def setup(root: Path, count: int) -> list[Path]:
+    requests = []
+    for n in range(count):
+        repo = root / f"repo{n}"
+        repo.mkdir(parents=True)
+        git(repo, "init", "-q", "-b", "main")
+        (repo / "README.md").write_text("# target\n")
+        git(repo, "add", "README.md")
+        git(repo, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-q", "-m", "init")
+        request = root / f"r{n}.yaml"
+        request.write_text(yaml.safe_dump({"version": 1, "id": f"r{n}", "repo": f"./repo{n}",
+                                           "branch": "main", "steps": STEPS}))
+        requests.append(request)
+    return requests
+
+
+def timed(argv: list[str], cwd: Path) -> float:
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "NO_COLOR": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}\n{proc.stdout[-2000:]}"
+                         f"{proc.stderr[-2000:]}")
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ray", action="store_true", help="also the Ray engine")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="agentos-bench-fleet-"))
+    try:
+        singles_dir, fleet_dir, ray_dir = root / "singles", root / "fleet", root / "ray"
+        singles = setup(singles_dir, args.requests)
+        total = sum(timed([*AGENTOS, "exec", "run", "--request", str(r), "--outputs",
+                           str(singles_dir / "out")], singles_dir) for r in singles)
+        ideal = total / args.workers
+        print(f"single requests one after another: {total:.2f} s ({args.requests} requests);"
+              f" / {args.workers} workers = {ideal:.2f} s")
+        fleet = setup(fleet_dir, args.requests)
+        local = timed([*AGENTOS, "fleet", *map(str, fleet), "--jobs", str(args.workers),
+                       "--outputs", str(fleet_dir / "out")], fleet_dir)
+        print(f"fleet --engine local --jobs {args.workers}: {local:.2f} s = "
+              f"{local / ideal:.2f}x of total/workers (target <= 1.5x)")
+        if args.ray:
+            ray_requests = setup(ray_dir, args.requests)
+            ray = timed([*AGENTOS, "fleet", *map(str, ray_requests), "--engine", "ray",
+                         "--jobs", str(args.workers), "--outputs", str(ray_dir / "out")],
+                        ray_dir)
+            print(f"fleet --engine ray ({args.workers} CPUs, start-up included): {ray:.2f} s "
+                  f"= {ray / ideal:.2f}x of total/workers (target <= 1.5x)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
