@@ -191,12 +191,21 @@ def ray_cluster() -> Iterator[str]:
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
               f"--temp-dir={temp}"]
     ray = [shutil.which("ray") or "ray"]
+    # a token file another Ray left in ~/.ray must not split head and node: no auth here
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     subprocess.run([*ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
-                    *common], check=True, capture_output=True, timeout=120)
+                    *common], check=True, capture_output=True, timeout=120, env=env)
     address = f"127.0.0.1:{port}"
     try:
-        subprocess.run([*ray, "start", f"--address={address}", *common[:-1]], check=True,
-                       capture_output=True, timeout=120)
+        for _ in range(5):  # the head's GCS may not take a node yet
+            joined = subprocess.run([*ray, "start", f"--address={address}", *common[:-1]],
+                                    capture_output=True, text=True, timeout=120, env=env)
+            if joined.returncode == 0:
+                break
+            time.sleep(3)
+        else:
+            pytest.fail(f"the second Ray node did not start:\n{joined.stdout[-2000:]}"
+                        f"{joined.stderr[-2000:]}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             status = subprocess.run([*ray, "status", f"--address={address}"],
@@ -229,7 +238,8 @@ def test_ray_fleet_survives_a_killed_worker_and_lands_nothing_twice(
     proc = subprocess.Popen([*AGENTOS, "fleet", *map(str, requests), "--engine", "ray",
                              "--address", ray_cluster, "--outputs", str(tmp_path / "out")],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "NO_COLOR": "1", **env})
+                            text=True, env={**os.environ, "NO_COLOR": "1",
+                                            "RAY_AUTH_MODE": "disabled", **env})
     try:
         pid_file = pids / "r2-0.pid"
         deadline = time.monotonic() + 120
