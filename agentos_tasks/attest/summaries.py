@@ -22,7 +22,6 @@ import copy
 import json
 from typing import TYPE_CHECKING, Any
 
-from in_toto_attestation.v1.statement import Statement
 from securesystemslib import exceptions as sslib_exceptions
 from securesystemslib.dsse import Envelope
 
@@ -39,7 +38,6 @@ VSA_TYPE = "https://slsa.dev/verification_summary/v1"
 TEST_RESULT_RELPATH = "signature/test-result.dsse.json"
 VSA_RELPATH = "signature/vsa.dsse.json"
 VERIFIER_ID = "https://agentos-tasks.dev/verifier/agentos-gates"
-PAYLOAD_TYPE = "application/vnd.in-toto+json"
 
 
 def _gates(statement: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,17 +82,12 @@ def vsa_predicate(statement: dict[str, Any], report_envelope: Path) -> dict[str,
 
 def _sign(signer: CryptoSigner, subjects: list[Any], predicate_type: str,
           predicate: dict[str, Any]) -> bytes:
-    statement = {"_type": "https://in-toto.io/Statement/v1", "subject": subjects,
-                 "predicateType": predicate_type, "predicate": predicate}
-    from google.protobuf import json_format
-    from in_toto_attestation.v1 import statement_pb2
+    """The envelope file's bytes: attest.executor.sign_statement (validated in-toto
+    Statement v1, predicate as plain JSON), as the step links are signed."""
+    from agentos_tasks.attest.executor import sign_statement
 
-    Statement.copy_from_pb(json_format.ParseDict(statement, statement_pb2.Statement())
-                           ).validate()
-    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
-    envelope = Envelope(payload=payload, payload_type=PAYLOAD_TYPE, signatures={})
-    envelope.sign(signer)
-    return (json.dumps(envelope.to_dict(), indent=2) + "\n").encode()
+    envelope = sign_statement(signer, subjects, predicate_type, predicate)
+    return (json.dumps(envelope, indent=2) + "\n").encode()
 
 
 def write_summaries(run_dir: Path, signer: CryptoSigner, statement: dict[str, Any],

@@ -78,29 +78,37 @@ def verify_run(run_dir: Path, pub_path: Path, *,
 # ------------------------------------------------------------------ coverage
 
 
-def signed_statement(run_dir: Path) -> dict[str, Any] | None:
-    """The run report's statement as the envelope carries it (None when it does not
-    parse; verify_signature says why)."""
+def _signed(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(envelope, statement) of the run report as signature/envelope.dsse.json carries
+    them, unverified (verify_signature checks the signature and says why one does not
+    parse); None when it does not parse as an envelope over a statement with a predicate
+    object and a subject list."""
     try:
         envelope = json.loads(read_regular(run_dir / ENVELOPE_RELPATH))
         statement = json.loads(base64.b64decode(envelope["payload"]))
     except (OSError, ValueError, KeyError, TypeError, AgentosError):
         return None
-    return statement if isinstance(statement, dict) and isinstance(
-        statement.get("predicate"), dict) and isinstance(statement.get("subject"), list) \
-        else None
+    if not isinstance(envelope, dict) or not isinstance(statement, dict) or not isinstance(
+            statement.get("predicate"), dict) or not isinstance(statement.get("subject"), list):
+        return None
+    return envelope, statement
+
+
+def signed_statement(run_dir: Path) -> dict[str, Any] | None:
+    """The run report's statement as the envelope carries it (None when it does not
+    parse; verify_signature says why)."""
+    signed = _signed(run_dir)
+    return signed[1] if signed else None
 
 
 def signed_subjects(run_dir: Path) -> dict[str, str]:
-    """name -> sha256 of the statement's subjects ({} when the envelope does not parse;
-    verify_signature reports that, and whether the signature over it holds)."""
-    try:
-        envelope = json.loads(read_regular(run_dir / ENVELOPE_RELPATH))
-        statement = json.loads(base64.b64decode(envelope["payload"]))
-        return {str(s["name"]): str(s["digest"]["sha256"]) for s in statement["subject"]
-                if "sha256" in s.get("digest", {})}
-    except (OSError, ValueError, KeyError, TypeError, AgentosError):
-        return {}
+    """name -> sha256 of the statement's file subjects ({} when the envelope does not
+    parse; verify_signature reports that, and whether the signature over it holds)."""
+    statement = signed_statement(run_dir)
+    subjects = statement["subject"] if statement else []
+    return {str(s["name"]): str(s["digest"]["sha256"]) for s in subjects
+            if isinstance(s, dict) and isinstance(s.get("digest"), dict)
+            and "sha256" in s["digest"] and "name" in s}
 
 
 def unsigned_by_design() -> list[str]:
@@ -125,13 +133,14 @@ def run_identity(run_dir: Path) -> dict[str, Any]:
     """What the signed statement vouches for, for the verify header: run id, landed
     commits and range, branch, signing time and the key id that signed it ({} when the
     envelope does not parse)."""
-    try:
-        envelope = json.loads(read_regular(run_dir / ENVELOPE_RELPATH))
-        statement = json.loads(base64.b64decode(envelope["payload"]))
-        predicate = dict(statement["predicate"])
-        keyids = [str(sig.get("keyid")) for sig in envelope.get("signatures", [])]
-    except (OSError, ValueError, KeyError, TypeError, AgentosError):
+    signed = _signed(run_dir)
+    if signed is None:
         return {}
+    envelope, statement = signed
+    predicate = statement["predicate"]
+    signatures = envelope.get("signatures")
+    keyids = [str(sig.get("keyid")) for sig in signatures if isinstance(sig, dict)] \
+        if isinstance(signatures, list) else []
     return {"run": predicate.get("run"), "branch": predicate.get("branch"),
             "pre": predicate.get("pre_apply_head"), "post": predicate.get("post_apply_head"),
             "commits": list(predicate.get("commits_applied") or []),
