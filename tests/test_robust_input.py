@@ -543,21 +543,22 @@ def test_doit_gates_writes_deleted_reports_again(good_run: Any) -> None:
         assert (good_run.run_dir / "reports" / name).is_file(), name
 
 
-def test_a_yaml_merge_key_is_named_as_one(tmp_path: Path) -> None:
-    path = tmp_path / "req.yaml"
-    path.write_text("version: 1\nid: m\nrepo: ./repo\nbase: &b\n  message: x\nsteps:\n"
-                    "  - id: s1\n    <<: *b\n    write: {path: a.txt, content: a}\n")
-    with pytest.raises(AgentosError) as info:
-        load_request(path)
-    assert info.value.message == "YAML merge keys (<<: *b) are not supported"
-    assert info.value.where == f"{path}:8" and info.value.code == EXIT_USAGE
+@pytest.mark.parametrize(("text", "message", "line"), [
+    ("version: 1\nid: m\nrepo: ./repo\nbase: &b\n  message: x\nsteps:\n"
+     "  - id: s1\n    <<: *b\n    write: {path: a.txt, content: a}\n",
+     "YAML merge keys (<<: *b) are not supported", 8),
     # an inline mapping merged in: YAML 1.2 tools (the schema's editors) read a key '<<'
-    path.write_text("version: 1\n<<: {id: merged}\nrepo: ./repo\nsteps:\n"
-                    "  - id: s1\n    message: m\n    write: {path: a.txt, content: a}\n")
+    ("version: 1\n<<: {id: merged}\nrepo: ./repo\nsteps:\n"
+     "  - id: s1\n    message: m\n    write: {path: a.txt, content: a}\n",
+     "YAML merge keys (<<) are not supported", 2)])
+def test_a_yaml_merge_key_is_named_as_one(tmp_path: Path, text: str, message: str,
+                                          line: int) -> None:
+    path = tmp_path / "req.yaml"
+    path.write_text(text)
     with pytest.raises(AgentosError) as info:
         load_request(path)
-    assert info.value.message == "YAML merge keys (<<) are not supported"
-    assert info.value.where == f"{path}:2" and info.value.code == EXIT_USAGE
+    assert info.value.message == message
+    assert info.value.where == f"{path}:{line}" and info.value.code == EXIT_USAGE
 
 
 @pytest.mark.parametrize(("line", "written", "kind"), [
