@@ -12,8 +12,10 @@ instance with W CPUs (its start-up included).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +59,30 @@ def timed(argv: list[str], cwd: Path) -> float:
     return time.monotonic() - started
 
 
+def profile(out: Path) -> str:
+    """Where a fleet's time went, from its summary's timeline (medians per attempt)."""
+    (path,) = out.glob("fleet-*.json")
+    data = json.loads(path.read_text())
+    spans: dict[str, list[float]] = {}
+    for row in data["requests"]:
+        for t in row["timing"]:
+            worker = t.get("worker", {})
+            for name in ("clone", "run", "pack"):
+                if name in worker:
+                    spans.setdefault(f"worker {name}", []).append(worker[name])
+            if "unpacked" in t:
+                spans.setdefault("driver unpack", []).append(t["unpacked"] - t["returned"])
+            if "landed" in t:
+                spans.setdefault("driver land", []).append(t["landed"] - t["unpacked"])
+            if "gated" in t:
+                spans.setdefault("driver gates", []).append(t["gated"] - t["landed"])
+            spans.setdefault("driver settle", []).append(t["settled"] - t["returned"])
+    attempts = sum(len(r["timing"]) for r in data["requests"])
+    parts = [f"{k} {statistics.median(v):.3f} s (sum {sum(v):.2f})" for k, v in spans.items()]
+    return (f"  {attempts} attempts; engine start {data['timing']['engine_start']:.2f} s, "
+            f"fleet loop {data['timing']['wall']:.2f} s; medians: " + ", ".join(parts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=12)
@@ -77,6 +103,7 @@ def main() -> None:
                        "--outputs", str(fleet_dir / "out")], fleet_dir)
         print(f"fleet --engine local --jobs {args.workers}: {local:.2f} s = "
               f"{local / ideal:.2f}x of total/workers (target <= 1.5x)")
+        print(profile(fleet_dir / "out"))
         if args.ray:
             ray_requests = setup(ray_dir, args.requests)
             ray = timed([*AGENTOS, "fleet", *map(str, ray_requests), "--engine", "ray",
@@ -84,6 +111,7 @@ def main() -> None:
                         ray_dir)
             print(f"fleet --engine ray ({args.workers} CPUs, start-up included): {ray:.2f} s "
                   f"= {ray / ideal:.2f}x of total/workers (target <= 1.5x)")
+            print(profile(ray_dir / "out"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

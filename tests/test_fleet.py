@@ -125,6 +125,15 @@ def test_local_fleet_lands_each_request_once_and_each_verifies(tmp_path: Path) -
                                  str(tmp_path / "agentos.pub"), "--repo", row["repo"]],
                                 capture_output=True, text=True)
         assert verify.returncode == 0, f"{name}\n{verify.stdout}{verify.stderr}"
+    # the summary's timeline: each attempt's worker phases and the driver's, in order
+    for row in rows.values():
+        assert len(row["timing"]) == row["attempts"], row
+        last = row["timing"][-1]
+        assert last["run"] == Path(row["run_dir"]).name and {"clone", "run", "pack"} <= \
+            set(last["worker"]), row
+        assert last["submitted"] <= last["returned"] <= last["unpacked"] <= last["settled"]
+        if row["state"] == "landed":
+            assert last["unpacked"] <= last["landed"] <= last["gated"] <= last["settled"]
     # r1's branch is checked out: its working tree followed the branch
     assert git(tmp_path / "r1", "status", "--porcelain") == ""
     assert (tmp_path / "r1" / "docs" / "r1-0.md").exists()

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import socket
+import time
 from typing import Any, Protocol
 
 from agentos_tasks.errors import EXIT_USAGE, AgentosError
@@ -20,6 +21,7 @@ RAY_MAX_RETRIES = 3  # a task whose worker process dies is run again, on any nod
 
 class Engine(Protocol):
     name: str
+    start_seconds: float  # how long the engine took to start (Ray's start-up), reported
 
     def submit(self, job: dict[str, Any]) -> Any: ...
 
@@ -31,6 +33,7 @@ class Engine(Protocol):
 
 class LocalEngine:
     name = "local"
+    start_seconds = 0.0
 
     def __init__(self, jobs: int) -> None:
         self.pool = cf.ThreadPoolExecutor(max_workers=max(1, jobs),
@@ -65,6 +68,7 @@ class RayEngine:
             raise AgentosError("--engine ray needs the ray package", code=EXIT_USAGE,
                                hint="pip install -e '.[ray]'") from None
         self.ray = ray
+        started = time.monotonic()
         if address:
             _reachable(address)
         if not ray.is_initialized():
@@ -82,6 +86,7 @@ class RayEngine:
                                    code=EXIT_USAGE, hint="give --address HOST:PORT of a "
                                    "running cluster (ray start --head)") from None
         self.task = ray.remote(max_retries=RAY_MAX_RETRIES, num_cpus=1)(worker.execute)
+        self.start_seconds = round(time.monotonic() - started, 3)
 
     def submit(self, job: dict[str, Any]) -> Any:
         return self.task.remote(job)

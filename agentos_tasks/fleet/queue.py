@@ -59,12 +59,14 @@ class Entry:
     reason: str = ""
     run_dir: str = ""
     started: float = 0.0
+    timing: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         return {"request": str(self.request), "run": self.run, "repo": str(self.repo),
                 "branch": self.branch, "state": self.state, "node": self.node,
                 "attempts": self.attempt, "steps": self.steps, "commits": self.commits,
-                "gates": self.gates, "reason": self.reason, "run_dir": self.run_dir}
+                "gates": self.gates, "reason": self.reason, "run_dir": self.run_dir,
+                "timing": self.timing}
 
 
 def plan(requests: list[Path]) -> list[Entry]:
@@ -118,6 +120,12 @@ class Fleet:
         self.id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self._handles: dict[Any, Entry] = {}
         self._taken: set[str] = set()
+        self._t0 = time.monotonic()
+        self.engine_start = engine.start_seconds
+
+    def _since(self) -> float:
+        """Seconds since this fleet started (the timeline's clock, the driver's)."""
+        return round(time.monotonic() - self._t0, 3)
 
     # ---- submitting
     def _submit(self, entry: Entry) -> None:
@@ -127,6 +135,7 @@ class Fleet:
         entry.run = self._free_run_id(entry)
         entry.node, entry.steps, entry.gates = "", 0, ""
         entry.state, entry.started = "submitted", time.monotonic()
+        entry.timing.append({"run": entry.run, "submitted": self._since()})
         job = {"run": entry.run, "url": entry.url, "branch": entry.branch,
                "base": entry.base, **job_inputs(entry.request)}
         self._handles[self.engine.submit(job)] = entry
@@ -155,6 +164,8 @@ class Fleet:
                     self.show(self.entries, entry)
         summary = self.outputs / f"fleet-{self.id}.json"
         write_json(summary, {"fleet": self.id, "engine": self.engine.name,
+                             "timing": {"wall": self._since(),
+                                        "engine_start": self.engine_start},
                              "requests": [e.row() for e in self.entries]})
         self.summary_path = summary
         ok = all(e.state == "landed" and e.gates == "PASS" for e in self.entries)
@@ -162,11 +173,25 @@ class Fleet:
 
     # ---- one result, in the driver's one thread
     def _settle(self, entry: Entry, outcome: dict[str, Any] | BaseException) -> None:
+        timing = entry.timing[-1]
+        timing["returned"] = self._since()
+        try:
+            self._settle_one(entry, outcome, timing)
+        finally:
+            timing["settled"] = self._since()
+
+    def _settle_one(self, entry: Entry, outcome: dict[str, Any] | BaseException,
+                    timing: dict[str, Any]) -> None:
         if isinstance(outcome, BaseException):
             entry.state, entry.reason = "failed", f"worker error: {outcome}"[:300]
             return
         entry.node = str(outcome.get("node", ""))
+        worker_timing = outcome.get("timing")
+        if isinstance(worker_timing, dict):  # the worker's own say: shown, never used
+            timing["worker"] = {str(k): v for k, v in worker_timing.items()
+                                if isinstance(v, (int, float))}
         run_dir = self._unpack(entry, outcome)
+        timing["unpacked"] = self._since()
         moved = Git(entry.repo).rev_parse(f"refs/heads/{entry.branch}") != entry.base
         if outcome.get("exit") != 0 and moved and entry.attempt <= self.max_reruns:
             # it may have failed for what a fleet-mate changed: decide on the new head
@@ -179,10 +204,6 @@ class Fleet:
             said = WORKER_REQUEST.sub(str(entry.request), said)  # the user's file, not ours
             entry.state = "failed"
             entry.reason = f"run exited {outcome.get('exit')}: {said.strip()}"[:300]
-            return
-        if outcome.get("gates_exit") != 0:
-            entry.state, entry.gates = "failed", "FAIL"
-            entry.reason = "gates failed on the worker"
             return
         if run_dir is None:
             entry.state, entry.reason = "failed", "the worker returned no run directory"
@@ -199,7 +220,7 @@ class Fleet:
             self._submit(entry)
             return
         try:
-            self._land(entry, run_dir)
+            self._land(entry, run_dir, timing)
         except AgentosError as err:
             entry.state, entry.reason = "failed", err.message[:300]
 
@@ -220,7 +241,7 @@ class Fleet:
         entry.steps = len(result.get("steps") or [])
         return dest
 
-    def _land(self, entry: Entry, run_dir: Path) -> None:
+    def _land(self, entry: Entry, run_dir: Path, timing: dict[str, Any]) -> None:
         """Move the real branch from the run's base to its post-apply head; gates again
         against the real target; a FAIL moves the branch back."""
         applied = _read(run_dir / ".state" / "applied.json")
@@ -252,7 +273,9 @@ class Fleet:
                     raise AgentosError(f"branch {entry.branch} moved while run {entry.run} "
                                        "was landed; nothing landed", code=EXIT_STATE)
                 entry.commits = commits
+                timing["landed"] = self._since()
                 gates = self._gates(run_dir, entry.repo)
+                timing["gated"] = self._since()
                 if gates != "PASS":
                     if checkout is not None:
                         checkout.move(post, pre)

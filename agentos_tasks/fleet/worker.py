@@ -1,7 +1,8 @@
 """One fleet request on a worker: clone the target from its git URL at the given base,
-run the request there (steps, and apply onto the throwaway clone), run its gates, and
-return the run directory as tar bytes. The real target is never written here: landing is
-the driver's (queue.py).
+run the request there (steps, and apply onto the throwaway clone), and return the run
+directory as tar bytes. Its gates run in the driver only, against the real target (the
+ones that decide landing); running them here too cost a whole `agentos gates` per
+request. The real target is never written here: landing is the driver's (queue.py).
 
 A Job and its result are plain dicts of str/int/bytes so they cross a Ray task boundary
 (pickled) and a process boundary unchanged.
@@ -15,6 +16,7 @@ import socket
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +90,16 @@ def _safe_rel(name: str) -> str:
 
 
 def execute(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job; return {run, node, pid, exit, stderr, gates_exit, tar}."""
+    """Run one job; return {run, node, pid, exit, stderr, tar, timing} (timing: seconds
+    spent cloning, running and packing, on this worker)."""
     pid_dir = os.environ.get(PID_DIR_ENV_VAR)
     if pid_dir:
         Path(pid_dir, f"{job['run']}.pid").write_text(str(os.getpid()))
     result: dict[str, Any] = {"run": job["run"], "node": node_name(),
                               "pid": os.getpid(), "exit": None, "stderr": "",
-                              "gates_exit": None, "tar": b""}
+                              "tar": b"", "timing": {}}
+    timing: dict[str, float] = result["timing"]
+    mark = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="agentos-fleet-") as scratch:
         root = Path(scratch)
         repo = root / "repo"
@@ -103,6 +108,8 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
         except proc.ProcError as err:
             result["exit"], result["stderr"] = 2, f"clone failed: {err.message}"[:2000]
             return result
+        timing["clone"] = round(time.monotonic() - mark, 3)
+        mark = time.monotonic()
         req_dir = root / "request"
         req_dir.mkdir()
         raw = dict(job["request"])
@@ -123,12 +130,12 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
                         "--outputs", str(outputs)], root)
         result["exit"] = ran.returncode
         result["stderr"] = ran.stderr.decode("utf-8", "replace")[-2000:]
+        timing["run"] = round(time.monotonic() - mark, 3)
+        mark = time.monotonic()
         run_dir = outputs / job["run"]
-        if ran.returncode == 0:
-            gates = _agentos(["gates", "--run", job["run"], "--outputs", str(outputs)], root)
-            result["gates_exit"] = gates.returncode
         if run_dir.is_dir():
             result["tar"] = pack_run(run_dir)
+        timing["pack"] = round(time.monotonic() - mark, 3)
     return result
 
 
