@@ -78,9 +78,11 @@ def profile(out: Path) -> str:
                 spans.setdefault("driver gates", []).append(t["gated"] - t["landed"])
             spans.setdefault("driver settle", []).append(t["settled"] - t["returned"])
     attempts = sum(len(r["timing"]) for r in data["requests"])
+    first = min(t["started"] for r in data["requests"] for t in r["timing"] if "started" in t)
     parts = [f"{k} {statistics.median(v):.3f} s (sum {sum(v):.2f})" for k, v in spans.items()]
     return (f"  {attempts} attempts; engine start {data['timing']['engine_start']:.2f} s, "
-            f"fleet loop {data['timing']['wall']:.2f} s; medians: " + ", ".join(parts))
+            f"fleet loop {data['timing']['wall']:.2f} s (first task started at "
+            f"{first:.2f} s); medians: " + ", ".join(parts))
 
 
 def main() -> None:

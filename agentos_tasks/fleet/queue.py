@@ -120,7 +120,7 @@ class Fleet:
         self.id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self._handles: dict[Any, Entry] = {}
         self._taken: set[str] = set()
-        self._t0 = time.monotonic()
+        self._t0, self._t0_wall = time.monotonic(), time.time()
         self.engine_start = engine.start_seconds
 
     def _since(self) -> float:
@@ -189,7 +189,10 @@ class Fleet:
         worker_timing = outcome.get("timing")
         if isinstance(worker_timing, dict):  # the worker's own say: shown, never used
             timing["worker"] = {str(k): v for k, v in worker_timing.items()
-                                if isinstance(v, (int, float))}
+                                if isinstance(v, (int, float)) and k != "started_at"}
+            started_at = worker_timing.get("started_at")
+            if isinstance(started_at, (int, float)):  # the worker's clock (same host: ours)
+                timing["started"] = round(started_at - self._t0_wall, 3)
         run_dir = self._unpack(entry, outcome)
         timing["unpacked"] = self._since()
         moved = Git(entry.repo).rev_parse(f"refs/heads/{entry.branch}") != entry.base

@@ -99,6 +99,7 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
                               "pid": os.getpid(), "exit": None, "stderr": "",
                               "tar": b"", "timing": {}}
     timing: dict[str, float] = result["timing"]
+    timing["started_at"] = time.time()  # wall clock: the driver places it on its timeline
     mark = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="agentos-fleet-") as scratch:
         root = Path(scratch)
