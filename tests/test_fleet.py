@@ -130,7 +130,7 @@ def test_local_fleet_lands_each_request_once_and_each_verifies(tmp_path: Path) -
         assert len(row["timing"]) == row["attempts"], row
         last = row["timing"][-1]
         assert last["run"] == Path(row["run_dir"]).name and {"clone", "run", "pack"} <= \
-            set(last["worker"]), row
+            set(last["worker"]) and "started" in last, row
         assert last["submitted"] <= last["returned"] <= last["unpacked"] <= last["settled"]
         if row["state"] == "landed":
             assert last["unpacked"] <= last["landed"] <= last["gated"] <= last["settled"]
