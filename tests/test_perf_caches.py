@@ -97,8 +97,45 @@ def test_static_scan_cache_is_reused_only_for_identical_source(
     import json
 
     stored = json.loads(cache.read_text())
-    stored["violations"] = []
+    assert len(stored["entries"]) == 2  # the clean copy's scan is kept beside the edited one
+    for entry in stored["entries"].values():
+        entry["violations"] = []
     cache.write_text(json.dumps(stored))
     monkeypatch.setattr(static, "_SCANNED", {})
     _, violations = static.scan_package(files)
     assert any("import subprocess" in v for v in violations)
+
+
+def test_static_scan_cache_keeps_one_entry_per_installation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two worktrees on one host alternating: neither evicts the other's scan, and an
+    entry moved under another package's digest is not believed."""
+    import json
+
+    from agentos_tasks.gates import cachekey, static
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cachekey, "_KEY", [])
+    clean = _package_copy(tmp_path / "a")
+    dirty = _package_copy(tmp_path / "b")
+    target = next(p for p in dirty if p.name == "report.py" and p.parent.name == "gates")
+    target.write_text(target.read_text() + "\nimport subprocess\n")
+    assert static.scan_package(clean)[1] == []
+    assert static.scan_package(dirty)[1]
+    parsed: list[str] = []
+    real = static.scan_source
+    monkeypatch.setattr(static, "scan_source",
+                        lambda source, name: parsed.append(name) or real(source, name))
+    monkeypatch.setattr(static, "_SCANNED", {})
+    assert static.scan_package(clean)[1] == []
+    assert static.scan_package(dirty)[1]
+    assert parsed == []  # both served from the cache
+    cache = tmp_path / "cache" / "agentos-tasks" / "static-scan.json"
+    stored = json.loads(cache.read_text())
+    (clean_key, clean_entry), = [(k, v) for k, v in stored["entries"].items()
+                                 if v["violations"] == []]
+    dirty_key = next(k for k in stored["entries"] if k != clean_key)
+    stored["entries"][dirty_key] = clean_entry  # the clean verdict under the dirty digest
+    cache.write_text(json.dumps(stored))
+    assert any("import subprocess" in v for v in static.scan_package(dirty)[1])
+    assert parsed  # re-scanned, not believed

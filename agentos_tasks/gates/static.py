@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentos_tasks.gates.common import FAIL, NA, PASS, Gate, Verdict
 
@@ -179,22 +180,35 @@ def _scan_cache_path() -> Path:
     return base / "agentos-tasks" / "static-scan.json"
 
 
+_SCAN_ENTRIES = 16  # scans kept: every worktree or version on this host keeps its own
+
+
+def _stored_entries() -> dict[str, Any]:
+    try:
+        stored = json.loads(_scan_cache_path().read_bytes())
+        entries = stored.get("entries") if isinstance(stored, dict) else None
+        return dict(entries) if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _load_scan(package: str, count: int) -> list[str] | None:
     """The stored scan of exactly this package content, if its MAC (the gate cache's key,
-    kept outside any run directory) verifies; anything else means a fresh scan."""
+    kept outside any run directory) verifies; anything else means a fresh scan. One entry
+    per package digest, so two installations on one host do not evict each other."""
     from agentos_tasks.gates.cachekey import mac_ok
 
     try:
-        stored = json.loads(_scan_cache_path().read_bytes())
+        stored = _stored_entries()[package]
         violations = stored["violations"]
-        if stored["package"] != package or stored["count"] != count or \
+        if stored["count"] != count or \
                 not isinstance(violations, list) or \
                 not all(isinstance(v, str) for v in violations) or \
                 not mac_ok(stored.get("mac"), "static-scan", package, str(count),
                            json.dumps(violations)):
             return None
         return list(violations)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
 
 
@@ -205,9 +219,15 @@ def _store_scan(package: str, count: int, violations: list[str]) -> None:
     tag = mac("static-scan", package, str(count), json.dumps(violations))
     if tag is None:
         return  # no usable cache key: no cache
+    entries = _stored_entries()
+    entries.pop(package, None)
+    entries[package] = {"count": count, "violations": violations, "mac": tag,
+                        "at": time.time_ns()}  # the newest are kept (not covered by the MAC)
+    newest = sorted(entries.items(), key=lambda kv: kv[1].get("at", 0)
+                    if isinstance(kv[1], dict) and isinstance(kv[1].get("at"), int) else 0)
+    kept = dict(newest[-_SCAN_ENTRIES:])
     try:
-        write_json(_scan_cache_path(), {"package": package, "count": count,
-                                        "violations": violations, "mac": tag})
+        write_json(_scan_cache_path(), {"entries": kept})
     except OSError:
         pass
 
