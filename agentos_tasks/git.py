@@ -319,20 +319,36 @@ class Git:
             self._trees[commit] = tree  # git just made this commit of exactly this tree
         return commit
 
-    def tree_changes(self, old: str, new: str) -> list[tuple[str, str, str]]:
-        """(old mode, new mode, path) of every entry that differs between two trees or
-        commits: objects only, no worktree and no submodule is looked at."""
-        raw = self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", "--no-textconv",
-                       "--no-ext-diff", old, new).stdout
-        fields = raw.split(b"\0")
-        found: list[tuple[str, str, str]] = []
-        for meta, name in zip(fields[0::2], fields[1::2], strict=False):
-            if not meta:
-                break
-            parts = meta.decode().lstrip(":").split(" ")
-            found.append((parts[0], parts[1], name.decode("utf-8", "surrogateescape")))
-        return found
+    def commit_index(self, parent: str, message_file: Path, date: str) -> str:
+        """Commit the index on `parent` (HEAD, detached) with the message from a file,
+        verbatim, and move HEAD to it: write-tree + commit-tree + update-ref in one git
+        process. No hook runs (core.hooksPath=/dev/null), no maintenance (maintenance.auto
+        =false), the message is not cleaned up, an empty commit is allowed (the caller
+        finds it by its empty diff and moves HEAD back). Returns the new commit's id,
+        read back from the private git dir's HEAD."""
+        self.run("commit", "-q", "--no-verify", "--allow-empty", "--allow-empty-message",
+                 "--cleanup=verbatim",
+                 "--no-status", "--no-edit", "--untracked-files=no", "-F", str(message_file),
+                 env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date})
+        if self.private_dir is None:
+            raise AgentosError("commit_index needs the run's private git dir")
+        head = (self.private_dir / "HEAD").read_text().strip()
+        if not _FULL_OID.fullmatch(head):
+            raise AgentosError(f"git commit left HEAD unreadable in {self.cwd}")
+        return head
 
+    def commit_changes(self, commit: str, parent: str) -> tuple[str, list[tuple[str, str, str]]]:
+        """(tree, changes) of a commit against `parent`, which must be its one parent, in
+        one `diff-tree`: changes as (old mode, new mode, path)."""
+        raw = self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", "--no-textconv",
+                       "--no-ext-diff", "--always", "--format=%T %P", commit).stdout
+        header, _, rest = raw.partition(b"\0")
+        tree_id, _, parents = header.decode().strip().partition(" ")
+        if not _FULL_OID.fullmatch(tree_id) or parents != parent:
+            raise AgentosError(f"git made commit {commit} with parents {parents or 'none'!r}, "
+                               f"not {parent}")
+        self._trees[commit] = tree_id
+        return tree_id, _parse_raw(rest.lstrip(b"\n"))
 
 def init_private_repo(git_dir: Path, *, fmt_config: Path, alternates: Sequence[Path],
                       head: str) -> None:
@@ -445,3 +461,16 @@ def find_branch_worktree(git: Git, branch: str) -> Path | None:
         elif text == f"branch refs/heads/{branch}" and current is not None:
             return current
     return None
+
+
+def _parse_raw(raw: bytes) -> list[tuple[str, str, str]]:
+    """(old mode, new mode, path) of each record of `diff-tree -r -z --raw` output."""
+    fields = raw.split(b"\0")
+    found: list[tuple[str, str, str]] = []
+    for meta, name in zip(fields[0::2], fields[1::2], strict=False):
+        if not meta:
+            break
+        parts = meta.decode().lstrip(":").split(" ")
+        found.append((parts[0], parts[1], name.decode("utf-8", "surrogateescape")))
+    return found
+

@@ -253,21 +253,25 @@ def commit_step(ctx: RunContext, git: Git, step: Step, parent: str, changes: lis
                     hint="a path the repository's .gitignore ignores can never land")
         else:
             git.run("add", "-A", "--", ".")
-        tree = git.out("write-tree")
-        if tree == git.tree_of(parent):
+        message_file = ctx.paths.state / "commit-message"
+        # ending in one newline, as mailinfo ends it: `git am` of this commit's patch
+        # then makes this very commit again (same id), so what lands is what was tested
+        atomic_write(message_file, step.message.rstrip("\n").encode("utf-8") + b"\n")
+        # one date for author and committer: `git am --committer-date-is-author-date`
+        # then lands a commit identical to this one
+        made = git.commit_index(parent, message_file, date=f"@{int(time.time())} +0000")
+        _tree, tree_changes = git.commit_changes(made, parent)
+        if not tree_changes:
             # e.g. a write that git's attributes normalise back to the parent's blob
+            git.run("update-ref", "--no-deref", "HEAD", parent)
             files = []
         else:
-            check_tree_is_judged(git, step, parent, tree, landing)
-            message_file = ctx.paths.state / "commit-message"
-            # ending in one newline, as mailinfo ends it: `git am` of this commit's patch
-            # then makes this very commit again (same id), so what lands is what was tested
-            atomic_write(message_file, step.message.rstrip("\n").encode("utf-8") + b"\n")
-            # one date for author and committer: `git am --committer-date-is-author-date`
-            # then lands a commit identical to this one
-            commit = git.commit_tree(tree, parent, message_file,
-                                     date=f"@{int(time.time())} +0000")
-            git.run("update-ref", "--no-deref", "HEAD", commit)
+            try:
+                check_tree_is_judged(step, tree_changes, landing)
+            except PolicyViolation:
+                git.run("update-ref", "--no-deref", "HEAD", parent)  # nothing unjudged stays
+                raise
+            commit = made
             if step.op not in ("write", "delete") or attributes_may_apply(ctx, landing):
                 # record what lands: git attributes (eol, encoding) may make the committed
                 # blob differ from the file the step left in the worktree
@@ -325,13 +329,14 @@ def _record_program_facts(manifest: Manifest, outcome: dict[str, Any]) -> None:
         manifest["tool"] = dict(outcome["tool"])
 
 
-def check_tree_is_judged(git: Git, step: Step, parent: str, tree: str,
+def check_tree_is_judged(step: Step, tree_changes: list[tuple[str, str, str]],
                          landing: list[Change]) -> None:
-    """What is about to be committed is exactly what the policy judged: every path that
-    differs between the parent's tree and the new one (objects only, no worktree or
-    submodule is consulted) was a judged change, and none is a gitlink."""
+    """What was committed is exactly what the policy judged: every path that differs
+    between the parent's tree and the commit's (objects only, no worktree or submodule
+    is consulted) was a judged change, and none is a gitlink. The caller moves HEAD back
+    when this refuses: no manifest or patch ever names such a commit."""
     judged = {c.path for c in landing} | {c.old_path for c in landing if c.old_path}
-    for old_mode, new_mode, path in git.tree_changes(parent, tree):
+    for old_mode, new_mode, path in tree_changes:
         if "160000" in (old_mode, new_mode):
             raise PolicyViolation("paths.git", f"step {step.id} would commit a gitlink "
                                   f"(submodule) change at {path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +140,75 @@ def test_static_scan_cache_keeps_one_entry_per_installation(
     cache.write_text(json.dumps(stored))
     assert any("import subprocess" in v for v in static.scan_package(dirty)[1])
     assert parsed  # re-scanned, not believed
+
+
+def test_one_commit_process_makes_the_step_commit_plumbing_made(tmp_path: Path) -> None:
+    """commit_index (write-tree + commit-tree + update-ref in one `git commit`) makes the
+    very commit the plumbing made: same tree, parent, author, message kept verbatim
+    (a `#` line survives, no hook runs). commit_changes reads tree and changes in one
+    diff-tree and refuses a commit whose parent is not the one the step was given."""
+    from agentos_tasks.errors import AgentosError
+    from agentos_tasks.git import Git, init_private_repo
+    from agentos_tasks.model import Author
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, env=ENV, check=True)
+    (repo / "README.md").write_text("hi\n")
+    hooks = repo / ".git" / "hooks"
+    marker = tmp_path / "hook-ran"
+    (hooks / "pre-commit").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    (hooks / "pre-commit").chmod(0o755)
+    subprocess.run(["git", "add", "README.md"], cwd=repo, env=ENV, check=True)
+    subprocess.run(["git", "commit", "-q", "--no-verify", "-m", "a"], cwd=repo, env=ENV,
+                   check=True)
+    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, env=ENV, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    private, work = tmp_path / "p.git", tmp_path / "wt"
+    init_private_repo(private, fmt_config=repo / ".git" / "config",
+                      alternates=[repo / ".git" / "objects"], head=base)
+    work.mkdir()
+    git = Git(work, Author("Agent", "agent@example.invalid"), private_dir=private,
+              work_tree=work)
+    git.run("reset", "--hard", "-q", base)
+    (work / "docs").mkdir()
+    (work / "docs" / "a.md").write_text("a\n")
+    git.run("add", "-A", "--", "docs/a.md")
+    message = tmp_path / "msg"
+    message.write_text("step one\n\n# not a comment\n")
+    date = "@1700000000 +0000"
+    plumbing = git.commit_tree(git.out("write-tree"), base, message, date=date)
+    made = git.commit_index(base, message, date=date)
+    assert made == plumbing
+    assert (private / "HEAD").read_text().strip() == made
+    assert not marker.exists()
+    tree, changes = git.commit_changes(made, base)
+    assert tree == git.tree_of(plumbing)
+    assert changes == [("000000", "100644", "docs/a.md")]
+    with pytest.raises(AgentosError, match="not " + made):
+        git.commit_changes(made, made)  # its parent is base, not itself
+    empty = git.commit_index(made, message, date=date)  # nothing staged: an empty commit
+    assert git.commit_changes(empty, made)[1] == []
+
+
+def test_the_judged_paths_check_refuses_what_the_policy_never_saw() -> None:
+    """check_tree_is_judged: a committed path that is not a judged change, or any gitlink,
+    is refused; judged paths (a rename's old path included) pass."""
+    from agentos_tasks.errors import PolicyViolation
+    from agentos_tasks.model import Change
+    from agentos_tasks.steps import check_tree_is_judged
+
+    class FakeStep:
+        id = "s1"
+
+    step: Any = FakeStep()
+    landing = [Change(path="docs/new.md", status="R", old_path="docs/old.md")]
+    check_tree_is_judged(step, [("100644", "000000", "docs/old.md"),
+                                ("000000", "100644", "docs/new.md")], landing)
+    with pytest.raises(PolicyViolation, match="never saw") as unjudged:
+        check_tree_is_judged(step, [("000000", "100644", "docs/new.md"),
+                                    ("000000", "100755", ".github/x.sh")], landing)
+    assert unjudged.value.rule_id == "paths.unjudged"
+    with pytest.raises(PolicyViolation, match="gitlink") as gitlink:
+        check_tree_is_judged(step, [("000000", "160000", "docs/new.md")], landing)
+    assert gitlink.value.rule_id == "paths.git"
