@@ -181,6 +181,8 @@ class Git:
     # object id -> its tree id: an object never changes, so what git once said about a
     # full id (or what commit_tree was given) holds for good (replace refs are off)
     _trees: dict[str, str] = field(default_factory=dict, repr=False)
+    # one `diff-tree --stdin` kept running for commit_changes (a question per step)
+    _diff_tree: proc.HostCoprocess | None = field(default=None, repr=False, compare=False)
 
     def _location_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -229,6 +231,14 @@ class Git:
                         env=git_env(self.author, {**self._location_env(), **(env or {})},
                                     [*config, *overrides]),
                         input=input, check=check)
+
+    def _coprocess(self, *args: str) -> proc.HostCoprocess:
+        """git kept running on its --stdin, with the environment `_raw` gives one call."""
+        config = [(key, value) for key, _, value in (i.partition("=") for i in HARDENING)]
+        return proc.HostCoprocess(
+            [git_binary(), *args], cwd=self.cwd,
+            env=git_env(self.author, self._location_env(),
+                        [*config, *self._config_overrides()]))
 
     def run(self, *args: str, input: bytes | None = None, check: bool = True,
             env: Mapping[str, str] | None = None) -> proc.ProcResult:
@@ -340,8 +350,17 @@ class Git:
     def commit_changes(self, commit: str, parent: str) -> tuple[str, list[tuple[str, str, str]]]:
         """(tree, changes) of a commit against `parent`, which must be its one parent, in
         one `diff-tree`: changes as (old mode, new mode, path)."""
-        raw = self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", "--no-textconv",
-                       "--no-ext-diff", "--always", "--format=%T %P", commit).stdout
+        args = ("diff-tree", "-r", "-z", "--raw", "--no-renames", "--no-textconv",
+                "--no-ext-diff", "--always", "--format=%T %P")
+        raw = None
+        if _FULL_OID.fullmatch(commit):
+            if self._diff_tree is None:
+                self._diff_tree = self._coprocess(*args, "--stdin")
+            raw = self._diff_tree.ask(commit.encode())
+            if raw is None:
+                self._diff_tree = None
+        if raw is None:  # the one-shot way, which also says why git refused
+            raw = self.run(*args, commit).stdout
         header, _, rest = raw.partition(b"\0")
         tree_id, _, parents = header.decode().strip().partition(" ")
         if not _FULL_OID.fullmatch(tree_id) or parents != parent:

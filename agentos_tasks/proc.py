@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -108,6 +109,77 @@ def run(
     if check and completed.returncode != 0:
         raise ProcError(result)
     return result
+
+
+class HostCoprocess:
+    """A trusted host program kept running to answer one request per line on its stdin
+    (git's `--stdin` modes), so a per-step question costs a pipe round trip instead of a
+    process start. Same rules as `run`: `env` is the whole environment, its own session,
+    every answer bounded by a timeout. An answer ends where the program echoes a marker
+    line back (git echoes a line that is not an object id, flushed): the marker holds 128
+    random bits, so nothing in a repository can forge the end of an answer.
+
+    `ask` returns None when the program is gone, stopped answering or timed out; it is
+    then ended, and the caller asks the one-shot way (`run`), which reports why.
+    The program also ends when this process dies: its stdin closes."""
+
+    def __init__(self, argv: Sequence[str], *, cwd: Path | None, env: Mapping[str, str]) -> None:
+        import secrets
+
+        self.argv = tuple(argv)
+        self._marker = b"sync-agentos-" + secrets.token_hex(16).encode() + b"\n"
+        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            list(argv), cwd=cwd, env=dict(env), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        weakref.finalize(self, _end_coprocess, self._proc)
+
+    def ask(self, line: bytes, timeout: float = HOST_TIMEOUT_S) -> bytes | None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None or b"\n" in line:
+            return None
+        try:
+            proc.stdin.write(line + b"\n" + self._marker)
+            proc.stdin.flush()
+        except OSError:
+            self.close()
+            return None
+        deadline = time.monotonic() + timeout
+        answer = bytearray()
+        fd = proc.stdout.fileno()
+        while not answer.endswith(self._marker):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.close()
+                return None
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(fd, _READ_CHUNK)
+            if not chunk:
+                self.close()
+                return None
+            answer += chunk
+        return bytes(answer[:-len(self._marker)])
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _end_coprocess(proc)
+
+
+def _end_coprocess(proc: subprocess.Popen[bytes]) -> None:
+    """Close its stdin (git then exits), reap it; kill it if it does not go."""
+    if proc.returncode is None:
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 class ProcError(AgentosError):

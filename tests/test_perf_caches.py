@@ -187,6 +187,17 @@ def test_one_commit_process_makes_the_step_commit_plumbing_made(tmp_path: Path) 
     assert changes == [("000000", "100644", "docs/a.md")]
     with pytest.raises(AgentosError, match="not " + made):
         git.commit_changes(made, made)  # its parent is base, not itself
+    # the answers come from one diff-tree kept running; a dead one is replaced by the
+    # one-shot call, same answer
+    running = git._diff_tree
+    assert running is not None
+    running.close()
+    assert running.ask(made.encode()) is None
+    git._diff_tree = running
+    assert git.commit_changes(made, base) == (tree, changes)
+    assert git._diff_tree is None
+    assert git.commit_changes(made, base) == (tree, changes)  # and a new one is started
+    assert git._diff_tree is not None and git._diff_tree is not running
     empty = git.commit_index(made, message, date=date)  # nothing staged: an empty commit
     assert git.commit_changes(empty, made)[1] == []
 
@@ -212,3 +223,26 @@ def test_the_judged_paths_check_refuses_what_the_policy_never_saw() -> None:
     with pytest.raises(PolicyViolation, match="gitlink") as gitlink:
         check_tree_is_judged(step, [("000000", "160000", "docs/new.md")], landing)
     assert gitlink.value.rule_id == "paths.git"
+
+
+def test_a_coprocess_answer_ends_only_at_its_own_random_marker(tmp_path: Path) -> None:
+    """HostCoprocess: an answer that holds another process's marker text is not cut
+    there; a program that exits or never answers gives None (bounded by the timeout)."""
+    import sys
+
+    from agentos_tasks import proc
+
+    echo = proc.HostCoprocess([sys.executable, "-c", (
+        "import sys\n"
+        "for line in sys.stdin:\n"
+        "    sys.stdout.write('sync-agentos-' + '0' * 32 + '\\n' + line)\n"
+        "    sys.stdout.flush()\n")], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    fake = b"sync-agentos-" + b"0" * 32 + b"\n"
+    assert echo.ask(b"hello") == fake + b"hello\n" + fake  # then its own marker, echoed
+    assert echo.ask(b"two\nlines") is None  # one request per line, never two
+    echo.close()
+    assert echo.ask(b"after close") is None
+    gone = proc.HostCoprocess(["true"], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert gone.ask(b"x") is None
+    silent = proc.HostCoprocess(["sleep", "30"], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert silent.ask(b"x", timeout=0.3) is None
